@@ -296,6 +296,7 @@ def generate_patient(rng: np.random.Generator, pid: int, label: int, spec: Phant
     subtype = ("bacteria" if rng.uniform() < spec.p_bacteria else "virus") if label else ""
     lesions = sample_lesions(rng, a, subtype, spec) if label else []
     samples: list[PhantomSample] = []
+    patient = f"person{pid}" if label else f"IM{pid:04d}"  # what utils.data parses from the file name
     for k in range(n):
         img, lung, les_mask, acq = render(a, lesions, rng, spec)
         image_id = f"person{pid}_{subtype}_{k + 1}" if label else f"IM-{pid:04d}-{k + 1:04d}"
@@ -310,7 +311,7 @@ def generate_patient(rng: np.random.Generator, pid: int, label: int, spec: Phant
             "duplicate_of": "",
             **acq,
         }
-        samples.append(PhantomSample(img, lung, les_mask, label, str(pid), image_id, subtype, info))
+        samples.append(PhantomSample(img, lung, les_mask, label, patient, image_id, subtype, info))
     if n >= 2 and rng.uniform() < spec.p_duplicate:
         src = samples[0]
         dup_id = src.image_id.rsplit("_" if label else "-", 1)[0] + (f"_{n + 1}" if label else f"-{n + 1:04d}")
@@ -325,7 +326,7 @@ def generate(n_patients: int, seed: int, spec: PhantomSpec | None = None, first_
     """Images of ``n_patients`` patients (ids ``first_pid``…), deterministic for ``seed``."""
     spec = spec or PhantomSpec()
     rng = np.random.default_rng(seed)
-    labels = rng.uniform(size=n_patients) < spec.p_pneumonia_patient
+    labels = rng.permutation(np.arange(n_patients) < round(spec.p_pneumonia_patient * n_patients))
     seeds = rng.integers(0, 2**31, size=n_patients)
     it = range(n_patients)
     if progress:

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Create a notebook of the series with its conventions already in place.
+
+Use it from a small builder script (run from the repository root)::
+
+    import sys; sys.path.insert(0, "scripts")
+    from nbtemplate import make_notebook
+
+    make_notebook(
+        "notebooks/02_phase1_warmup.ipynb", 2, "Phase-1 warm-up",
+        objectives=["freeze the backbone and train the new head", "read the loss curves"],
+        intro_md="Phase 1 trains only the classification head ...",
+        body_cells=[("md", "## Load the data"), ("code", "bundle = load_data(cfg)")],
+        summary="The head alone reaches ...",
+        exercises=[("Double the learning rate.", "watch the validation loss in the first epoch."),
+                   "Train for one epoch only. *Hint:* compare the recall at the chosen threshold."],
+        extra_params="EPOCHS = None  # None: the profile's value",
+    )
+
+Layout of the notebook it writes: nav (top) · ``# NN · Title`` + objectives + Colab badge · Colab-only setup
+cell (tag ``colab-setup``) · parameters cell (tag ``parameters``) · imports cell · intro · body ·
+``## Summary`` · ``## Exercises`` · nav (bottom). Outputs are empty, cell ids are stable, and
+``scripts/nav.py`` then refreshes navigation, links and the index table for the whole folder.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Sequence, Union
+
+import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nav  # noqa: E402  (scripts/nav.py)
+
+Exercise = Union[str, tuple[str, str]]
+
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+SETUP_SOURCE = f"""\
+# Colab only: fetch the project and install it (Colab keeps its own torch). Does nothing elsewhere.
+import sys
+
+if "google.colab" in sys.modules:
+{nav.repo_line()}
+    ![ -d /content/cxr-gradcam ] || git clone -q --depth 1 --branch {{BRANCH}} {{REPO_URL}} /content/cxr-gradcam
+    %cd /content/cxr-gradcam/notebooks
+    %pip install -q -e "..[online]"
+    sys.path.insert(0, "/content/cxr-gradcam")  # importable now, without restarting the runtime
+    import torch
+
+    print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
+          "| torch", torch.__version__)"""
+
+PARAMETERS_SOURCE = """\
+# Parameters (papermill can override them). CXR_PROFILE overrides PROFILE, CXR_DATA_DIR overrides DATA_DIR.
+PROFILE = "demo"  # "demo": offline phantoms on CPU; "full": real data + ImageNet weights on a GPU
+DATA_DIR = ""  # "full" only: Kermany folder root, ROOT/{train,val,test}/{NORMAL,PNEUMONIA}"""
+
+IMPORTS_SOURCE = """\
+import numpy as np
+import torch
+
+from utils.config import get_config
+{extra_imports}
+cfg = get_config(PROFILE, DATA_DIR)
+print(f"torch {{torch.__version__}} | numpy {{np.__version__}} | profile {{cfg.profile!r}} | "
+      f"data {{cfg.data_dir or cfg['source']}}")"""
+
+
+def _cell(kind: str, source: str, cell_id: str, tags: Sequence[str] = ()):
+    if kind == "md":
+        cell = nbformat.v4.new_markdown_cell(source.strip("\n"))
+    elif kind == "code":
+        cell = nbformat.v4.new_code_cell(source.strip("\n"))
+    else:
+        raise ValueError(f"cell kind must be 'md' or 'code', not {kind!r}")
+    cell.id = cell_id
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    return cell
+
+
+def _exercise(item: Exercise) -> str:
+    if isinstance(item, tuple):
+        question, hint = item
+        return f"{question.strip()}  \n   *Hint:* {hint.strip()}"
+    if "hint" not in item.lower():
+        raise ValueError(f"exercise without a hint (pass (question, hint) or write 'Hint:'): {item!r}")
+    return item.strip().replace("\n", "\n   ")
+
+
+def make_notebook(path: str | Path, number: int | str, title: str, objectives: list[str], intro_md: str,
+                  body_cells: list[tuple[str, str]], summary: str, exercises: list[Exercise],
+                  extra_params: str = "", *, extra_imports: str = "", update_nav: bool = True) -> Path:
+    """Write notebook ``path`` (``NN_name.ipynb``) with the series layout; returns its path.
+
+    ``body_cells`` are ``("md" | "code", source)``; ``exercises`` (2 to 4) are ``"text with a Hint: ..."``
+    or ``(question, hint)``; ``extra_params`` adds lines to the parameters cell and ``extra_imports`` to the
+    imports cell. With ``update_nav`` (default) ``scripts/nav.py`` then updates the whole folder (and the
+    README next to it, when there is one).
+    """
+    path = Path(path)
+    num = f"{int(number):02d}"
+    if not re.fullmatch(rf"{num}_[A-Za-z0-9_]+\.ipynb", path.name):
+        raise ValueError(f"{path.name}: the file name must look like {num}_short_name.ipynb")
+    if not 2 <= len(exercises) <= 4:
+        raise ValueError(f"give 2 to 4 exercises, not {len(exercises)}")
+    if not objectives:
+        raise ValueError("give at least one learning objective")
+
+    header = "\n".join([f"# {num} · {title.strip()}", "", "**In this notebook you will:**", "",
+                        *(f"- {o.strip()}" for o in objectives), "", nav.colab_badge(path.name)])
+    params = PARAMETERS_SOURCE + ("\n" + extra_params.strip("\n") if extra_params.strip() else "")
+    imports = IMPORTS_SOURCE.format(extra_imports=extra_imports.strip("\n") + "\n" if extra_imports.strip() else "")
+    exercise_md = "## Exercises\n\n" + "\n".join(f"{k}. {_exercise(e)}" for k, e in enumerate(exercises, 1))
+
+    cells = [
+        nav.nav_cell(nav.NAV_MARK, "top"),
+        _cell("md", header, "title"),
+        _cell("code", SETUP_SOURCE, "colab-setup", tags=[nav.SETUP_TAG]),
+        _cell("code", params, "parameters", tags=["parameters"]),
+        _cell("code", imports, "imports"),
+        _cell("md", intro_md, "intro"),
+        *(_cell(kind, src, f"body-{k:02d}") for k, (kind, src) in enumerate(body_cells, 1)),
+        _cell("md", "## Summary\n\n" + summary.strip(), "summary"),
+        _cell("md", exercise_md, "exercises"),
+        nav.nav_cell(nav.NAV_MARK, "bottom"),
+    ]
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={
+        "kernelspec": dict(KERNELSPEC),
+        "language_info": {"name": "python"},
+        "accelerator": "GPU",  # Colab opens it on a GPU runtime (the full profile wants one)
+        "colab": {"provenance": [], "gpuType": "T4"},
+    })
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    nbformat.validate(nb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(nav.dumps(nb))
+    if update_nav:
+        readme = path.parent.parent / "README.md"
+        nav.update(path.parent, readme if readme.exists() and path.parent.resolve() == nav.NB_DIR else None)
+    return path

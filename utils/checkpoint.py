@@ -1,0 +1,86 @@
+"""Checkpoints: one dict (weights + metadata [+ training state]), written atomically, loaded safely.
+
+``torch.load(..., weights_only=True)`` refuses arbitrary pickles, so a checkpoint holds only tensors,
+numbers, strings, lists and dicts. Writes go to a temporary file in the same folder, then
+``os.replace`` — an interrupted save (a Colab disconnect) never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import CLASSES, UserError
+
+FORMAT = "cxr-checkpoint/1"
+REQUIRED_META = ("format", "arch", "classes", "image_size", "mean", "std", "threshold")
+
+
+def make_meta(*, image_size: int, mean, std, threshold: float = 0.5, arch: str = "resnet18",
+              classes=CLASSES, **extra: Any) -> dict[str, Any]:
+    """Metadata every checkpoint carries (extra keys: profile, data_fingerprint, weights, phase…)."""
+    return {"format": FORMAT, "arch": arch, "classes": list(classes), "image_size": int(image_size),
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "threshold": float(threshold), **extra}
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
+    """Write ``ckpt`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(ckpt, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    require_meta: bool = True) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; every user mistake becomes a one-line :class:`UserError`."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path} (train it with notebooks 02-03, or pass --model_path).")
+    if path.is_dir():
+        raise UserError(f"checkpoint path is a folder, not a file: {path}.")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint is empty (0 bytes): {path}; re-create it with notebooks 02-03.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"refused to load {path}: it is not a plain checkpoint of tensors and metadata "
+                        f"(weights_only=True rejected it: {first[:160]}).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or truncated "
+                        f"({type(exc).__name__}).") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"{path} is not a project checkpoint: expected a dict with 'model' weights and 'meta'.")
+    if require_meta:
+        meta = ckpt.get("meta")
+        missing = [k for k in REQUIRED_META if not isinstance(meta, dict) or k not in meta]
+        if missing:
+            raise UserError(f"{path} has no usable metadata (missing {', '.join(missing)}); "
+                            "save checkpoints with utils.checkpoint.make_meta.")
+    return ckpt
+
+
+def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short content hash of model weights (names, shapes and values)."""
+    h = hashlib.sha1()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]

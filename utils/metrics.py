@@ -1,0 +1,432 @@
+"""Recall-first evaluation: thresholds, metrics, bootstrap CIs, calibration and temperature scaling.
+
+Conventions: ``y_true`` holds 0 = NORMAL, 1 = PNEUMONIA; ``prob`` is P(PNEUMONIA); an image is called
+positive when ``prob >= threshold``. Thresholds are chosen on *validation* predictions only and then
+applied, frozen, to the test set. Every function is pure (no global state, no file access except the
+two prediction/metrics-file helpers at the end); scikit-learn does the ranking metrics and the
+confusion matrices. This module imports nothing from ``utils``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sklearn
+from scipy.optimize import minimize_scalar
+from scipy.stats import binomtest
+from sklearn.metrics import (average_precision_score, brier_score_loss, confusion_matrix,
+                             roc_auc_score, roc_curve)
+
+ArrayLike = Sequence[float] | np.ndarray
+
+#: Names of the headline metrics, in display order (keys of :func:`evaluate_predictions`'s ``metrics``).
+THRESHOLD_METRICS: tuple[str, ...] = ("sensitivity", "specificity", "precision", "npv", "f1", "accuracy")
+THRESHOLD_FREE_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "brier", "ece")
+HEADLINE_METRICS: tuple[str, ...] = THRESHOLD_METRICS + THRESHOLD_FREE_METRICS
+
+#: Columns of ``assets/predictions_{split}.csv`` (see :func:`predictions_frame`).
+PREDICTION_COLUMNS: tuple[str, ...] = ("id", "label", "prob", "patient_id", "subtype", "split")
+
+_EPS = 1e-7  # probability clip before taking logits
+
+
+def _arrays(y_true: ArrayLike, prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(int labels, float probabilities)`` of equal length."""
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"y_true has {y.size} values but prob has {p.size}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must contain only 0 (NORMAL) and 1 (PNEUMONIA)")
+    return y, p
+
+
+def _ratio(num: float, den: float) -> float:
+    """``num / den``, or nan when the denominator is zero (metric undefined)."""
+    return float(num) / den if den else math.nan
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return 0 < int(y.sum()) < y.size
+
+
+# ------------------------------------------------------------------------------------------ thresholds
+def threshold_for_recall(y_true: ArrayLike, prob: ArrayLike, target_recall: float = 0.98) -> float:
+    """Highest threshold whose recall on *these* data (validation) is at least ``target_recall``.
+
+    Recall falls as the threshold rises, so this is the most specific operating point that still meets
+    the target. Ties are safe: all images scoring exactly the threshold are called positive. With
+    ``target_recall=1.0`` the result is the lowest positive's probability.
+    """
+    y, p = _arrays(y_true, prob)
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    if not y.any():
+        raise ValueError("threshold_for_recall needs at least one positive (PNEUMONIA) example")
+    # roc_curve thresholds: every distinct score, decreasing; tpr[i] = recall of prob >= thresholds[i].
+    # It needs both classes, so a dummy negative scoring below every image (never chosen) is appended.
+    _, tpr, thr = roc_curve(np.r_[y, 0], np.r_[p, p.min() - 1.0], drop_intermediate=False)
+    ok = (tpr >= target_recall - 1e-12) & np.isfinite(thr)
+    return float(thr[ok].max())
+
+
+def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 (first, i.e. highest, on ties)."""
+    y, p = _arrays(y_true, prob)
+    if not _both_classes(y):
+        raise ValueError("youden_threshold needs both classes")
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # drop sklearn's +inf "nobody positive" point
+    return float(thr[np.argmax(tpr - fpr)])
+
+
+def choose_thresholds(y_val: ArrayLike, p_val: ArrayLike, target_recall: float = 0.98) -> dict[str, float]:
+    """The candidate operating points, all fitted on validation data only.
+
+    Keys: ``f"recall>={target_recall:g}"`` (e.g. ``"recall>=0.98"``, :func:`threshold_for_recall`, the
+    recall-first rule), ``"youden"`` (:func:`youden_threshold`, balanced) and ``"0.5"`` (the naive
+    default rule, for comparison).
+    """
+    return {f"recall>={target_recall:g}": threshold_for_recall(y_val, p_val, target_recall),
+            "youden": youden_threshold(y_val, p_val),
+            "0.5": 0.5}
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def threshold_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> dict[str, float]:
+    """Confusion counts and the rates derived from them at ``prob >= threshold``.
+
+    Keys: ``sensitivity`` (recall, TP/(TP+FN)), ``specificity`` (TN/(TN+FP)), ``precision`` (PPV,
+    TP/(TP+FP)), ``npv`` (TN/(TN+FN)), ``f1``, ``accuracy`` and the counts ``tp fp tn fn``. A rate whose
+    denominator is zero is nan.
+    """
+    y, p = _arrays(y_true, prob)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, (p >= threshold).astype(np.int64),
+                                                       labels=[0, 1]).ravel())
+    return {"sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
+            "precision": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn), "accuracy": _ratio(tp + tn, y.size),
+            "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def _bin_sums(y: np.ndarray, p: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of [0, 1] (the last one closed): image count, sum of prob, sum of labels."""
+    idx = np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)
+    return (np.bincount(idx, minlength=n_bins), np.bincount(idx, weights=p, minlength=n_bins),
+            np.bincount(idx, weights=y, minlength=n_bins))
+
+
+def reliability_curve(y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> pd.DataFrame:
+    """Per-bin calibration table over ``n_bins`` equal-width bins of [0, 1] (the last bin includes 1).
+
+    Columns: ``bin_lower``, ``bin_upper``, ``mean_pred`` (mean probability in the bin), ``frac_pos``
+    (observed fraction of PNEUMONIA), ``count``. Empty bins have count 0 and nan means.
+    """
+    count, sum_p, sum_y = _bin_sums(*_arrays(y_true, prob), n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:], "mean_pred": sum_p / count,
+                             "frac_pos": sum_y / count, "count": count})
+
+
+def expected_calibration_error(y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> float:
+    """ECE = sum over equal-width bins b of (n_b / N) * |mean prob in b - fraction positive in b|.
+
+    0 for a perfectly calibrated model (within each bin the mean predicted probability equals the
+    observed frequency); up to 1 for a confidently wrong one. Empty bins contribute nothing. The bins
+    are those of :func:`reliability_curve`.
+    """
+    y, p = _arrays(y_true, prob)
+    _, sum_p, sum_y = _bin_sums(y, p, n_bins)
+    return float(np.abs(sum_p - sum_y).sum() / y.size) if y.size else math.nan  # n_b/N*|sum_p/n_b - sum_y/n_b|
+
+
+def threshold_free_metrics(y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> dict[str, float]:
+    """``roc_auc``, ``pr_auc`` (average precision), ``brier`` and ``ece`` (:func:`expected_calibration_error`).
+
+    The ranking metrics are nan when only one class is present.
+    """
+    y, p = _arrays(y_true, prob)
+    both = _both_classes(y)
+    return {"roc_auc": float(roc_auc_score(y, p)) if both else math.nan,
+            "pr_auc": float(average_precision_score(y, p)) if both else math.nan,
+            "brier": float(brier_score_loss(y, p, pos_label=1)) if y.size else math.nan,
+            "ece": expected_calibration_error(y, p, n_bins)}
+
+
+def headline_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float, n_bins: int = 10) -> dict[str, float]:
+    """All :data:`HEADLINE_METRICS` (threshold and threshold-free) at ``threshold``, counts excluded."""
+    tm = threshold_metrics(y_true, prob, threshold)
+    return {**{k: tm[k] for k in THRESHOLD_METRICS}, **threshold_free_metrics(y_true, prob, n_bins)}
+
+
+# ------------------------------------------------------------------------------------------- bootstrap
+def bootstrap_indices(n: int, groups: ArrayLike | None = None, n_boot: int = 1000,
+                      seed: int = 0) -> Iterator[np.ndarray]:
+    """Yield ``n_boot`` resamples of the indices ``0..n-1`` (seeded, hence reproducible).
+
+    Without ``groups`` images are drawn with replacement. With ``groups`` (one patient id per image),
+    *patients* are drawn with replacement and each drawn patient contributes all of its images, so
+    images of one patient never get split across the resample (the images are not independent).
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        for _ in range(n_boot):
+            yield rng.integers(0, n, size=n)
+        return
+    groups = np.asarray(groups).ravel()
+    if groups.size != n:
+        raise ValueError(f"groups has {groups.size} values for {n} predictions")
+    _, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")        # images sorted by patient
+    sizes = np.bincount(inverse)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    for _ in range(n_boot):
+        drawn = rng.integers(0, sizes.size, size=sizes.size)
+        lengths = sizes[drawn]
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        yield order[np.repeat(starts[drawn], lengths) + offsets]
+
+
+def _bootstrap_matrix(y: np.ndarray, p: np.ndarray, fn: Callable[[np.ndarray, np.ndarray], Sequence[float]],
+                      groups: ArrayLike | None, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot, k)`` array of ``fn`` on each resample; nan where a metric is undefined on it."""
+    rows = []
+    # inputs were validated once by the caller; skipping sklearn's per-call checks halves the run time
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        for idx in bootstrap_indices(y.size, groups, n_boot, seed):
+            try:
+                rows.append(np.asarray(fn(y[idx], p[idx]), dtype=np.float64))
+            except ValueError:  # e.g. a sklearn metric refusing a single-class resample
+                rows.append(None)
+    width = next((r.size for r in rows if r is not None), 1)
+    return np.vstack([np.full(width, np.nan) if r is None else r.reshape(width) for r in rows])
+
+
+def _percentiles(samples: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise percentile interval ignoring nan (undefined) resamples."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-nan column gives nan, silently
+        lo, hi = np.nanpercentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    return lo, hi
+
+
+def bootstrap_ci(y_true: ArrayLike, prob: ArrayLike, metric_fn: Callable[[np.ndarray, np.ndarray], float],
+                 groups: ArrayLike | None = None, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[float, float, float]:
+    """``(point, lo, hi)``: ``metric_fn(y, p)`` on all data and its percentile bootstrap (1-alpha) CI.
+
+    With ``groups`` (patient ids) patients are resampled whole (:func:`bootstrap_indices`). Resamples on
+    which the metric is undefined (returns nan or raises ValueError, e.g. one class only) are skipped;
+    :func:`evaluate_predictions` reports how many.
+    """
+    y, p = _arrays(y_true, prob)
+    samples = _bootstrap_matrix(y, p, lambda a, b: [metric_fn(a, b)], groups, n_boot, seed)
+    lo, hi = _percentiles(samples, alpha)
+    return float(metric_fn(y, p)), float(lo[0]), float(hi[0])
+
+
+def evaluate_predictions(y_true: ArrayLike, prob: ArrayLike, threshold: float,
+                         groups: ArrayLike | None = None, n_boot: int = 1000, seed: int = 0,
+                         alpha: float = 0.05, n_bins: int = 10) -> dict[str, Any]:
+    """Every headline metric at a frozen ``threshold`` with a bootstrap CI, from one set of resamples.
+
+    Returns ``{"threshold", "n", "n_positive", "n_patients" (None without groups), "counts": {tp, fp,
+    tn, fn}, "metrics": {name: {"value", "ci_low", "ci_high"}} for name in HEADLINE_METRICS,
+    "bootstrap": {"n_boot", "unit" ("patient" | "image"), "alpha", "seed", "n_skipped": {name: count}}}``.
+    ``n_skipped`` counts the resamples on which a metric was undefined (left out of its interval).
+    """
+    y, p = _arrays(y_true, prob)
+    point = headline_metrics(y, p, threshold, n_bins)
+    samples = _bootstrap_matrix(y, p, lambda a, b: list(headline_metrics(a, b, threshold, n_bins).values()),
+                                groups, n_boot, seed)
+    lo, hi = _percentiles(samples, alpha)
+    counts = threshold_metrics(y, p, threshold)
+    return {
+        "threshold": float(threshold), "n": int(y.size), "n_positive": int(y.sum()),
+        "n_patients": None if groups is None else int(np.unique(np.asarray(groups)).size),
+        "counts": {k: counts[k] for k in ("tp", "fp", "tn", "fn")},
+        "metrics": {name: {"value": point[name], "ci_low": float(lo[i]), "ci_high": float(hi[i])}
+                    for i, name in enumerate(point)},
+        "bootstrap": {"n_boot": int(n_boot), "unit": "image" if groups is None else "patient",
+                      "alpha": alpha, "seed": seed,
+                      "n_skipped": {name: int(np.isnan(samples[:, i]).sum()) for i, name in enumerate(point)}},
+    }
+
+
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (nan, nan when ``n == 0``)."""
+    if n == 0:
+        return math.nan, math.nan
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def per_group_recall(y_true: ArrayLike, prob: ArrayLike, threshold: float, groups: ArrayLike,
+                     alpha: float = 0.05) -> pd.DataFrame:
+    """Recall per group (e.g. subtype bacteria / virus) among the *positive* images of each group.
+
+    One row per group that has positives: ``group``, ``n_positive``, ``detected`` (TP), ``missed`` (FN),
+    ``recall``, ``ci_low``, ``ci_high`` (Wilson interval; images treated as independent, so it is
+    optimistic when patients contribute several images).
+    """
+    y, p = _arrays(y_true, prob)
+    g = np.asarray(groups).astype(str).ravel()
+    if g.size != y.size:
+        raise ValueError(f"groups has {g.size} values for {y.size} predictions")
+    rows = []
+    for name in sorted(set(g[y == 1])):
+        hit = p[(g == name) & (y == 1)] >= threshold
+        lo, hi = wilson_interval(int(hit.sum()), hit.size, alpha)
+        rows.append({"group": name, "n_positive": hit.size, "detected": int(hit.sum()),
+                     "missed": int((~hit).sum()), "recall": float(hit.mean()), "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["group", "n_positive", "detected", "missed", "recall", "ci_low", "ci_high"])
+
+
+# ---------------------------------------------------------------------------------- temperature scaling
+def prob_to_logit(prob: ArrayLike) -> np.ndarray:
+    """log(p / (1 - p)) with p clipped to [1e-7, 1 - 1e-7] so saturated probabilities stay finite."""
+    p = np.clip(np.asarray(prob, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    """Mean binary cross-entropy of sigmoid(logits / T), computed stably."""
+    z = logits / temperature
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def fit_temperature(scores: ArrayLike, y_true: ArrayLike, from_logits: bool = False,
+                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature T > 0 minimising the validation NLL of sigmoid(logit / T).
+
+    ``scores`` are probabilities (default) or logits (``from_logits=True``). T > 1 softens an
+    over-confident model, T < 1 sharpens an under-confident one. Dividing every logit by the same
+    positive T is monotone, so it changes calibration only, never ranking: AUC, PR-AUC and the ordering
+    of images are unchanged (a threshold must be mapped through :func:`apply_temperature`, or re-chosen).
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y, _ = _arrays(y_true, s)
+    logits = s if from_logits else prob_to_logit(s)
+    res = minimize_scalar(lambda log_t: _nll(logits, y, math.exp(log_t)), method="bounded",
+                          bounds=(math.log(bounds[0]), math.log(bounds[1])), options={"xatol": 1e-6})
+    return float(math.exp(res.x))
+
+
+def apply_temperature(prob: ArrayLike, temperature: float) -> np.ndarray:
+    """Recalibrated probabilities sigmoid(logit(prob) / T) (ranking preserved, see :func:`fit_temperature`)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return 1.0 / (1.0 + np.exp(-prob_to_logit(prob) / temperature))
+
+
+def nll(y_true: ArrayLike, prob: ArrayLike) -> float:
+    """Mean negative log-likelihood (log loss) of probabilities clipped to [1e-7, 1 - 1e-7]."""
+    y, p = _arrays(y_true, prob)
+    return _nll(prob_to_logit(p), y, 1.0)
+
+
+# --------------------------------------------------------------------------------- predictions files
+def predictions_frame(ids: ArrayLike, labels: ArrayLike, probs: ArrayLike, patient_ids: ArrayLike,
+                      subtypes: ArrayLike, split: str) -> pd.DataFrame:
+    """One row per image with the columns of ``assets/predictions_{split}.csv`` (:data:`PREDICTION_COLUMNS`)."""
+    y, p = _arrays(labels, probs)
+    frame = pd.DataFrame({"id": np.asarray(ids).astype(str), "label": y, "prob": p,
+                          "patient_id": np.asarray(patient_ids).astype(str),
+                          "subtype": np.asarray(subtypes).astype(str)})  # raises on unequal lengths
+    frame["split"] = split
+    return frame
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a predictions CSV written from :func:`predictions_frame`; ValueError names missing columns."""
+    frame = pd.read_csv(path, dtype={"id": str, "patient_id": str, "subtype": str, "split": str})
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} "
+                         f"(expected {', '.join(PREDICTION_COLUMNS)})")
+    return frame
+
+
+# -------------------------------------------------------------------------------- reporting and JSON
+def format_ci(entry: Mapping[str, float], digits: int = 3) -> str:
+    """``{"value", "ci_low", "ci_high"}`` as ``"0.950 [0.920, 0.970]"``."""
+    return f"{entry['value']:.{digits}f} [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
+
+
+def compare_models(results: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] = HEADLINE_METRICS,
+                   digits: int = 3) -> pd.DataFrame:
+    """Side-by-side table: rows = metrics, columns = models, cells ``"0.950 [0.920, 0.970]"``.
+
+    ``results`` maps a model name to an :func:`evaluate_predictions` result (or its ``"metrics"`` dict).
+    """
+    table = {name: {m: format_ci(res.get("metrics", res)[m], digits) for m in metrics}
+             for name, res in results.items()}
+    return pd.DataFrame(table, index=list(metrics))
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain-JSON copy: numpy scalars/arrays to Python, nan/inf to None (strict JSON has no NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def metrics_record(evaluation: Mapping[str, Any], split: str, threshold_rule: str, model_fingerprint: str,
+                   data_fingerprint: str, **extra: Any) -> dict[str, Any]:
+    """JSON-ready record for ``assets/metrics.json`` built from an :func:`evaluate_predictions` result.
+
+    Keys: ``split``, ``n``, ``n_positive``, ``n_patients``, ``threshold`` ({"rule", "value"}),
+    ``metrics`` (each with CI), ``counts``, ``bootstrap``, ``model_fingerprint``, ``data_fingerprint``,
+    plus any ``extra`` (e.g. ``temperature=1.3``). nan becomes null.
+    """
+    record = {"split": split, "n": evaluation["n"], "n_positive": evaluation["n_positive"],
+              "n_patients": evaluation["n_patients"],
+              "threshold": {"rule": threshold_rule, "value": evaluation["threshold"]},
+              "metrics": evaluation["metrics"], "counts": evaluation["counts"],
+              "bootstrap": evaluation["bootstrap"], "model_fingerprint": model_fingerprint,
+              "data_fingerprint": data_fingerprint, **extra}
+    return _jsonable(record)
+
+
+def update_metrics_json(path: str | os.PathLike, key: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Set section ``key`` of the JSON file at ``path`` to ``record``, keeping every other section.
+
+    The file is rewritten atomically (temp file in the same folder, then ``os.replace``), so a crash
+    never leaves half a file. Returns the whole updated document.
+    """
+    path = Path(path)
+    doc: dict[str, Any] = {}
+    if path.exists():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8") or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): fix or delete it") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path} must hold a JSON object, found {type(doc).__name__}")
+    doc[key] = _jsonable(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return doc

@@ -1,0 +1,188 @@
+"""The network: torchvision ResNet-18 with a 2-class head, its weights, freezing and inference helpers."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import models
+
+from .checkpoint import load_checkpoint
+from .config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, artifact
+
+WEIGHT_CHOICES = ("imagenet", "phantom", "none")
+#: Layer groups from input to output (used for freezing and discriminative learning rates).
+LAYER_GROUPS = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
+
+
+def _resnet18(num_classes: int) -> nn.Module:
+    model = models.resnet18(weights=None)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def _imagenet_state() -> dict[str, torch.Tensor] | None:
+    """ImageNet weights from the torch cache, or downloaded when online; ``None`` when unavailable."""
+    weights = models.ResNet18_Weights.IMAGENET1K_V1
+    try:
+        import socket
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(10)  # offline: fail fast, never hang
+        try:
+            return weights.get_state_dict(progress=False)
+        finally:
+            socket.setdefaulttimeout(old)
+    except Exception as exc:  # noqa: BLE001 - any download failure means "not available"
+        print(f"ImageNet weights unavailable ({type(exc).__name__}: offline?); continuing from random initialisation.")
+        return None
+
+
+def build_model(weights: str = "none", num_classes: int = len(CLASSES), seed: int | None = None
+                ) -> tuple[nn.Module, str]:
+    """ResNet-18 with a fresh ``num_classes`` head and the requested backbone weights.
+
+    ``weights``: ``"imagenet"`` (torchvision's IMAGENET1K_V1, cache or download; falls back to random
+    initialisation with a one-line message), ``"phantom"`` (the shipped phantom-pretrained backbone,
+    the offline stand-in for ImageNet), ``"none"`` (random) or a path to a checkpoint/state dict.
+    Returns the model and a description of the weights actually used.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = _resnet18(num_classes)
+    if weights == "none":
+        return model, "random initialisation"
+    if weights == "imagenet":
+        state = _imagenet_state()
+        if state is None:
+            return model, "random initialisation (ImageNet weights unavailable offline)"
+        desc = "ImageNet (torchvision IMAGENET1K_V1)"
+    else:
+        path = artifact("pretrained_backbone") if weights == "phantom" else Path(weights)
+        if weights not in WEIGHT_CHOICES and not path.exists():
+            raise UserError(f"unknown weights {weights!r}: choose {', '.join(WEIGHT_CHOICES)} or a checkpoint path.")
+        ckpt = load_checkpoint(path, require_meta=False)
+        state = ckpt["model"]
+        desc = f"phantom-pretrained backbone ({path.name})" if weights == "phantom" else f"checkpoint {path}"
+    backbone = {k: v.float() for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise UserError(f"weights {weights!r} do not fit a ResNet-18 backbone "
+                        f"(unexpected: {unexpected[:3]}, missing: {[k for k in missing if not k.startswith('fc.')][:3]}).")
+    return model, desc
+
+
+def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters by group, input to output: stem (conv1+bn1), layer1…layer4, fc."""
+    groups = {g: [] for g in LAYER_GROUPS}
+    for name, p in model.named_parameters():
+        top = name.split(".")[0]
+        groups["stem" if top in ("conv1", "bn1") else top].append(p)
+    return groups
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Phase 1: only the head learns; backbone parameters get no gradient."""
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("fc.")
+
+
+def unfreeze_all(model: nn.Module) -> None:
+    """Phase 2: every parameter learns."""
+    for p in model.parameters():
+        p.requires_grad = True
+
+
+def set_backbone_bn_eval(model: nn.Module) -> None:
+    """Keep BatchNorm statistics of a frozen backbone fixed (call after ``model.train()``)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def param_groups(model: nn.Module, lr: float, discriminative: bool = False, decay: float = 0.5,
+                 weight_decay: float = 0.0) -> list[dict]:
+    """Optimizer groups. ``discriminative``: lr × decay^k for the k-th group below the head.
+
+    With ``decay=0.5`` the head gets ``lr``, layer4 ``lr/2``, layer3 ``lr/4`` … the stem ``lr/32``:
+    early, generic features move least. Without it, one learning rate for all (what the reference
+    project mislabelled "differential").
+    """
+    out = []
+    for depth, (name, params) in enumerate(reversed(layer_groups(model).items())):
+        params = [p for p in params if p.requires_grad]
+        if params:
+            out.append({"params": params, "lr": lr * (decay ** depth if discriminative else 1.0),
+                        "weight_decay": weight_decay, "name": name})
+    return out
+
+
+def preprocess(images: torch.Tensor, mean: Iterable[float] = IMAGENET_MEAN,
+               std: Iterable[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 grayscale ``(N,S,S)`` or ``(N,1,S,S)`` (or float in [0,1]) → normalised float ``(N,3,S,S)``."""
+    x = images if images.ndim == 4 else images.unsqueeze(1)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    m = torch.as_tensor(list(mean), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(list(std), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """A trained model from a project checkpoint (eval mode) and its metadata."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    meta = ckpt["meta"]
+    if meta.get("arch") != "resnet18":
+        raise UserError(f"{path} holds a {meta.get('arch')!r} model; this project expects 'resnet18'.")
+    model = _resnet18(len(meta["classes"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:160]
+        raise UserError(f"{path}: weights do not match a ResNet-18 with {len(meta['classes'])} classes ({first}).") from None
+    return model.to(device).eval(), meta
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`UserError`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"unknown device {device!r}: choose auto, cpu or cuda.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, meta: dict, batch_size: int = 64,
+                   device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
+    """Logits ``(N, C)`` for uint8 images ``(N,S,S)``, batched, model left in eval mode."""
+    device = torch.device(device) if device else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x_all = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    starts = range(0, len(x_all), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="predict", unit="batch", leave=False)
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in starts:
+            x = preprocess(x_all[i:i + batch_size].to(device), meta["mean"], meta["std"])
+            out.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, len(meta["classes"])), np.float32)
+
+
+def predict_proba(model: nn.Module, images: np.ndarray | torch.Tensor, meta: dict, batch_size: int = 64,
+                  device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
+    """P(PNEUMONIA) for each image (softmax over the 2 logits)."""
+    logits = predict_logits(model, images, meta, batch_size, device, progress)
+    return torch.softmax(torch.as_tensor(logits), dim=1)[:, 1].numpy()
