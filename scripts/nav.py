@@ -122,7 +122,8 @@ def nav_source(names: list[str], titles: list[str], i: int) -> str:
         parts.append(f"[Contents]({INDEX_NAME})")
     if i < len(names) - 1:
         parts.append(f"[{_md_text(titles[i + 1])} >]({names[i + 1]})")
-    return f"{NAV_MARK}\n" + " | ".join(parts) + f"\n\n{colab_badge(names[i])}"
+    links = " | ".join(parts) + "\n\n" if parts else ""
+    return f"{NAV_MARK}\n{links}{colab_badge(names[i])}"
 
 
 def nav_cell(source: str, position: str):

@@ -31,7 +31,8 @@ from typing import Sequence, Union
 
 import nbformat
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nav  # noqa: E402  (scripts/nav.py)
 
 Exercise = Union[str, tuple[str, str]]

@@ -80,7 +80,9 @@ def test_subtype_recall(preds, tmp_path):
     fig = EP.plot_subtype_recall(table, target_recall=0.98, save_to=tmp_path / "subtype.png")
     assert_png(fig, tmp_path / "subtype.png")
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["bacteria", "virus"]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    row = table.iloc[0]
+    assert ticks[0] == f"bacteria\n{row.detected}/{row.n_positive} found" and ticks[1].startswith("virus")
     assert [r.get_height() for r in ax.patches] == pytest.approx(table["recall"].tolist())
 
 

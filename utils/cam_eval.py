@@ -28,8 +28,8 @@ from scipy import stats
 from scipy.integrate import trapezoid
 from torch import nn
 
-from . import localisation as loc
-from .gradcam import eval_mode, gradcam, resolve_layer
+from utils import localisation as loc
+from utils.gradcam import eval_mode, gradcam, resolve_layer
 
 __all__ = ["cascading_randomisation", "deletion_insertion", "compare_methods", "oracle_difference",
            "library_cam", "LIBRARY_METHODS", "spearman_maps"]
@@ -48,10 +48,15 @@ def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
     raise ValueError("the target layer is not a submodule of the model")
 
 
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _fixed_targets(model: nn.Module, x: torch.Tensor, targets: Targets) -> np.ndarray:
     """Targets as N ints; None = the model's predicted class."""
     if targets is None:
-        device = next(model.parameters()).device
+        device = _device(model)
         with torch.inference_mode(), eval_mode(model):
             return model(x.to(device)).argmax(1).cpu().numpy()
     t = np.broadcast_to(np.asarray(targets, dtype=np.int64), (len(x),)).copy()
@@ -59,11 +64,18 @@ def _fixed_targets(model: nn.Module, x: torch.Tensor, targets: Targets) -> np.nd
 
 
 def spearman_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of flattened maps, per image (NaN where a map is constant)."""
+    """Spearman rank correlation of flattened maps, per image.
+
+    A constant (flat) map has no ranking: against a structured map it scores 0 (nothing shared);
+    when both maps are flat the value is NaN (undefined) and is left out of means.
+    """
     out = np.full(len(a), np.nan)
     for i, (u, v) in enumerate(zip(a, b)):
-        if np.ptp(u) > 0 and np.ptp(v) > 0:
+        flat_u, flat_v = np.ptp(u) == 0, np.ptp(v) == 0
+        if not (flat_u or flat_v):
             out[i] = stats.spearmanr(u.ravel(), v.ravel()).statistic
+        elif flat_u != flat_v:
+            out[i] = 0.0
     return out
 
 
@@ -77,8 +89,9 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, targets: Targets 
     Runs on a deep copy (the model passed in is untouched); targets are fixed before randomising
     (None = the trained model's predictions). Returns one row per step: ``step`` (0 = trained),
     ``randomised`` (the block re-initialised at this step), ``blocks`` (all re-initialised so far),
-    ``spearman`` / ``spearman_std`` (rank correlation with the trained maps, over images with a
-    non-constant map), ``n_flat`` (constant maps, e.g. all zero after the ReLU) and ``maps`` (N, H, W).
+    ``spearman`` / ``spearman_std`` (mean / sd over images of the rank correlation with the trained
+    maps, see :func:`spearman_maps`: a map gone flat scores 0), ``n_flat`` (constant maps, e.g. all
+    zero after the ReLU) and ``maps`` (N, H, W).
     """
     name = _layer_name(model, layer)
     work = copy.deepcopy(model)
@@ -114,7 +127,8 @@ def _baseline(x: torch.Tensor, baseline: str | float | torch.Tensor) -> torch.Te
         from torchvision.transforms.functional import gaussian_blur
         sigma = max(x.shape[-2:]) / 16
         k = int(2 * round(3 * sigma) + 1)
-        return gaussian_blur(x, [min(k, 2 * (x.shape[-1] // 2) - 1), min(k, 2 * (x.shape[-2] // 2) - 1)], [sigma, sigma])
+        kx, ky = (min(k, 2 * (s // 2) - 1) for s in (x.shape[-1], x.shape[-2]))  # odd, within the image
+        return gaussian_blur(x, [kx, ky], [sigma, sigma])
     if baseline == "mean":  # each image's own channel means
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     if baseline == "zero":  # 0 after normalisation = the dataset's mean intensity
@@ -160,8 +174,7 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, cams: np.ndarray, targ
     n, _, h, w = x.shape
     if cams.shape != (n, h, w):
         raise ValueError(f"cams {cams.shape} must be (N, H, W) = {(n, h, w)}")
-    device = next(model.parameters()).device
-    x = x.to(device)
+    x = x.to(_device(model))
     t = _fixed_targets(model, x, target)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     rng = np.random.default_rng(seed)
@@ -227,7 +240,7 @@ def library_cam(method: str, model: nn.Module, x: torch.Tensor, layer: str | nn.
     try:
         with _quiet_score_cam(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            maps = cam(x.to(next(work.parameters()).device), [ClassifierOutputTarget(int(k)) for k in t])
+            maps = cam(x.to(_device(work)), [ClassifierOutputTarget(int(k)) for k in t])
     finally:
         cam.activations_and_grads.release()  # not `with cam:` — its __exit__ swallows IndexError
     return np.asarray(maps, dtype=np.float32)
@@ -246,6 +259,9 @@ def compare_methods(model: nn.Module, x: torch.Tensor, lesion_masks: np.ndarray,
     few images when ScoreCAM is included. Returns ``(maps, table)``: ``{method: (N, H, W)}`` and
     :func:`utils.localisation.localisation_table` with baselines, plus ``seconds_per_image``.
     """
+    unknown = [m for m in methods if m != "GradCAM (ours)" and m not in LIBRARY_METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}: use 'GradCAM (ours)' or one of {', '.join(LIBRARY_METHODS)}")
     t = _fixed_targets(model, x, targets)
     maps: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}

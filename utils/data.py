@@ -428,7 +428,8 @@ def load_data(cfg: Config, progress: bool = True) -> DataBundle:
         else:
             root = root or download_kaggle(cfg.path("cache_dir") / "kaggle")
             if root is not None:
-                return load_folder(root, size, vf, seed, cache, progress)
+                return load_folder(root, size, vf, seed, cache, progress,
+                                   require_test=cfg.get("require_test", True))
         print("Falling back to the embedded phantom dataset (set DATA_DIR / CXR_DATA_DIR to real data).")
     root = ensure_phantom_dataset(cfg.path("phantom_dir"), size, {**cfg["phantom"]}, progress)
     bundle = load_folder(root, size, vf, seed, cache, progress, source="phantom")

@@ -102,8 +102,10 @@ def plot_reliability(y_true: ArrayLike, probs: ArrayLike | Mapping[str, ArrayLik
     for i, (name, p) in enumerate(series.items()):
         table = reliability_curve(y_true, p, n_bins).query("count > 0")
         ece = expected_calibration_error(y_true, p, n_bins)
-        ax.plot(table["mean_pred"], table["frac_pos"], marker="o", color=f"C{i}", label=f"{name} (ECE {ece:.3f})")
-        ax_hist.hist(np.asarray(p, dtype=float), bins=n_bins, range=(0, 1), histtype="step", color=f"C{i}", lw=1.5)
+        ax.plot(table["mean_pred"], table["frac_pos"], marker="o", color=f"C{i}",
+                label=f"{name} (ECE {ece:.3f})")
+        ax_hist.hist(np.asarray(p, dtype=float), bins=n_bins, range=(0, 1), histtype="step", color=f"C{i}",
+                     lw=1.5)
     ax.set(ylabel="observed fraction PNEUMONIA", xlim=(0, 1), ylim=(0, 1), title=title or "Reliability diagram")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
@@ -118,12 +120,10 @@ def plot_subtype_recall(table: pd.DataFrame, target_recall: float | None = None,
     x = np.arange(len(table))
     err = np.vstack([table["recall"] - table["ci_low"], table["ci_high"] - table["recall"]])
     ax.bar(x, table["recall"], yerr=err, capsize=6, color="C0", alpha=0.8)
-    for xi, row in zip(x, table.itertuples()):
-        ax.annotate(f"{row.detected}/{row.n_positive}", (xi, 0.03), ha="center", color="white", fontsize=9)
     if target_recall is not None:
         ax.axhline(target_recall, ls="--", color="C3", label=f"target recall {target_recall:g}")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xticks(x, table["group"])
+    ax.set_xticks(x, [f"{r.group}\n{r.detected}/{r.n_positive} found" for r in table.itertuples()])
     ax.set(ylabel="recall (95% Wilson CI)", ylim=(0, 1.05), title=title or "Recall by subtype")
     return _finish(fig, save_to)
 

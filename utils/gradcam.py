@@ -10,8 +10,9 @@ The low-resolution map is then upsampled bilinearly to the input size and scaled
 
 How the pieces are caught (the part worth reading):
 
-* a *forward hook* on the target layer sees its output ``A`` during the forward pass. It swaps ``A``
-  for ``A.detach().requires_grad_()``: same values, but a fresh leaf of the autograd graph. That
+* a *forward hook* on the target layer sees its output ``A`` during the forward pass. It records
+  ``A.detach().requires_grad_()`` (same values, a fresh leaf of the autograd graph) and hands a copy
+  of it to the rest of the network. That
   makes the CAM work whatever the parameters' ``requires_grad`` flags are (a fully frozen model
   included) and cuts the graph below the layer, which Grad-CAM never needs;
 * a *tensor hook* (``A.register_hook``) receives ``dy^c / dA`` during the backward pass. Module
@@ -111,14 +112,17 @@ class GradCAM:
     def _forward_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if not self._recording:
             return None  # the model is used normally between CAM calls
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"target layer output is {type(output).__name__}, expected a Tensor")
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            what = f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(f"Grad-CAM needs a convolutional layer with (N, K, h, w) output; got {what}")
         if self._acts:
             raise RuntimeError("the target layer ran twice in one forward pass: choose a module used once")
         act = output.detach().requires_grad_(True)  # a new leaf: gradients exist even for a frozen model
         act.register_hook(self._grads.append)  # tensor hook: receives d score / d act in the backward
         self._acts.append(act)
-        return act  # replaces the layer's output (same values) for the rest of the forward
+        # The rest of the forward runs on a copy: later in-place ops (a ReLU(inplace=True), a residual
+        # `out += identity`) may change it, but not the recorded leaf; gradients flow back unchanged.
+        return act.clone()
 
     def release(self) -> None:
         """Remove the hooks (idempotent)."""
@@ -160,23 +164,29 @@ class GradCAM:
             raise RuntimeError("this GradCAM was released; create a new one")
         if x.ndim != 4:
             raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
-        device = next(self.model.parameters()).device
+        p = next(self.model.parameters(), None)
+        device = p.device if p is not None else x.device
         self._acts.clear()
         self._grads.clear()
-        with torch.inference_mode(False), torch.enable_grad(), eval_mode(self.model):
-            x = x.to(device).detach().clone()  # clone: a normal tensor even if made under inference_mode
-            self._recording = True
-            try:
-                logits = self.model(x)
-            finally:
-                self._recording = False
-            if not self._acts:
-                raise RuntimeError("the target layer did not run in the forward pass")
-            act = self._acts[0]
-            t = self._targets(targets, logits)
-            score = logits.gather(1, t[:, None]).sum()  # images are independent in eval mode
-            torch.autograd.grad(score, act)  # fires the tensor hook; touches no parameter .grad
-            grad = self._grads[0]
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), eval_mode(self.model):
+                x = x.to(device).detach().clone()  # clone: a normal tensor even if made under inference_mode
+                self._recording = True
+                try:
+                    logits = self.model(x)
+                finally:
+                    self._recording = False
+                if not self._acts:
+                    raise RuntimeError("the target layer did not run in the forward pass")
+                act = self._acts[0]
+                t = self._targets(targets, logits)
+                score = logits.gather(1, t[:, None]).sum()  # images are independent in eval mode
+                # fires the tensor hook; writes no parameter .grad. An unused layer gets no gradient: zeros.
+                torch.autograd.grad(score, act, allow_unused=True)
+                grad = self._grads[0] if self._grads else torch.zeros_like(act)
+        finally:
+            self._acts.clear()  # no graph kept alive between calls, even after an error
+            self._grads.clear()
         with torch.no_grad():
             alphas = grad.mean(dim=(2, 3))  # (N, K): global-average-pooled gradients
             weighted = torch.einsum("nk,nkhw->nhw", alphas, act)
@@ -187,8 +197,6 @@ class GradCAM:
         self.activations, self.gradients, self.alphas = as_np(act), as_np(grad), as_np(alphas)
         self.weighted, self.raw_maps, self.maps = as_np(weighted), as_np(raw), as_np(maps)
         self.logits, self.targets = logits.detach(), t.cpu().numpy()
-        self._acts.clear()  # drop graph references between calls
-        self._grads.clear()
         return self.maps, self.logits
 
 
@@ -217,7 +225,8 @@ def _check_unit(a: np.ndarray, name: str) -> None:
     if not np.issubdtype(a.dtype, np.floating) and a.dtype != bool:
         raise ValueError(f"{name} must be float in [0, 1], got dtype {a.dtype} (see gray_to_float)")
     if a.size and not np.all((a >= 0) & (a <= 1)):  # also rejects NaN
-        raise ValueError(f"{name} values must lie in [0, 1] (got min {np.nanmin(a):.3g}, max {np.nanmax(a):.3g})")
+        got = "NaN" if np.isnan(a).any() else f"min {a.min():.3g}, max {a.max():.3g}"
+        raise ValueError(f"{name} values must lie in [0, 1] (got {got})")
 
 
 def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray:
@@ -234,7 +243,8 @@ def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4, cmap: str = "
     _check_unit(cam, "cam")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    if cam.ndim != 2 or gray.shape[:2] != cam.shape or gray.ndim not in (2, 3) or (gray.ndim == 3 and gray.shape[2] != 3):
+    rgb_ok = gray.ndim == 2 or (gray.ndim == 3 and gray.shape[2] == 3)
+    if cam.ndim != 2 or gray.shape[:2] != cam.shape or not rgb_ok:
         raise ValueError(f"shapes do not match: gray {gray.shape} (H, W)[, 3], cam {cam.shape} (H, W)")
     rgb = gray[..., None].repeat(3, axis=2) if gray.ndim == 2 else gray
     heat = matplotlib.colormaps[cmap](cam.astype(np.float64))[..., :3]

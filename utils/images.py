@@ -144,8 +144,9 @@ def read_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
         if gray.shape != (size, size):
-            gray = np.asarray(Image.fromarray(gray, "L").resize((size, size), Image.Resampling.BILINEAR))
-    return np.ascontiguousarray(gray, dtype=np.uint8)
+            gray = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR))
+    gray = np.ascontiguousarray(gray, dtype=np.uint8)
+    return gray if gray.flags.writeable else gray.copy()  # PIL's buffers are read-only
 
 
 def _read_pil(path: Path) -> np.ndarray:

@@ -15,7 +15,7 @@ and *smoothed random noise*. A method that cannot beat the centre prior does not
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -95,7 +95,10 @@ def centre_prior(h: int, w: int, sigma_frac: float = 0.25) -> np.ndarray:
 
 
 def random_map(rng: np.random.Generator, h: int, w: int, smooth_px: float | None = None) -> np.ndarray:
-    """Gaussian-smoothed white noise scaled to [0, 1]; ``smooth_px`` defaults to max(h, w) / 16 (blob-sized like a CAM)."""
+    """Gaussian-smoothed white noise scaled to [0, 1].
+
+    ``smooth_px`` (the Gaussian's sigma) defaults to max(h, w) / 16: blobs about as coarse as a CAM's.
+    """
     smooth_px = max(h, w) / 16 if smooth_px is None else smooth_px
     m = ndi.gaussian_filter(rng.standard_normal((h, w)), smooth_px, mode="reflect")
     m -= m.min()

@@ -162,7 +162,8 @@ def threshold_free_metrics(y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10)
             "ece": expected_calibration_error(y, p, n_bins)}
 
 
-def headline_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float, n_bins: int = 10) -> dict[str, float]:
+def headline_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float,
+                     n_bins: int = 10) -> dict[str, float]:
     """All :data:`HEADLINE_METRICS` (threshold and threshold-free) at ``threshold``, counts excluded."""
     tm = threshold_metrics(y_true, prob, threshold)
     return {**{k: tm[k] for k in THRESHOLD_METRICS}, **threshold_free_metrics(y_true, prob, n_bins)}
@@ -288,7 +289,8 @@ def per_group_recall(y_true: ArrayLike, prob: ArrayLike, threshold: float, group
         lo, hi = wilson_interval(int(hit.sum()), hit.size, alpha)
         rows.append({"group": name, "n_positive": hit.size, "detected": int(hit.sum()),
                      "missed": int((~hit).sum()), "recall": float(hit.mean()), "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows, columns=["group", "n_positive", "detected", "missed", "recall", "ci_low", "ci_high"])
+    columns = ["group", "n_positive", "detected", "missed", "recall", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 # ---------------------------------------------------------------------------------- temperature scaling
@@ -415,7 +417,8 @@ def update_metrics_json(path: str | os.PathLike, key: str, record: Mapping[str, 
         try:
             doc = json.loads(path.read_text(encoding="utf-8") or "{}")
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): fix or delete it") from None
+            raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): "
+                             "fix or delete it") from None
         if not isinstance(doc, dict):
             raise ValueError(f"{path} must hold a JSON object, found {type(doc).__name__}")
     doc[key] = _jsonable(record)

@@ -22,7 +22,6 @@ from torch import nn
 
 from .augment import AugmentSpec, augment
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import UserError
 from .model import freeze_backbone, param_groups, preprocess, set_backbone_bn_eval, unfreeze_all
 
 
@@ -141,6 +140,10 @@ def setup_phase(model: nn.Module, phase: dict) -> tuple[torch.optim.Optimizer, t
     return opt, sched
 
 
+#: A "last" checkpoint is resumed only when these metadata match (same data, phase and start weights).
+RESUME_KEYS = ("data_fingerprint", "phase", "init", "image_size")
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` returns: the per-epoch history and the best epoch's checkpoint."""
@@ -171,13 +174,11 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, phase: dict, meta:
         model.to(memory_format=torch.channels_last)
     history: list[dict] = []
     start, best_key, best_epoch = 1, None, 0
-    if last_path.exists() and not restart:
-        ck = load_checkpoint(last_path, map_location=device)
-        same = (ck["meta"].get("data_fingerprint") == meta.get("data_fingerprint")
-                and ck["meta"].get("phase") == meta.get("phase"))
-        if not same:
-            raise UserError(f"{last_path} belongs to another run (data or phase differ); "
-                            "set RESTART = True to start this phase over.")
+    ck = load_checkpoint(last_path, map_location=device) if last_path.exists() and not restart else None
+    if ck is not None and any(ck["meta"].get(k) != meta.get(k) for k in RESUME_KEYS):
+        print(f"{last_path.name} is from another run (data, phase or start weights differ): starting over.")
+        ck = None
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

@@ -1,0 +1,130 @@
+"""The benchmark runs end to end in smoke mode and writes a well-formed report (no timing thresholds)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from utils import bench
+
+#: Tiny, and one torch thread: on a busy 2-core machine two threads fight each other (several × slower).
+#: The predict subprocess (≈ 10-20 s of imports on a busy machine) is covered below with a stand-in.
+SMOKE_ARGS = ["--smoke", "--device", "cpu", "--size", "64", "--batch", "8", "--iters", "2", "--warmup", "1",
+              "--data-images", "6", "--threads", "1", "--quiet", "--no-predict-cmd"]
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "benchmark.json"
+    threads = torch.get_num_threads()
+    code = bench.main([*SMOKE_ARGS, "--out", str(out)])
+    assert code == 0
+    assert torch.get_num_threads() == threads, "the benchmark must give the caller its thread count back"
+    return json.loads(out.read_text())
+
+
+def test_top_level_keys(report):
+    for key in ("device", "torch", "size", "batch", "smoke", "train", "data", "eval", "latency", "gradcam",
+                "memory", "compile", "settings", "notes"):
+        assert key in report, key
+    assert report["device"] == "cpu"
+    assert report["smoke"] is True and report["compile"] is False
+    assert report["size"] == 64 and report["batch"] == 8
+    assert report["torch"] == torch.__version__
+
+
+def test_train_section(report):
+    t = report["train"]
+    for key in ("tight_img_s", "tight_phase1_img_s", "project_phase1_img_s", "project_phase2_img_s",
+                "ratio_phase1", "ratio_phase2", "full_profile_estimate_s"):
+        assert _positive(t[key]), (key, t[key])
+    assert t["iters"] == 2 and t["warmup"] == 1 and t["repeats"] == 1
+    assert t["tight_img_s"] == max(t["tight_img_s_runs"])
+
+
+def test_data_eval_gradcam_sections(report):
+    d = report["data"]
+    assert d["images"] == 6 and d["unreadable"] == 0
+    for key in ("pil_img_s", "pil_epoch_s", "cache_build_s", "cache_build_img_s", "cache_load_img_s",
+                "speedup_load_vs_pil"):
+        assert _positive(d[key]), (key, d[key])
+    assert _positive(report["eval"]["img_s"])
+    g = report["gradcam"]
+    assert g["batches"] == [1, 4]
+    assert _positive(g["b1_maps_s"]) and _positive(g["b4_maps_s"])
+
+
+def test_latency_and_memory(report):
+    lat = report["latency"]
+    assert lat["runs"] >= 20 and lat["threads"] == 1 and lat["device"] == "cpu"
+    for key in ("predict_gradcam_ms_median", "predict_gradcam_ms_p90", "model_gradcam_ms_median"):
+        assert _positive(lat[key]), (key, lat[key])
+    assert lat["predict_gradcam_ms_p90"] >= lat["predict_gradcam_ms_median"]
+    assert lat["predict_cmd_wall_s"] is None and "skipped" in lat["predict_cmd_note"]
+    mem = report["memory"]
+    assert _positive(mem["cpu_peak_rss_mib"])
+    assert mem["gpu_max_allocated_mib"] is None  # CPU run
+
+
+def test_table_renders(report):
+    text = bench.format_table(report)
+    assert "tight loop" in text and "ratio phase 2" in text and "predict" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error path")
+def test_cuda_without_gpu_is_one_line_error(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert bench.main(["--device", "cuda", "--smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "cuda" in err.lower()
+    assert not out.exists()
+
+
+def test_bad_option_is_one_line_error(capsys):
+    assert bench.main(["--batch", "0", "--smoke"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --batch must be at least 1")
+
+
+class _Proc:
+    def __init__(self, returncode: int, stdout: str = "", stderr: str = "") -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def test_predict_command_timed_and_parsed(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        return _Proc(0, json.dumps({"probability": 0.25, "diagnosis": "NORMAL"}))
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    out = bench.bench_predict_command(tmp_path / "m.pt", tmp_path / "x.jpeg", tmp_path, threads=1)
+    assert _positive(out["predict_cmd_wall_s"]) and out["predict_cmd_probability"] == 0.25
+    cmd = calls[0]
+    assert cmd[1:3] == ["-m", "utils.predict"] and "--json" in cmd and "--output" in cmd
+
+
+def test_predict_command_without_matplotlib_falls_back(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        if "--no-overlay" not in cmd:
+            return _Proc(1, stderr="Traceback ...\nModuleNotFoundError: No module named 'matplotlib'")
+        return _Proc(0, json.dumps({"probability": 0.75}))
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    out = bench.bench_predict_command(tmp_path / "m.pt", tmp_path / "x.jpeg", tmp_path)
+    assert len(calls) == 2 and _positive(out["predict_cmd_wall_s"]) and "matplotlib" in out["predict_cmd_note"]
+
+
+def test_predict_command_failure_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: _Proc(2, stderr="error: bad checkpoint"))
+    out = bench.bench_predict_command(tmp_path / "m.pt", tmp_path / "x.jpeg", tmp_path)
+    assert out["predict_cmd_wall_s"] is None and "exit 2" in out["predict_cmd_note"]

@@ -1,0 +1,137 @@
+"""The environment is described consistently: pyproject.toml, environment.yml, Makefile, README, CI."""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# conda package names that differ from PyPI's
+CONDA_TO_PYPI = {"pytorch": "torch"}
+NOT_DEPENDENCIES = {"python", "pip"}
+
+
+def norm(name: str) -> str:
+    """PEP 503 normalised project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def req_name(requirement: str) -> str:
+    return norm(re.split(r"[\s<>=!~;\[@]", requirement.strip(), maxsplit=1)[0])
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def conda_dependencies(text: str) -> tuple[list[str], list[str]]:
+    """(conda entries, pip entries) of an environment.yml, parsed for the simple subset it uses.
+
+    Handles ``dependencies:`` with ``- item`` lines and one nested ``- pip:`` list; comments and quotes are
+    stripped. Anything fancier fails loudly rather than being misread.
+    """
+    conda, pip = [], []
+    section, pip_indent = None, None
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            section = line.split(":", 1)[0].strip()
+            pip_indent = None
+            continue
+        if section != "dependencies":
+            continue
+        item = line.strip()
+        assert item.startswith("- "), f"environment.yml: unexpected line under dependencies: {raw!r}"
+        value = item[2:].strip().strip("'\"")
+        if value == "pip:":
+            pip_indent = indent
+        elif pip_indent is not None and indent > pip_indent:
+            pip.append(value)
+        else:
+            pip_indent = None
+            conda.append(value)
+    return conda, pip
+
+
+def environment_yml() -> tuple[list[str], list[str]]:
+    return conda_dependencies((ROOT / "environment.yml").read_text(encoding="utf-8"))
+
+
+def yml_names() -> set[str]:
+    conda, pip = environment_yml()
+    names = {CONDA_TO_PYPI.get(n, n) for n in (norm(re.split(r"[\s<>=!~]", c, maxsplit=1)[0]) for c in conda)}
+    names |= {req_name(p) for p in pip if not p.startswith("-")}  # "-e ." installs the project itself
+    return names - NOT_DEPENDENCIES
+
+
+def test_parser_reads_the_subset():
+    conda, pip = conda_dependencies(
+        "name: x\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11  # note\n  - pip\n"
+        "  - pip:\n      - torch>=2.2\n      - '-e .'\n  - pytorch\n")
+    assert conda == ["python=3.11", "pip", "pytorch"]
+    assert pip == ["torch>=2.2", "-e ."]
+
+
+def test_environment_yml_names_the_same_dependencies_as_pyproject():
+    core = {req_name(r) for r in pyproject()["project"]["dependencies"]}
+    yml = yml_names()
+    assert core - yml == set(), f"in pyproject.toml but not environment.yml: {sorted(core - yml)}"
+    assert yml - core == set(), f"in environment.yml but not pyproject.toml: {sorted(yml - core)}"
+
+
+def test_environment_yml_pip_requirements_match_pyproject_exactly():
+    core = {req_name(r): r.replace(" ", "") for r in pyproject()["project"]["dependencies"]}
+    _, pip = environment_yml()
+    for req in pip:
+        if not req.startswith("-"):
+            assert req.replace(" ", "") == core[req_name(req)], f"environment.yml {req!r} != pyproject {core[req_name(req)]!r}"
+    assert "-e ." in pip, "environment.yml should install the project itself (- -e .)"
+
+
+def test_online_extras_stay_out_of_the_core():
+    project = pyproject()["project"]
+    online = {req_name(r) for r in project["optional-dependencies"]["online"]}
+    assert {"medmnist", "kagglehub"} <= online
+    core = {req_name(r) for r in project["dependencies"]}
+    assert online & core == set(), f"online extras in the core dependencies: {sorted(online & core)}"
+    assert online & yml_names() == set(), f"online extras in environment.yml: {sorted(online & yml_names())}"
+
+
+def test_makefile_pins_the_torch_pair():
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    m = re.search(r"^TORCH_PIN\s*\?=\s*(.+)$", text, re.MULTILINE)
+    assert m, "Makefile: no `TORCH_PIN ?= ...` line"
+    assert m.group(1).split() == ["torch==2.14.1", "torchvision==0.29.1"]
+
+
+def readme_quick_start() -> list[str]:
+    """Commands in the first fenced block of the README's "Quick start" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## Quick start\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL)
+    assert section, "README.md: no '## Quick start' section"
+    block = re.search(r"^```[a-z]*\n(.*?)^```", section.group(1), re.MULTILINE | re.DOTALL)
+    assert block, "README.md: no fenced block in Quick start"
+    return [ln.strip() for ln in block.group(1).splitlines() if ln.strip()]
+
+
+def test_readme_quick_start_is_demo_then_test():
+    assert readme_quick_start() == ["make demo", "make test"]
+
+
+def test_ci_runs_the_readme_test_command():
+    test_command = readme_quick_start()[-1]
+    ci = ROOT / ".ci" / "run"
+    lines = [ln.strip() for ln in ci.read_text(encoding="utf-8").splitlines()]
+    assert lines[0].startswith("#!") and "bash" in lines[0]
+    assert "set -euo pipefail" in lines
+    assert test_command in lines, f".ci/run does not run the README's test command {test_command!r}"
+
+
+def test_readme_has_generated_and_result_markers():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for marker in ("<!-- notebooks:start -->", "<!-- notebooks:end -->",
+                   "<!-- results:start -->", "<!-- results:end -->"):
+        assert text.count(marker) == 1, f"README.md: marker {marker} must appear exactly once"

@@ -1,0 +1,252 @@
+"""The inference command, in-process through ``main([...])`` (plus one real subprocess)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from utils import predict
+from utils.config import project_root
+from utils.images import read_image
+from utils.model import load_model, predict_proba
+from utils.predict import FIG_DPI, FIG_SIZE, main, predict_images
+
+try:
+    from tests import bad_inputs
+except ImportError:  # tests/ is not a package: pytest put it on sys.path
+    import bad_inputs
+
+PNG_SIZE = (int(FIG_SIZE[0] * FIG_DPI), int(FIG_SIZE[1] * FIG_DPI))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    return {"ckpt": bad_inputs.write_tiny_checkpoint(root / "tiny.pt", threshold=0.4),
+            "good": bad_inputs.write_good_images(root / "good"),
+            "bad": bad_inputs.write_bad_images(root / "bad"), "root": root}
+
+
+@pytest.fixture(scope="module")
+def loaded(corpus):
+    return load_model(corpus["ckpt"])
+
+
+@pytest.fixture(scope="module")
+def bad_ckpts(tmp_path_factory):
+    return bad_inputs.write_bad_checkpoints(tmp_path_factory.mktemp("ckpts"))
+
+
+@pytest.fixture(autouse=True)
+def _project_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path))  # default outputs land in tmp, not the repo
+
+
+def _run(capsys, *args) -> tuple[int, str, list[str]]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.strip()]
+
+
+def _assert_png(path, size=PNG_SIZE) -> None:
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == size
+        im.load()
+
+
+def _no_hooks(model) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+
+
+def test_single_image_json_matches_notebook_path(corpus, loaded, capsys, tmp_path):
+    img, out = corpus["good"]["rgb.png"], tmp_path / "figs" / "x.png"
+    code, stdout, err = _run(capsys, "--image_path", img, "--model_path", corpus["ckpt"], "--json", "--output", out,
+                             "--device", "cpu")
+    assert code == 0 and not err
+    r = json.loads(stdout)
+    model, meta = loaded
+    ref = float(predict_proba(model, read_image(img, meta["image_size"])[None], meta)[0])
+    assert abs(r["probability"] - ref) < 1e-5
+    assert r["diagnosis"] == ("PNEUMONIA" if ref >= 0.4 else "NORMAL")
+    assert (r["threshold"], r["threshold_source"], r["layer"], r["explained_class"]) == (0.4, "checkpoint", "layer4", "PNEUMONIA")
+    assert r["overlay"] == str(out) and r["model_path"] == str(corpus["ckpt"]) and len(r["fingerprint"]) == 16
+    _assert_png(out)
+
+
+def test_single_image_human_report_and_default_output(corpus, capsys, tmp_path):
+    img = corpus["good"]["gray_L.jpeg"]
+    before = img.read_bytes()
+    code, stdout, err = _run(capsys, "--image_path", img, "--model_path", corpus["ckpt"], "--threshold", "0.999")
+    assert code == 0 and not err
+    expected = project_root() / "assets" / "predictions" / "gray_L_gradcam.png"
+    assert project_root() == tmp_path and expected.is_file()
+    _assert_png(expected)
+    for text in ("diagnosis:     NORMAL", "P(pneumonia):", "0.999  (from --threshold)", "layer4 (default)",
+                 "PNEUMONIA class", str(expected)):
+        assert text in stdout
+    assert img.read_bytes() == before
+
+
+def test_layer_and_no_overlay(corpus, capsys, tmp_path):
+    code, stdout, _ = _run(capsys, "--image_path", corpus["good"]["palette.png"], "--model_path", corpus["ckpt"],
+                           "--json", "--layer", "layer3.1", "-o", tmp_path)
+    r = json.loads(stdout)
+    assert code == 0 and (r["layer"], r["layer_source"]) == ("layer3.1", "--layer")
+    _assert_png(tmp_path / "palette_gradcam.png")
+    code, stdout, _ = _run(capsys, "--image_path", corpus["good"]["palette.png"], "--model_path", corpus["ckpt"],
+                           "--json", "--no-overlay")
+    r = json.loads(stdout)
+    assert code == 0 and r["overlay"] is None and r["layer"] is None
+    assert not (tmp_path / "assets").exists()
+
+
+def test_choose_layer_from_checkpoint_meta(loaded):
+    model, meta = loaded
+    assert predict.choose_layer(model, {**meta, "gradcam_layer": "layer3"}) == ("layer3", "checkpoint")
+    assert predict.choose_layer(model, {**meta, "gradcam_layer": "auto"}) == ("layer4", "default")
+    assert predict.choose_layer(model, meta, "layer2") == ("layer2", "--layer")
+
+
+def test_batch_with_a_bad_file(corpus, loaded, capsys, tmp_path):
+    folder = tmp_path / "in"
+    (folder / "NORMAL").mkdir(parents=True)
+    (folder / "PNEUMONIA").mkdir()
+    shutil.copy(corpus["good"]["rgb.png"], folder / "NORMAL" / "p1.png")
+    shutil.copy(corpus["good"]["cmyk.jpeg"], folder / "PNEUMONIA" / "p1.jpeg")  # same stem: no overlay clash
+    shutil.copy(corpus["bad"]["truncated_jpeg"], folder / "PNEUMONIA" / "broken.jpeg")
+    out = tmp_path / "res" / "table.csv"
+    code, stdout, err = _run(capsys, "--image_path", folder, corpus["bad"]["missing"], "-r",
+                             "--model_path", corpus["ckpt"], "--output", out)
+    assert code == 1 and stdout == ""
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 2 and "broken.jpeg" in errors[0] and "truncated" in errors[0] and "not found" in errors[1]
+    assert "2 of 4 images predicted" in err[-1]
+    rows = list(csv.DictReader(out.open()))
+    assert [r["image"].split("/")[-1] for r in rows] == ["p1.png", "p1.jpeg"]
+    overlays = sorted((tmp_path / "res" / "table_overlays").iterdir())
+    assert [p.name for p in overlays] == ["p1_gradcam-2.png", "p1_gradcam.png"]
+    for p in overlays:
+        _assert_png(p)
+    model, meta = loaded
+    ref = predict_proba(model, np.stack([read_image(folder / "NORMAL" / "p1.png", 64)]), meta)[0]
+    assert abs(float(rows[0]["probability"]) - ref) < 1e-5
+
+
+def test_batch_json_and_csv_on_stdout(corpus, capsys, tmp_path):
+    imgs = [corpus["good"][n] for n in ("la.png", "one_bit.png", "sixteen_bit.png")]
+    code, stdout, err = _run(capsys, "--image_path", *imgs, "--model_path", corpus["ckpt"], "--json", "--no-overlay")
+    results = json.loads(stdout)
+    assert code == 0 and isinstance(results, list) and [r["image"] for r in results] == [str(p) for p in imgs]
+    assert not any(line.startswith("error:") for line in err)
+    code, stdout, err = _run(capsys, "--image_path", *imgs[:2], "--model_path", corpus["ckpt"], "-o", tmp_path / "ov")
+    rows = list(csv.DictReader(io.StringIO(stdout)))
+    assert code == 0 and len(rows) == 2 and rows[0]["overlay"] == str(tmp_path / "ov" / "la_gradcam.png")
+    assert abs(float(rows[0]["probability"]) - results[0]["probability"]) < 1e-6
+
+
+def test_batch_where_everything_fails(corpus, capsys, tmp_path):
+    (tmp_path / "empty_dir").mkdir()
+    code, stdout, err = _run(capsys, "--image_path", corpus["bad"]["text"], corpus["bad"]["empty"], tmp_path / "empty_dir",
+                             "--model_path", corpus["ckpt"], "-o", tmp_path / "r.csv")
+    assert code == 2 and stdout == "" and not (tmp_path / "r.csv").exists()
+    assert len(err) == 4 and all(line.startswith("error:") for line in err) and "holds no images" in err[0]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "not found"), ("folder", "is a folder"), ("empty", "empty"), ("text", "not an image"),
+    ("truncated_jpeg", "truncated"), ("truncated_png", "truncated"), ("huge_png", "50,000,000"),
+    ("big_png", "above the limit"),
+])
+def test_bad_images(corpus, capsys, case, words):
+    code, stdout, err = _run(capsys, "--image_path", corpus["bad"][case], "--model_path", corpus["ckpt"])
+    if case == "folder":  # a folder means batch mode: no images in it
+        words = "holds no images"
+    assert code == 2 and stdout == "" and len(err) == 1 and err[0].startswith("error:") and words in err[0]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "not found"), ("folder", "folder"), ("empty", "empty"), ("text", ("cannot read checkpoint", "refused to load")),
+    ("resnet34", "'resnet34' model"), ("wrong_shapes", "do not match"), ("no_meta", "no usable metadata"),
+    ("bare_state_dict", "not a project checkpoint"), ("pickled_object", "weights_only=True rejected"),
+])
+def test_bad_checkpoints(corpus, bad_ckpts, capsys, case, words):
+    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["rgb.png"], "--model_path", bad_ckpts[case])
+    words = (words,) if isinstance(words, str) else words  # a text file reads as a refused legacy pickle
+    assert code == 2 and stdout == "" and len(err) == 1 and err[0].startswith("error:")
+    assert str(bad_ckpts[case]) in err[0] and any(w in err[0] for w in words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--threshold", "1"], "strictly between 0 and 1"), (["--threshold", "0"], "strictly between"),
+    (["--threshold", "abc"], "strictly between"), (["--threshold", "nan"], "strictly between"),
+    (["--layer", "fc"], "not a convolutional layer"), (["--layer", "nope"], "not a convolutional layer"),
+    (["--device", "tpu"], "unknown device"), (["--bogus"], "unrecognized arguments"),
+    (["-o", "x.txt"], ".png path"),
+])
+def test_usage_errors(corpus, capsys, args, words):
+    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["rgb.png"], "--model_path", corpus["ckpt"], *args)
+    assert code == 2 and stdout == "" and len(err) == 1 and err[0].startswith("error:") and words in err[0]
+
+
+def test_required_argument_help_and_cuda(corpus, capsys):
+    code, _, err = _run(capsys)
+    assert code == 2 and len(err) == 1 and "--image_path" in err[0]
+    code, stdout, _ = _run(capsys, "--help")
+    assert code == 0 and "exit codes:" in stdout and "assets/predictions" in stdout
+    code, _, err = _run(capsys, "--image_path", corpus["good"]["rgb.png"], "--model_path", corpus["ckpt"],
+                        "--device", "cuda", "--no-overlay")
+    assert code == (0 if torch.cuda.is_available() else 2)
+    if code:
+        assert len(err) == 1 and "no CUDA GPU" in err[0]
+
+
+def test_never_overwrites_inputs(corpus, capsys, tmp_path):
+    img = tmp_path / "x.png"
+    shutil.copy(corpus["good"]["rgb.png"], img)
+    before = img.read_bytes()
+    code, _, err = _run(capsys, "--image_path", img, "--model_path", corpus["ckpt"], "--output", img)
+    assert code == 2 and "will not be overwritten" in err[0] and img.read_bytes() == before
+    victim = tmp_path / "x_gradcam.png"  # an input that has an overlay's name
+    shutil.copy(corpus["good"]["rgb.png"], victim)
+    code, stdout, _ = _run(capsys, "--image_path", img, victim, "--model_path", corpus["ckpt"], "-o", tmp_path)
+    assert code == 0 and victim.read_bytes() == before
+    assert {r["overlay"] for r in csv.DictReader(io.StringIO(stdout))} == {
+        str(tmp_path / "x_gradcam-2.png"), str(tmp_path / "x_gradcam_gradcam.png")}
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_predict_images_releases_hooks(corpus, loaded, tmp_path, monkeypatch):
+    model, meta = loaded
+    model.train()  # mode flags are restored too
+    paths = [corpus["good"]["rgb.png"], corpus["bad"]["empty"]]
+    results, failures = predict_images(model, meta, paths, overlays={paths[0]: tmp_path / "o.png"})
+    assert len(results) == 1 and len(failures) == 1 and "empty" in failures[0][1]
+    assert _no_hooks(model) and model.training and all(p.grad is None for p in model.parameters())
+    _assert_png(tmp_path / "o.png")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(predict, "save_overlay_figure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_images(model, meta, paths[:1], overlays={paths[0]: tmp_path / "o2.png"})
+    assert _no_hooks(model) and model.training and not (tmp_path / "o2.png").exists()
+    model.eval()
+
+
+def test_subprocess_bad_input_is_one_line(corpus):
+    proc = subprocess.run([sys.executable, "-m", "utils.predict", "--image_path", str(corpus["bad"]["text"]),
+                           "--model_path", str(corpus["ckpt"]), "--no-overlay"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:") and "not an image" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,203 @@
+"""Grad-CAM figures for notebooks 05/06: the method step by step, overlays, sanity check, faithfulness.
+
+Every function builds its own figure, returns the :class:`~matplotlib.figure.Figure` and, when
+``save_to`` is given, writes a PNG (dpi 120, tight box); none calls ``plt.show()``. Heat-maps are drawn
+by matplotlib over the gray image (``imshow(cam, cmap, alpha)``), so colours are RGB by construction;
+lesion masks are drawn as white contours, lung masks as cyan ones, the map's peak as a cross.
+Images may be uint8 (0–255) or float in [0, 1].
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+DPI = 120
+CMAP = "jet"
+
+
+def _finish(fig: Figure, save_to: str | os.PathLike | None) -> Figure:
+    if save_to is not None:
+        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_to, dpi=DPI, bbox_inches="tight")
+    return fig
+
+
+def _gray(ax: Axes, img: np.ndarray) -> None:
+    img = np.asarray(img)
+    img = img[..., 0] if img.ndim == 3 else img
+    ax.imshow(img, cmap="gray", vmin=0, vmax=255 if img.dtype == np.uint8 else 1, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def _cam_on(ax: Axes, img: np.ndarray, cam: np.ndarray, alpha: float = 0.45,
+            lesion: np.ndarray | None = None, lung: np.ndarray | None = None, peak: bool = True) -> None:
+    """Gray image + heat-map + optional contours and peak marker on one axis."""
+    _gray(ax, img)
+    ax.imshow(cam, cmap=CMAP, vmin=0, vmax=1, alpha=alpha, interpolation="bilinear")
+    if lung is not None and np.any(lung):
+        ax.contour(lung, levels=[0.5], colors="cyan", linewidths=0.8)
+    if lesion is not None and np.any(lesion):
+        ax.contour(lesion, levels=[0.5], colors="white", linewidths=1.0)
+    if peak and np.ptp(cam) > 0:
+        r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        ax.plot(c, r, "w+", ms=10, mew=2)
+
+
+def plot_gradcam_steps(image: np.ndarray, cam: Any, index: int = 0, n_channels: int = 4,
+                       class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+                       save_to: str | os.PathLike | None = None) -> Figure:
+    """Grad-CAM step by step for image ``index`` of the last call of a :class:`utils.gradcam.GradCAM`.
+
+    Top: the input and the ``n_channels`` activation maps A^k that contribute most (alpha_k × mean A^k).
+    Bottom: the channel weights alpha_k (sorted), sum_k alpha_k A^k (before ReLU; blue = against the
+    class), after ReLU (low resolution), upsampled and scaled to [0, 1], and the overlay.
+    """
+    acts, alphas = cam.activations[index], cam.alphas[index]
+    contrib = alphas * acts.mean(axis=(1, 2))
+    top = np.argsort(-contrib)[:n_channels]
+    ncols = max(n_channels + 1, 5)
+    fig, axes = plt.subplots(2, ncols, figsize=(2.3 * ncols, 5.0), layout="constrained")
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    target = int(cam.targets[index])
+    prob = float(cam.logits[index].softmax(0)[target])
+    _gray(axes[0, 0], image)
+    axes[0, 0].set_title(f"input\nexplaining {class_names[target]} (p={prob:.2f})", fontsize=9)
+    for ax, k in zip(axes[0, 1:], top):
+        ax.imshow(acts[k], cmap="viridis")
+        ax.set_title(f"A^{k}  alpha={alphas[k]:+.2g}", fontsize=9)
+    ax = axes[1, 0]
+    ax.set_axis_on()
+    ax.bar(np.arange(len(alphas)), np.sort(alphas)[::-1], width=1.0, color="gray")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_title(f"alpha_k = mean grad ({len(alphas)} channels)", fontsize=9)
+    ax.set_xticks([])
+    lim = float(np.abs(cam.weighted[index]).max()) or 1.0
+    axes[1, 1].imshow(cam.weighted[index], cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[1, 1].set_title("sum_k alpha_k A^k", fontsize=9)
+    axes[1, 2].imshow(cam.raw_maps[index], cmap=CMAP)
+    axes[1, 2].set_title(f"ReLU ({cam.raw_maps.shape[1]}×{cam.raw_maps.shape[2]})", fontsize=9)
+    axes[1, 3].imshow(cam.maps[index], cmap=CMAP, vmin=0, vmax=1)
+    axes[1, 3].set_title("upsampled, scaled to [0, 1]", fontsize=9)
+    _cam_on(axes[1, 4], image, cam.maps[index])
+    axes[1, 4].set_title("overlay", fontsize=9)
+    return _finish(fig, save_to)
+
+
+def plot_cam_grid(images: np.ndarray, cams: np.ndarray, titles: Sequence[str] | None = None,
+                  lesion_masks: np.ndarray | None = None, lung_masks: np.ndarray | None = None,
+                  ncols: int = 4, alpha: float = 0.45, show_image: bool = False,
+                  save_to: str | os.PathLike | None = None) -> Figure:
+    """Overlays for a set of images (lesion contours white, lung contours cyan, peak as +).
+
+    With ``show_image`` each overlay is preceded by the plain image.
+    """
+    n = len(images)
+    per = 2 if show_image else 1
+    ncols = max(1, min(ncols, n)) * per
+    nrows = int(np.ceil(n * per / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 2.5 * nrows), layout="constrained",
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    flat = axes.ravel()
+    for i in range(n):
+        if show_image:
+            _gray(flat[per * i], images[i])
+        ax = flat[per * i + per - 1]
+        _cam_on(ax, images[i], cams[i], alpha, None if lesion_masks is None else lesion_masks[i],
+                None if lung_masks is None else lung_masks[i])
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    return _finish(fig, save_to)
+
+
+def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0,
+                       save_to: str | os.PathLike | None = None) -> Figure:
+    """Cascading randomisation (from :func:`utils.cam_eval.cascading_randomisation`): the maps of one
+    image as blocks are re-initialised from the top, and the mean Spearman correlation per step."""
+    steps = len(table)
+    fig = plt.figure(figsize=(1.9 * (steps + 1), 4.6), layout="constrained")
+    grid = fig.add_gridspec(2, steps + 1, height_ratios=[1.1, 1])
+    ax = fig.add_subplot(grid[0, 0])
+    _gray(ax, image)
+    ax.set_title("input", fontsize=9)
+    for j, row in enumerate(table.itertuples()):
+        ax = fig.add_subplot(grid[0, j + 1])
+        _cam_on(ax, image, row.maps[index], peak=False)
+        ax.set_title("trained" if row.step == 0 else f"+{row.randomised}", fontsize=9)
+    ax = fig.add_subplot(grid[1, :])
+    labels = ["trained"] + [f"+{b}" for b in table["randomised"].iloc[1:]]
+    ax.errorbar(np.arange(steps), table["spearman"], yerr=table["spearman_std"], marker="o", capsize=3)
+    ax.axhline(0, color="gray", lw=0.6)
+    ax.set_xticks(np.arange(steps), labels)
+    ax.set(ylim=(-1.05, 1.05), ylabel="Spearman ρ vs trained",
+           title="cascading randomisation: maps that do not change are not explaining the model")
+    return _finish(fig, save_to)
+
+
+def plot_deletion_insertion(result: Mapping[str, Any], title: str | None = None,
+                            save_to: str | os.PathLike | None = None) -> Figure:
+    """Mean deletion and insertion curves (from :func:`utils.cam_eval.deletion_insertion`), CAM vs random."""
+    f = result["fractions"]
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), layout="constrained", sharey=True)
+    for ax, mode, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
+        for key, style in (("cam", "-"), ("random", "--")):
+            curve = result[key][mode]
+            auc = result[key][f"{mode}_auc"].mean()
+            ax.plot(f, curve.mean(0), style, label=f"{key} (AUC {auc:.3f})")
+            ax.fill_between(f, np.percentile(curve, 25, 0), np.percentile(curve, 75, 0), alpha=0.15)
+        ax.set(xlabel="fraction of pixels " + ("removed" if mode == "deletion" else "inserted"),
+               title=f"{mode} ({better} AUC is better)", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("target-class probability")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, save_to)
+
+
+def plot_method_comparison(images: np.ndarray, maps: Mapping[str, np.ndarray],
+                           lesion_masks: np.ndarray | None = None, n_images: int = 4,
+                           save_to: str | os.PathLike | None = None) -> Figure:
+    """Rows: images; columns: the input then one overlay per method (from :func:`utils.cam_eval.compare_methods`)."""
+    n = min(n_images, len(images))
+    cols = len(maps) + 1
+    fig, axes = plt.subplots(n, cols, figsize=(2.1 * cols, 2.2 * n), layout="constrained", squeeze=False)
+    for i in range(n):
+        _gray(axes[i, 0], images[i])
+        for j, (name, m) in enumerate(maps.items(), start=1):
+            _cam_on(axes[i, j], images[i], m[i], lesion=None if lesion_masks is None else lesion_masks[i])
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=9)
+    axes[0, 0].set_title("input", fontsize=9)
+    return _finish(fig, save_to)
+
+
+def plot_localisation_bars(table: pd.DataFrame, metrics: Sequence[str] = ("pointing", "near", "energy"),
+                           title: str | None = None, save_to: str | os.PathLike | None = None) -> Figure:
+    """Grouped bars of localisation scores per method; image-blind baselines are hatched and gray."""
+    metrics = [m for m in metrics if m in table.columns]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(table), 3.4), layout="constrained")
+    width = 0.8 / len(metrics)
+    x = np.arange(len(table))
+    for k, metric in enumerate(metrics):
+        vals = table[metric].to_numpy(dtype=float)
+        bars = ax.bar(x + (k - (len(metrics) - 1) / 2) * width, vals, width, label=metric)
+        for bar, base in zip(bars, table.get("baseline", pd.Series(False, index=table.index))):
+            if base:
+                bar.set_hatch("//")
+                bar.set_alpha(0.55)
+    if "area" in table.columns:
+        ax.axhline(float(table["area"].iloc[0]), color="k", ls=":", lw=1, label="lesion area (energy chance)")
+    ax.set_xticks(x, table["method"], rotation=20, ha="right")
+    ax.set(ylim=(0, 1.05), ylabel="score", title=title or "localisation vs image-blind baselines")
+    ax.legend(fontsize=8, ncols=2)
+    return _finish(fig, save_to)

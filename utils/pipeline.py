@@ -1,0 +1,126 @@
+"""The two training phases as one call each (used by notebooks 02 and 03 and from the command line).
+
+    python -m utils.pipeline --profile full --data-dir /path/to/chest_xray [--weights imagenet]
+
+Phase 1 trains only the new head on a frozen backbone (a warm-up: the random head's large early
+gradients never reach the pretrained features); phase 2 unfreezes everything at a low learning rate
+with Adam and StepLR, optionally with discriminative (per-layer-group) learning rates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+
+from .checkpoint import make_meta, state_fingerprint
+from .config import IMAGENET_MEAN, IMAGENET_STD, Config, UserError, get_config
+from .data import DataBundle, load_data
+from .model import build_model, load_model, resolve_device
+from .train import DeviceData, FitResult, fit
+
+
+def phase_settings(cfg: Config, name: str) -> dict[str, Any]:
+    """The profile's settings for ``phase1`` / ``phase2`` with batch size, seed and freezing filled in."""
+    return {"batch_size": cfg["batch_size"], "seed": cfg["seed"], "freeze_backbone": name == "phase1",
+            **cfg[name]}
+
+
+def base_meta(cfg: Config, bundle: DataBundle, weights: str, phase: str, init: str) -> dict[str, Any]:
+    """Checkpoint metadata shared by both phases."""
+    return make_meta(image_size=bundle.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
+                     classes=bundle.classes, profile=cfg.profile, data_fingerprint=bundle.fingerprint,
+                     data_source=bundle.source, weights=weights, phase=phase, init=init)
+
+
+def _device_data(bundle: DataBundle, device: torch.device) -> tuple[DeviceData, DeviceData]:
+    return DeviceData.from_split(bundle["train"], device), DeviceData.from_split(bundle["val"], device)
+
+
+def run_phase1(cfg: Config, bundle: DataBundle, device: str = "auto", restart: bool = False,
+               progress: bool = True) -> tuple[FitResult, str]:
+    """Phase 1: frozen backbone, train the head. Returns the fit result and the weights used."""
+    dev = resolve_device(device)
+    model, weights = build_model(cfg["weights"], seed=cfg["seed"])
+    meta = base_meta(cfg, bundle, weights, "phase1", init=weights)
+    train, val = _device_data(bundle, dev)
+    res = fit(model.to(dev), train, val, phase_settings(cfg, "phase1"), meta, cfg.path("phase1_last"),
+              cfg.path("phase1_best"), cfg.path("history_phase1"), restart=restart, progress=progress)
+    return res, weights
+
+
+def run_phase2(cfg: Config, bundle: DataBundle, device: str = "auto", restart: bool = False,
+               progress: bool = True) -> tuple[FitResult, str]:
+    """Phase 2: start from the phase-1 best, unfreeze everything, low LR + StepLR."""
+    dev = resolve_device(device)
+    model, meta1 = load_model(cfg.require("phase1_best"), dev)
+    if meta1.get("data_fingerprint") != bundle.fingerprint:
+        raise UserError("model/phase1_best.pt was trained on other data (fingerprint differs): "
+                        "re-run notebooks/02_phase1_warmup.ipynb with the same profile.")
+    meta = base_meta(cfg, bundle, meta1["weights"], "phase2", init=state_fingerprint(model.state_dict()))
+    train, val = _device_data(bundle, dev)
+    res = fit(model, train, val, phase_settings(cfg, "phase2"), meta, cfg.path("phase2_last"),
+              cfg.path("final_best"), cfg.path("history_phase2"), restart=restart, progress=progress)
+    return res, meta1["weights"]
+
+
+def best_row(res: FitResult) -> dict[str, Any]:
+    """The history row of the best epoch."""
+    return res.history.iloc[res.best_epoch - 1].to_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: both phases on a profile, a one-line summary per phase, optional JSON report."""
+    p = argparse.ArgumentParser(description="Run phase 1 and phase 2 of the series from the command line.")
+    p.add_argument("--profile", default="demo", choices=["demo", "full"])
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--weights", default=None, help="imagenet | phantom | none | checkpoint path")
+    p.add_argument("--source", default=None, choices=["phantom", "folder", "medmnist"])
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--phase1-epochs", type=int, default=None)
+    p.add_argument("--phase2-epochs", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--restart", action="store_true")
+    p.add_argument("--no-test", action="store_true", help="accept a data folder without test/")
+    p.add_argument("--report", default="", help="write a JSON summary here")
+    a = p.parse_args(argv)
+    try:
+        over: dict[str, Any] = {k: v for k, v in {"weights": a.weights, "source": a.source,
+                                                   "image_size": a.image_size}.items() if v is not None}
+        if a.phase1_epochs is not None:
+            over["phase1"] = {"epochs": a.phase1_epochs}
+        if a.phase2_epochs is not None:
+            over["phase2"] = {"epochs": a.phase2_epochs}
+        cfg = get_config(a.profile, a.data_dir or None, require_test=not a.no_test, **over)
+        t0 = time.perf_counter()
+        bundle = load_data(cfg)
+        t_data = time.perf_counter() - t0
+        r1, weights = run_phase1(cfg, bundle, a.device, a.restart)
+        t1 = time.perf_counter()
+        r2, _ = run_phase2(cfg, bundle, a.device, a.restart)
+        t2 = time.perf_counter()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rep = {"profile": cfg.profile, "source": bundle.source, "weights": weights, "image_size": bundle.image_size,
+           "fingerprint": bundle.fingerprint, "sizes": bundle.summary().to_dict(),
+           "device": str(resolve_device(a.device)), "seconds": {"data": round(t_data, 1),
+           "phase1": round(t1 - t0 - t_data, 1), "phase2": round(t2 - t1, 1), "total": round(t2 - t0, 1)},
+           "phase1_best": best_row(r1), "phase2_best": best_row(r2)}
+    for name, r in (("phase1", r1), ("phase2", r2)):
+        b = best_row(r)
+        print(f"{name}: best epoch {r.best_epoch}/{len(r.history)}  val AUC {b['val_auc']:.4f}  "
+              f"recall {b['val_recall']:.3f}  specificity {b['val_specificity']:.3f}  "
+              f"{r.history['images_per_s'].mean():.0f} img/s")
+    print(f"weights: {weights}; wall {rep['seconds']}")
+    if a.report:
+        from pathlib import Path
+        Path(a.report).write_text(json.dumps(rep, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

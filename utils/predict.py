@@ -1,0 +1,358 @@
+"""The inference command: diagnosis, P(pneumonia) and a Grad-CAM overlay for X-ray files.
+
+    python -m utils.predict --image_path x.jpeg [--model_path model/pneumonia_final_best.pt]
+    pneumonia-predict --image_path folder/ other.png --output results.csv --json
+
+The model is loaded once (``utils.model.load_model``: ``weights_only=True``, validated metadata); every
+image goes through :func:`utils.images.read_image` (the same decoding as training), then ONE forward and
+ONE backward pass (Grad-CAM explaining the PNEUMONIA class; the probability comes from the logits of
+that same forward pass). See docs/INFERENCE.md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import UserError, artifact, project_root
+from .images import IMAGE_SUFFIXES, list_images, read_image
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+#: Grad-CAM explains this class index (PNEUMONIA): the map shows the evidence *for* pneumonia.
+TARGET_CLASS = 1
+DEFAULT_LAYER = "layer4"
+#: Two-panel overlay figure: 10 × 5 inches at 100 dpi = a 1000 × 500 px PNG.
+FIG_SIZE, FIG_DPI = (10.0, 5.0), 100
+FIELDS = ("image", "diagnosis", "probability", "threshold", "threshold_source", "layer", "layer_source", "explained_class",
+          "overlay", "model_path", "fingerprint")
+
+EPILOG = f"""\
+outputs:
+  one image  a short report on stdout (--json: one JSON object) and a two-panel PNG (X-ray | Grad-CAM)
+             at --output (a .png path or a folder); default assets/predictions/<stem>_gradcam.png
+             under the project root.
+  batch      (several paths, a folder, or --output X.csv) one CSV row per image, on stdout or in X.csv
+             (--json: a JSON list on stdout). Overlays go to X_overlays/ beside X.csv, else to --output
+             when it is a folder, else to assets/predictions/. A bad file is reported on stderr in one
+             line and skipped; the other images still get results.
+Grad-CAM explains the PNEUMONIA class (red = evidence for pneumonia) on --layer, by default the
+checkpoint's 'gradcam_layer', else {DEFAULT_LAYER}. Diagnosis = PNEUMONIA when P(pneumonia) >= threshold
+(the checkpoint's, unless --threshold). Inputs are never overwritten; files are written atomically.
+
+exit codes:
+  0  every image succeeded
+  1  some images failed (reported on stderr); results for the others were written
+  2  nothing could be done: usage error, bad model/checkpoint, or every image failed
+"""
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) -> Path:
+    """Write through ``write(fh)`` to a temp file in ``path``'s folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def default_output_dir() -> Path:
+    """Where overlays go by default: ``assets/predictions/`` under the project root."""
+    return project_root() / "assets" / "predictions"
+
+
+def plan_overlays(images: Sequence[Path], folder: Path, protected: Iterable[Path] = ()) -> dict[Path, Path]:
+    """``<folder>/<stem>_gradcam.png`` for each image; clashes (same stem, or an input file) get ``-2``, ``-3``…"""
+    taken = {Path(p).resolve() for p in [*images, *protected]}
+    plan: dict[Path, Path] = {}
+    for img in images:
+        cand, n = folder / f"{img.stem}_gradcam.png", 2
+        while cand.resolve() in taken:
+            cand, n = folder / f"{img.stem}_gradcam-{n}.png", n + 1
+        taken.add(cand.resolve())
+        plan[img] = cand
+    return plan
+
+
+def choose_layer(model, meta: dict, layer: str | None = None) -> tuple[str, str]:
+    """The Grad-CAM layer and where it came from: ``--layer``, the checkpoint's ``gradcam_layer`` or the default."""
+    from torch import nn
+
+    def usable(name: Any) -> bool:
+        try:
+            mod = model.get_submodule(name) if isinstance(name, str) and name else None
+        except AttributeError:
+            return False
+        return mod is not None and any(isinstance(m, nn.Conv2d) for m in mod.modules())
+
+    if layer is not None:
+        if not usable(layer):
+            tops = ", ".join(n for n, _ in model.named_children() if usable(n))
+            raise UserError(f"--layer {layer!r} is not a convolutional layer of the model; choose one of {tops} "
+                            "or a sub-block such as layer4.1.conv2.")
+        return layer, "--layer"
+    if usable(meta.get("gradcam_layer")):
+        return meta["gradcam_layer"], "checkpoint"
+    return DEFAULT_LAYER, "default"
+
+
+def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, probability: float,
+                        diagnosis: str, threshold: float, layer: str, name: str) -> Path:
+    """Two panels (the X-ray as the model saw it | Grad-CAM overlay), written atomically as a PNG."""
+    from matplotlib.figure import Figure
+
+    from .gradcam import overlay
+
+    fig = Figure(figsize=FIG_SIZE, dpi=FIG_DPI)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.imshow(gray, cmap="gray", vmin=0, vmax=255)
+    ax1.set_title(f"X-ray: {name}", fontsize=10)
+    ax2.imshow(overlay(gray.astype(np.float32) / 255.0, np.clip(cam_map, 0.0, 1.0)))
+    ax2.set_title(f"Grad-CAM ({layer}): evidence for PNEUMONIA\nP(pneumonia) = {probability:.3f}", fontsize=10)
+    for ax in (ax1, ax2):
+        ax.axis("off")
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.84, wspace=0.06)
+    fig.suptitle(f"{diagnosis}  (P(pneumonia) = {probability:.3f}, threshold {threshold:.3f})", fontsize=12)
+    return _atomic_write(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=FIG_DPI))
+
+
+# ------------------------------------------------------------------------------------------ the core
+def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, threshold: float | None = None,
+                   layer: str | None = None, overlays: dict[Path, Path] | None = None, explain: bool = True,
+                   progress: bool = False, on_error: Callable[[Path, str], None] | None = None
+                   ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """Predict (and explain) every image; returns ``(results, failures)``.
+
+    ``results``: one dict per successful image (keys of :data:`FIELDS` but model_path/fingerprint).
+    ``failures``: ``(path, one-line message)``; ``on_error`` is called as each happens. ``overlays`` maps
+    an image path to its PNG (missing = no figure); ``explain=False`` skips Grad-CAM (forward only).
+    Hooks are registered once and always removed; the model's train/eval flags are restored.
+    """
+    import torch
+
+    from .gradcam import GradCAM, eval_mode
+    from .model import preprocess
+
+    paths = [Path(p) for p in paths]
+    overlays = overlays or {}
+    t = float(meta["threshold"]) if threshold is None else float(threshold)
+    t_source = "checkpoint" if threshold is None else "--threshold"
+    layer_name, layer_source = choose_layer(model, meta, layer) if explain else (None, None)
+    classes, size = list(meta["classes"]), int(meta["image_size"])
+    device = next(model.parameters()).device
+    results: list[dict[str, Any]] = []
+    failures: list[tuple[Path, str]] = []
+    it: Iterable[Path] = paths
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(paths, desc="predict", unit="img", file=sys.stderr, disable=None)
+    cam = GradCAM(model, layer_name) if explain else None
+    try:
+        with eval_mode(model):
+            for p in it:
+                try:
+                    gray = read_image(p, size)
+                    x = preprocess(torch.from_numpy(gray)[None].to(device), meta["mean"], meta["std"])
+                    if cam is not None:
+                        maps, logits = cam(x, targets=TARGET_CLASS)
+                    else:
+                        with torch.inference_mode():
+                            logits = model(x)
+                    prob = float(torch.softmax(logits.detach().float(), dim=1)[0, TARGET_CLASS])
+                    diagnosis = classes[TARGET_CLASS] if prob >= t else classes[1 - TARGET_CLASS]
+                    out = overlays.get(p) if cam is not None else None
+                    if out is not None:
+                        save_overlay_figure(out, gray, maps[0], probability=prob, diagnosis=diagnosis,
+                                            threshold=t, layer=layer_name, name=p.name)
+                    results.append({"image": str(p), "diagnosis": diagnosis, "probability": prob, "threshold": t,
+                                    "threshold_source": t_source, "layer": layer_name, "layer_source": layer_source,
+                                    "explained_class": classes[TARGET_CLASS] if cam is not None else None,
+                                    "overlay": str(out) if out is not None else None})
+                except (UserError, OSError, RuntimeError, ValueError) as exc:
+                    msg = _one_line(exc) if isinstance(exc, UserError) else f"{p}: {type(exc).__name__}: {_one_line(exc)[:200]}"
+                    failures.append((p, msg))
+                    if on_error is not None:
+                        on_error(p, msg)
+    finally:
+        if cam is not None:
+            cam.release()
+    return results, failures
+
+
+# ------------------------------------------------------------------------------------------- the CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump, exit code 2 via main()
+        raise UserError(f"{message} (see --help)")
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (see ``--help``)."""
+    p = _Parser(prog="pneumonia-predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Pneumonia diagnosis and Grad-CAM overlay for chest X-rays (a teaching model, "
+                            "not a medical device).", epilog=EPILOG)
+    p.add_argument("--image_path", "--image-path", nargs="+", required=True, metavar="PATH",
+                   help=f"image file(s) ({', '.join(IMAGE_SUFFIXES)}) and/or folders")
+    p.add_argument("--model_path", "--model-path", default=str(artifact("final_best")),
+                   help="project checkpoint (default: %(default)s)")
+    p.add_argument("--output", "-o", help="single image: overlay .png path or folder; batch: .csv path or overlay folder")
+    p.add_argument("--threshold", type=_threshold, help="decision threshold in (0, 1) (default: the checkpoint's)")
+    p.add_argument("--json", action="store_true", help="print JSON (an object; a list in batch mode)")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="default: %(default)s")
+    p.add_argument("--layer", help=f"Grad-CAM layer (default: checkpoint 'gradcam_layer', else {DEFAULT_LAYER})")
+    p.add_argument("--no-overlay", "--no_overlay", dest="overlay", action="store_false",
+                   help="skip Grad-CAM and the PNG (forward pass only)")
+    p.add_argument("-r", "--recursive", action="store_true", help="look for images in sub-folders too")
+    return p
+
+
+def _err(msg: str) -> None:
+    print(f"error: {_one_line(msg)}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute parsed arguments; returns the exit code (raises :class:`UserError` for usage mistakes)."""
+    inputs = [Path(p).expanduser() for p in args.image_path]
+    out = Path(args.output).expanduser() if args.output else None
+    out_is_dir = out is not None and (out.is_dir() or str(args.output).endswith(("/", os.sep)))
+    suffix = out.suffix.lower() if out is not None and not out_is_dir else ""
+    batch = len(inputs) > 1 or any(p.is_dir() for p in inputs) or suffix == ".csv"
+    csv_path, overlay_dir, single_png = None, default_output_dir(), None
+    if batch:
+        if suffix == ".csv":
+            csv_path, overlay_dir = out, out.parent / f"{out.stem}_overlays"
+        elif suffix:
+            raise UserError(f"--output {out}: with several images, give a .csv path or a folder for the overlays.")
+        elif out is not None:
+            overlay_dir = out
+    elif out is not None:
+        if out_is_dir:
+            overlay_dir = out
+        elif suffix == ".png":
+            single_png = out
+        else:
+            raise UserError(f"--output {out}: give a .png path (or a folder) for the overlay of a single image.")
+
+    files: list[Path] = []
+    failures: list[tuple[Path, str]] = []
+    for p in inputs:
+        if p.is_dir():
+            found = list_images(p, recursive=args.recursive)
+            if not found:
+                failures.append((p, f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                                    f"{'' if args.recursive else 'use -r for sub-folders, or '}check the path."))
+                _err(failures[-1][1])
+            files += found
+        else:
+            files.append(p)
+    seen: set[Path] = set()
+    files = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    if csv_path is not None and csv_path.resolve() in seen:
+        raise UserError(f"--output {csv_path} is one of the input files; it will not be overwritten.")
+    if single_png is not None and single_png.resolve() in seen:
+        raise UserError(f"--output {single_png} is the input image; it will not be overwritten.")
+
+    if not files:  # only empty folders: already reported
+        return EXIT_USAGE
+    if not batch:
+        read_image(files[0])  # fail fast on a bad single image, before importing torch and loading the model
+    from .checkpoint import state_fingerprint
+    from .model import load_model, resolve_device
+
+    model, meta = load_model(args.model_path, resolve_device(args.device))
+    choose_layer(model, meta, args.layer)  # a bad --layer is a usage error before any work
+    overlays = {}
+    if args.overlay:
+        overlays = {files[0]: single_png} if single_png else plan_overlays(files, overlay_dir)
+    from tqdm.auto import tqdm
+
+    def report(path: Path, msg: str) -> None:  # one line per bad file, without breaking the progress bar
+        tqdm.write(f"error: {_one_line(msg)}", file=sys.stderr)
+
+    results, failed = predict_images(model, meta, files, threshold=args.threshold, layer=args.layer,
+                                     overlays=overlays, explain=args.overlay, progress=batch, on_error=report)
+    failures += failed
+    if not results:
+        if batch:
+            _err(f"no image could be processed ({len(failures)} failed).")
+        return EXIT_USAGE
+    fingerprint = state_fingerprint(model.state_dict())
+    for r in results:
+        r.update(model_path=str(args.model_path), fingerprint=fingerprint)
+
+    if not batch:
+        r = results[0]
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"image:         {r['image']}\n"
+                  f"diagnosis:     {r['diagnosis']}\n"
+                  f"P(pneumonia):  {r['probability']:.4f}  (PNEUMONIA when >= threshold)\n"
+                  f"threshold:     {r['threshold']:.3f}  (from {r['threshold_source']})")
+            if r["layer"]:
+                src = "default" if r["layer_source"] == "default" else f"from {r['layer_source']}"
+                print(f"Grad-CAM:      {r['layer']} ({src}), explaining the PNEUMONIA class "
+                      "(red = evidence for pneumonia)")
+            print(f"overlay:       {r['overlay'] or '(none: --no-overlay)'}\n"
+                  "note:          a teaching model, not a medical device.")
+        return EXIT_OK
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in results)
+    if csv_path is not None:
+        _atomic_write(csv_path, lambda fh: fh.write(buf.getvalue()), binary=False)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    elif csv_path is None:
+        sys.stdout.write(buf.getvalue())
+    where = f"; table: {csv_path}" if csv_path else ""
+    pics = f"; overlays in {overlay_dir}" if args.overlay else ""
+    print(f"{len(results)} of {len(results) + len(failures)} images predicted{where}{pics}.", file=sys.stderr)
+    return EXIT_PARTIAL if failures else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``pneumonia-predict``): returns the exit code; user mistakes print one line."""
+    try:
+        return run(build_parser().parse_args(argv))
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except UserError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("interrupted.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
