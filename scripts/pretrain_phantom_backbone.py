@@ -22,6 +22,7 @@ import json
 import multiprocessing as mp
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +39,30 @@ from utils.model import build_model, preprocess  # noqa: E402
 from utils.train import autocast_for, class_weights  # noqa: E402
 
 
+def corpus_spec(size: int, legacy: bool) -> phantom.PhantomSpec:
+    """The default phantom spec; ``legacy`` = the values the shipped backbone was trained with."""
+    spec = phantom.spec_for("default", size)
+    if legacy:
+        spec = replace(spec, mask_level=0.35, faint_factor=0.35, small_factor=0.45)
+    return spec
+
+
 def _gen_chunk(args):
-    n, seed, first_pid, size = args
-    s = phantom.stack(phantom.generate(n, seed, phantom.spec_for("default", size), first_pid=first_pid))
+    n, seed, first_pid, size, legacy = args
+    s = phantom.stack(phantom.generate(n, seed, corpus_spec(size, legacy), first_pid=first_pid))
     return s["images"], s["lesion_masks"], s["labels"]
 
 
-def make_corpus(n_patients: int, seed: int, size: int, workers: int) -> tuple[np.ndarray, ...]:
+def make_corpus(n_patients: int, seed: int, size: int, workers: int, legacy: bool = False) -> tuple[np.ndarray, ...]:
     """Phantom images, lesion masks and labels of ``n_patients`` patients, generated in parallel."""
     chunk = 200
-    jobs = [(min(chunk, n_patients - i), seed * 100_003 + i, 100_000 + i, size) for i in range(0, n_patients, chunk)]
-    with mp.get_context("fork").Pool(workers) as pool:
-        parts = pool.map(_gen_chunk, jobs)
+    jobs = [(min(chunk, n_patients - i), seed * 100_003 + i, 100_000 + i, size, legacy)
+            for i in range(0, n_patients, chunk)]
+    if workers <= 1:
+        parts = list(map(_gen_chunk, jobs))
+    else:
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_gen_chunk, jobs)
     return tuple(np.concatenate(p) for p in zip(*parts))
 
 
@@ -113,15 +126,17 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=max(1, mp.cpu_count()))
     p.add_argument("--out", default="model/phantom_resnet18_pretrained.pt")
     p.add_argument("--report", default="", help="also write the measurements to this JSON file")
+    p.add_argument("--legacy-spec", action="store_true",
+                   help="the phantom spec the shipped backbone was trained with (docs/PHANTOM_BACKBONE.md)")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (checks the script, ships nothing useful)")
     a = p.parse_args(argv)
     if a.smoke:
-        a.patients, a.val_patients, a.epochs, a.batch = 60, 30, 1, 32
+        a.patients, a.val_patients, a.epochs, a.batch = 24, 16, 1, 16
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(a.seed)
     t0 = time.time()
-    xi, mi, yi = make_corpus(a.patients, a.seed, a.size, a.workers)
-    xv, mv, yv = make_corpus(a.val_patients, a.seed + 1000, a.size, a.workers)
+    xi, mi, yi = make_corpus(a.patients, a.seed, a.size, a.workers, a.legacy_spec)
+    xv, mv, yv = make_corpus(a.val_patients, a.seed + 1000, a.size, a.workers, a.legacy_spec)
     print(f"corpus: {len(yi)} train / {len(yv)} val images at {a.size}px in {time.time() - t0:.0f}s "
           f"({yi.mean():.2f} pneumonia)", flush=True)
     X = torch.from_numpy(xi).unsqueeze(1).to(device)

@@ -84,3 +84,15 @@ def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def update_meta(path: str | os.PathLike, **changes: Any) -> dict[str, Any]:
+    """Merge ``changes`` into a checkpoint's metadata (atomic rewrite); returns the new metadata.
+
+    Notebook 04 records the validation-chosen operating threshold this way, notebook 05 the
+    Grad-CAM layer; the inference command reads both.
+    """
+    ckpt = load_checkpoint(path)
+    ckpt["meta"] = {**ckpt["meta"], **changes}
+    save_checkpoint(path, ckpt)
+    return ckpt["meta"]

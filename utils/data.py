@@ -193,6 +193,36 @@ def file_level_leak(split: Split, val_fraction: float, seed: int) -> dict[str, i
             "identical_images_across": len(rep.shared_images["train/val"])}
 
 
+def duplicate_table(splits: dict[str, Split]) -> pd.DataFrame:
+    """One row per group of identical images inside a split: split, copies, ids, patients, same patient?"""
+    rows = []
+    for name, s in splits.items():
+        for group in duplicate_groups(s):
+            pids = sorted(set(s.patient_ids[np.isin(s.ids, group)]))
+            rows.append({"split": name, "copies": len(group), "ids": ", ".join(group),
+                         "patients": ", ".join(pids), "same_patient": len(pids) == 1})
+    return pd.DataFrame(rows, columns=["split", "copies", "ids", "patients", "same_patient"])
+
+
+def image_sizes(root: str | Path, require_test: bool = False) -> pd.DataFrame:
+    """Original width and height of every file of a Kermany-layout folder (read from the file headers).
+
+    Columns: split, label, id, width, height; a file whose header cannot be read gets NaN sizes.
+    """
+    from PIL import Image
+
+    df = scan_folder(root, require_test)
+    sizes = []
+    for p in df["path"]:
+        try:
+            with Image.open(p) as im:
+                sizes.append(im.size)
+        except (OSError, ValueError):  # DICOM and broken files: size unknown here
+            sizes.append((np.nan, np.nan))
+    wh = np.array(sizes, dtype=float).reshape(-1, 2)
+    return df.assign(width=wh[:, 0], height=wh[:, 1])[["split", "label", "id", "width", "height"]]
+
+
 # ------------------------------------------------------------------------------------------ folders
 def scan_folder(root: str | Path, require_test: bool = True) -> pd.DataFrame:
     """Files of a Kermany layout ``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*`` as a table.

@@ -46,6 +46,9 @@ class PhantomSpec:
     hard_fraction: float = 0.2
     noise: tuple[float, float] = (0.008, 0.025)
     p_distractor: float = 0.35
+    mask_level: float = 0.2  # lesion mask: where a lesion adds >= this fraction of its peak density
+    faint_factor: float = 0.2  # hard "faint" lesions keep this fraction of their contrast
+    small_factor: float = 0.4  # hard "small" lesions keep this fraction of their radius
 
 
 def spec_for(difficulty: str = "default", image_size: int = 128) -> PhantomSpec:
@@ -207,8 +210,8 @@ def sample_lesions(rng: np.random.Generator, a: Anatomy, subtype: str, spec: Pha
     for _ in range(n):
         want = hard if hard in ("retrocardiac", "retrodiaphragmatic") else "lung"
         cx, cy, where = _pick_location(rng, x, y, lung_vis, lung_all, heart, want)
-        radius = rng.uniform(*radius_rng) * (0.45 if hard == "small" else 1.0)
-        amp = rng.uniform(*spec.contrast) * (0.35 if hard == "faint" else 1.0)
+        radius = rng.uniform(*radius_rng) * (spec.small_factor if hard == "small" else 1.0)
+        amp = rng.uniform(*spec.contrast) * (spec.faint_factor if hard == "faint" else 1.0)
         if kind == "patchy":
             amp *= 0.85
         out.append(Lesion(kind, cx, cy, float(radius), float(amp), int(rng.integers(2**31)), where, str(hard)))
@@ -271,7 +274,7 @@ def render(a: Anatomy, lesions: list[Lesion], rng: np.random.Generator, spec: Ph
     for les in lesions:
         op = _lesion_opacity(les, x, y, size) * lung_all
         mu = mu + les.amplitude * op
-        lesion_mask |= op > 0.35
+        lesion_mask |= op > spec.mask_level
 
     # saturating detector response: dense regions (heart, dome) hide added density
     img = 1.0 - np.exp(-1.6 * np.clip(mu, 0, None))
