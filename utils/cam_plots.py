@@ -201,3 +201,102 @@ def plot_localisation_bars(table: pd.DataFrame, metrics: Sequence[str] = ("point
     ax.set(ylim=(0, 1.05), ylabel="score", title=title or "localisation vs image-blind baselines")
     ax.legend(fontsize=8, ncols=2)
     return _finish(fig, save_to)
+
+
+# ------------------------------------------------------------------------ notebook 06: the failures
+def _drop_ticks(fig: Figure) -> None:
+    """Empty tick lists on image panels: hidden axes still cost tick layout at every draw (3× slower)."""
+    for ax in fig.axes:
+        if not ax.axison:
+            ax.set(xticks=[], yticks=[])
+
+
+def plot_case_sheet(images: np.ndarray, cams_pneumonia: np.ndarray, cams_normal: np.ndarray,
+                    titles: Sequence[str], lesion_masks: np.ndarray | None = None,
+                    lung_masks: np.ndarray | None = None, cases_per_row: int | None = None,
+                    save_to: str | os.PathLike | None = None) -> Figure:
+    """One panel triple per case: the image | Grad-CAM for PNEUMONIA (evidence for) | Grad-CAM for NORMAL
+    (what pulled the other way). ``titles[i]`` heads the image panel; lesion contours white, lungs cyan.
+
+    ``cases_per_row`` defaults to 1 up to 8 cases, else 2.
+    """
+    n = len(images)
+    per_row = cases_per_row or (1 if n <= 8 else 2)
+    nrows = max(1, int(np.ceil(n / per_row)))
+    fig, axes = plt.subplots(nrows, 3 * per_row, figsize=(2.3 * 3 * per_row, 2.45 * nrows),
+                             layout="constrained", squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    if n == 0:
+        axes[0, 0].text(0, 0.5, "no cases", fontsize=11, transform=axes[0, 0].transAxes)
+    for i in range(n):
+        r, c0 = divmod(i, per_row)
+        c0 *= 3
+        lesion = None if lesion_masks is None else lesion_masks[i]
+        lung = None if lung_masks is None else lung_masks[i]
+        _gray(axes[r, c0], images[i])
+        if lesion is not None and np.any(lesion):
+            axes[r, c0].contour(lesion, levels=[0.5], colors="white", linewidths=0.8)
+        axes[r, c0].set_title(titles[i], fontsize=7.5)
+        _cam_on(axes[r, c0 + 1], images[i], cams_pneumonia[i], lesion=lesion, lung=lung)
+        axes[r, c0 + 1].set_title("Grad-CAM: PNEUMONIA", fontsize=8)
+        _cam_on(axes[r, c0 + 2], images[i], cams_normal[i], lesion=lesion, lung=lung)
+        axes[r, c0 + 2].set_title("Grad-CAM: NORMAL", fontsize=8)
+    _drop_ticks(fig)
+    return _finish(fig, save_to)
+
+
+def plot_group_strip(groups: Mapping[str, np.ndarray], ylabel: str = "fraction of map outside the lungs",
+                     title: str | None = None, reference: float | None = None,
+                     save_to: str | os.PathLike | None = None) -> Figure:
+    """Box plot plus every point (jittered strip) per group, with its n; empty groups are labelled n=0.
+
+    ``reference`` draws a dotted horizontal line (e.g. a rule's cut-off).
+    """
+    names = list(groups)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(names), 3.6), layout="constrained")
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        v = np.asarray(groups[name], float)
+        v = v[~np.isnan(v)]
+        if v.size:
+            ax.boxplot(v, positions=[k], widths=0.5, showfliers=False,
+                       medianprops={"color": "k"}, boxprops={"color": "0.4"})
+            ax.scatter(k + rng.uniform(-0.15, 0.15, v.size), v, s=14, alpha=0.7, zorder=3)
+    ax.set_xticks(range(len(names)), [f"{n}\n(n={np.sum(~np.isnan(np.asarray(groups[n], float)))})"
+                                      for n in names])
+    if reference is not None:
+        ax.axhline(reference, color="gray", ls=":", lw=1)
+    ax.set(xlim=(-0.6, len(names) - 0.4), ylabel=ylabel, title=title or "")
+    return _finish(fig, save_to)
+
+
+def plot_failure_gallery(images: np.ndarray, cams: np.ndarray, categories: Sequence[str],
+                         titles: Sequence[str], order: Sequence[str] | None = None, per_category: int = 3,
+                         lesion_masks: np.ndarray | None = None, lung_masks: np.ndarray | None = None,
+                         title: str | None = None, save_to: str | os.PathLike | None = None) -> Figure:
+    """One row per failure category present (in ``order``): up to ``per_category`` example overlays
+    (PNEUMONIA map), the row labelled with the category and its count; ``title`` above the grid."""
+    categories = [str(c) for c in categories]
+    order = [c for c in (order or dict.fromkeys(categories)) if c in categories]
+    ncols = max(1, min(per_category, max((categories.count(c) for c in order), default=1)))
+    nrows = max(1, len(order))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.5 * ncols + 0.4, 2.6 * nrows), layout="constrained",
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    if not order:
+        axes[0, 0].text(0, 0.5, "no cases to show", fontsize=11, transform=axes[0, 0].transAxes)
+    for r, cat in enumerate(order):
+        idx = [i for i, c in enumerate(categories) if c == cat][:ncols]
+        for j, i in enumerate(idx):
+            ax = axes[r, j]
+            _cam_on(ax, images[i], cams[i], lesion=None if lesion_masks is None else lesion_masks[i],
+                    lung=None if lung_masks is None else lung_masks[i])
+            ax.set_title(titles[i], fontsize=7.5)
+        axes[r, 0].text(-0.08, 0.5, f"{cat}\n(n={categories.count(cat)})", transform=axes[r, 0].transAxes,
+                        rotation=90, ha="right", va="center", fontsize=8.5)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _drop_ticks(fig)
+    return _finish(fig, save_to)

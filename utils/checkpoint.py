@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -30,6 +31,12 @@ def make_meta(*, image_size: int, mean, std, threshold: float = 0.5, arch: str =
             "threshold": float(threshold), **extra}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     """Write ``ckpt`` atomically (temp file in the same folder, then rename)."""
     path = Path(path)
@@ -38,6 +45,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(ckpt, fh)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -46,8 +54,11 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    require_meta: bool = True) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; every user mistake becomes a one-line :class:`UserError`."""
+                    require_meta: bool = True, allow_state_dict: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; every user mistake becomes a one-line :class:`UserError`.
+
+    ``allow_state_dict``: also accept a bare ``state_dict`` file (returned as ``{"model": state_dict}``).
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path} (train it with notebooks 02-03, or pass --model_path).")
@@ -58,12 +69,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"refused to load {path}: it is not a plain checkpoint of tensors and metadata "
-                        f"(weights_only=True rejected it: {first[:160]}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        if "weights only load failed" not in str(exc).lower():  # a legacy pickle read of random bytes
+            raise UserError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or truncated "
+                            f"({type(exc).__name__}).") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f": it holds a {found.group(1)} object" if found else ""
+        raise UserError(f"refused to load {path}: not a plain checkpoint of tensors and metadata "
+                        f"(weights_only=True rejected it{what}).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError,
+            AttributeError, IndexError, UnicodeDecodeError) as exc:  # torch's legacy reader on garbage bytes
         raise UserError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or truncated "
                         f"({type(exc).__name__}).") from None
+    if (allow_state_dict and isinstance(ckpt, dict) and "model" not in ckpt and ckpt
+            and all(isinstance(v, torch.Tensor) for v in ckpt.values())):
+        ckpt = {"model": ckpt}
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path} is not a project checkpoint: expected a dict with 'model' weights and 'meta'.")
     if require_meta:

@@ -51,6 +51,13 @@ ARTIFACTS: dict[str, str] = {
     # assets/
     "data_summary": "assets/data_summary.json",
     "sample_grid": "assets/sample_grid.png",
+    "class_balance": "assets/class_balance.png",
+    "images_per_patient": "assets/images_per_patient.png",
+    "image_sizes": "assets/image_sizes.png",
+    "intensity_histograms": "assets/intensity_histograms.png",
+    "lesion_properties": "assets/lesion_properties.png",
+    "augmentation_examples": "assets/augmentation_examples.png",
+    "phase1_curves": "assets/phase1_curves.png",
     "history_phase1": "assets/history_phase1.csv",
     "history_phase2": "assets/history_phase2.csv",
     "training_curves": "assets/training_curves.png",
@@ -60,8 +67,11 @@ ARTIFACTS: dict[str, str] = {
     "final_gradcam": "assets/final_gradcam.png",
     "error_gradcam": "assets/error_gradcam.png",
     "false_negatives": "assets/false_negatives.csv",
+    "fn_cases": "assets/false_negative_cases.png",
+    "fn_outside_lung": "assets/false_negative_outside_lung.png",
     "localisation": "assets/localisation.csv",
     "int8_report": "assets/int8_report.json",
+    "int8_gradcam": "assets/int8_gradcam.png",
     "benchmark": "assets/benchmark.json",
 }
 
@@ -77,6 +87,7 @@ def artifact(name: str, root: Path | None = None, **fmt: str) -> Path:
 #: Which notebook produces which artifact (used in "run notebook NN first" messages).
 PRODUCED_BY: dict[str, str] = {
     "phantom_dir": "01_data_exploration.ipynb",
+    "data_summary": "01_data_exploration.ipynb",
     "phase1_best": "02_phase1_warmup.ipynb",
     "phase1_last": "02_phase1_warmup.ipynb",
     "final_best": "03_phase2_finetune.ipynb",

@@ -130,7 +130,10 @@ def patient_split(patient_ids: np.ndarray, labels: np.ndarray, val_fraction: flo
     for _, pids in per_patient.groupby(per_patient):
         pids = np.array(sorted(pids.index))
         rng.shuffle(pids)
-        val_pids.extend(pids[: int(round(val_fraction * len(pids)))])
+        k = int(round(val_fraction * len(pids)))
+        if len(pids) >= 2:  # both classes in val (an AUC needs them), at least one patient left to train on
+            k = min(max(k, 1), len(pids) - 1)
+        val_pids.extend(pids[:k])
     in_val = df["pid"].isin(set(val_pids)).to_numpy()
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
@@ -271,7 +274,7 @@ def _decode(paths: list[str], size: int, progress: bool) -> tuple[np.ndarray, np
             images[i] = read_image(p, size)
             hashes[i] = hashlib.sha1(raw).hexdigest()
         except (UserError, OSError) as exc:
-            bad.append(f"{p} ({exc})")
+            bad.append(str(exc) if str(p) in str(exc) else f"{p} ({exc})")
             hashes[i] = ""
     return images, hashes.astype(str), bad
 
@@ -306,7 +309,11 @@ def _attach_annotations(split: Split, folder: Path, size: int) -> Split:
         return split
     with np.load(ann, allow_pickle=False) as z:
         pos = {i: k for k, i in enumerate(z["ids"])}
-        idx = np.array([pos[i] for i in split.ids])
+        unknown = [i for i in split.ids if i not in pos]
+        if unknown:
+            raise UserError(f"{ann} has no masks for {len(unknown)} image(s) of {folder} (e.g. {unknown[0]}): "
+                            "delete the folder to regenerate the phantoms, or remove the extra files.")
+        idx = np.array([pos[i] for i in split.ids], dtype=np.int64)
         lung, lesion = z["lung_masks"][idx], z["lesion_masks"][idx]
     if lung.shape[-1] != size:
         from scipy.ndimage import zoom
@@ -317,11 +324,25 @@ def _attach_annotations(split: Split, folder: Path, size: int) -> Split:
     return replace(split, lung_masks=lung, lesion_masks=lesion, info=info.reset_index())
 
 
+def _concat(parts: list[Split], name: str) -> Split:
+    """One split from several (masks and info kept only when every part has them)."""
+    if len(parts) == 1:
+        return replace(parts[0], name=name)
+    cat = lambda attr: np.concatenate([getattr(p, attr) for p in parts])  # noqa: E731
+    masks = all(p.lung_masks is not None for p in parts)
+    info = (pd.concat([p.info for p in parts], ignore_index=True)
+            if all(p.info is not None for p in parts) else None)
+    return Split(name, cat("images"), cat("labels"), cat("ids"), cat("patient_ids"), cat("subtypes"),
+                 cat("hashes"), cat("lung_masks") if masks else None, cat("lesion_masks") if masks else None,
+                 info)
+
+
 def load_folder(root: str | Path, size: int, val_fraction: float, seed: int, cache_dir: Path,
                 progress: bool = True, source: str = "folder", require_test: bool = True) -> DataBundle:
     """Kermany layout → bundle: decode once, carve val by patient, check leaks."""
     root = Path(root).expanduser()
     df = scan_folder(root, require_test)
+    df_all_splits = set(df["split"])
     images, hashes, bad = decode_cached(df, size, cache_dir, progress)
     notes = []
     if bad:
@@ -331,14 +352,22 @@ def load_folder(root: str | Path, size: int, val_fraction: float, seed: int, cac
         notes.append(msg)
     ok = hashes != ""
     df, images, hashes = df[ok].reset_index(drop=True), images[ok], hashes[ok]
+    for folder in ("train", "test"):
+        for label, cls in enumerate(CLASSES):
+            if folder in df_all_splits and not ((df["split"] == folder) & (df["label"] == label)).any():
+                raise UserError(f"no readable image left in {root / folder / cls} "
+                                f"({len(bad)} unreadable file(s) skipped); check the files.")
     col = lambda d, c: d[c].to_numpy().astype(str)  # noqa: E731
 
     def make(name: str, mask: np.ndarray) -> Split:
-        d = df[mask]
-        s = Split(name, images[mask], d["label"].to_numpy(np.int64), col(d, "id"), col(d, "patient_id"),
-                  col(d, "subtype"), hashes[mask])
-        folder_split = d["split"].iloc[0] if len(d) else name
-        return _attach_annotations(s, root / folder_split, size) if len(d) else s
+        parts = []
+        for folder in pd.unique(df["split"][mask]):  # annotations live per folder (train/, val/, test/)
+            m = mask & (df["split"] == folder).to_numpy()
+            d = df[m]
+            s = Split(name, images[m], d["label"].to_numpy(np.int64), col(d, "id"), col(d, "patient_id"),
+                      col(d, "subtype"), hashes[m])
+            parts.append(_attach_annotations(s, root / folder, size))
+        return _concat(parts, name)
 
     official_val = (df["split"] == "val").to_numpy()
     pool_mask = (df["split"] == "train").to_numpy()
@@ -351,10 +380,6 @@ def load_folder(root: str | Path, size: int, val_fraction: float, seed: int, cac
                          "before the patient-wise split")
             pool_mask = pool_mask | official_val
         pool = make("train", pool_mask)
-        if official_val.any():  # annotations per folder: rebuild from both
-            pool = Split("train", images[pool_mask], df["label"][pool_mask].to_numpy(np.int64),
-                         col(df[pool_mask], "id"), col(df[pool_mask], "patient_id"),
-                         col(df[pool_mask], "subtype"), hashes[pool_mask])
         tr, va = patient_split(pool.patient_ids, pool.labels, val_fraction, seed)
         splits = {"train": pool.subset(tr, "train"), "val": pool.subset(va, "val")}
         notes.append(f"validation carved from train by patient ({val_fraction:.0%} of patients, seed {seed})")

@@ -20,6 +20,10 @@ How the pieces are caught (the part worth reading):
 * the backward pass is ``torch.autograd.grad(score, A)``: it computes only what is asked for, so no
   ``.grad`` is ever written on the model's parameters.
 
+Two refinements use the same pass: other channel weightings (:data:`WEIGHTINGS`: XGradCAM,
+Grad-CAM++) and :func:`shift_averaged_gradcam`, which averages the maps of a few shifted copies of the
+image (batched into the one pass) to get a finer map out of a coarse layer.
+
 One forward and one backward per call, in eval mode; the model is handed back exactly as found
 (per-module train/eval flags, ``requires_grad`` flags untouched, no hooks left after ``release``).
 """
@@ -34,7 +38,14 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["GradCAM", "gradcam", "eval_mode", "resolve_layer", "normalise_maps", "resize_map",
-           "gray_to_float", "overlay"]
+           "gray_to_float", "overlay", "WEIGHTINGS", "channel_weights", "shift_grid", "shift_images",
+           "average_unshifted", "shift_averaged_gradcam"]
+
+#: How the channel weights alpha_k are computed from the activations A and gradients G of one pass:
+#: ``"gradcam"`` (Selvaraju et al. 2017: the spatial mean of G), ``"xgradcam"`` (Fu et al. 2020:
+#: sum_ij G * A / sum_ij A) and ``"gradcam++"`` (Chattopadhay et al. 2018). All three use the same single
+#: forward and backward pass; they differ only in this one formula (pytorch-grad-cam's formulas, eps included).
+WEIGHTINGS = ("gradcam", "xgradcam", "gradcam++")
 
 
 @contextmanager
@@ -85,6 +96,21 @@ def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out if batched else out[0]
 
 
+def channel_weights(act: torch.Tensor, grad: torch.Tensor, weighting: str = "gradcam") -> torch.Tensor:
+    """Channel weights alpha (N, K) from activations and gradients (N, K, h, w); see :data:`WEIGHTINGS`."""
+    if weighting == "gradcam":
+        return grad.mean(dim=(2, 3))
+    sum_act = act.sum(dim=(2, 3), keepdim=True)
+    if weighting == "xgradcam":  # each position's gradient weighted by its share of the channel's activation
+        return (grad * act / (sum_act + 1e-7)).sum(dim=(2, 3))
+    if weighting == "gradcam++":  # eq. 19 of Chattopadhay et al., with the ReLU on the gradients (eq. 7)
+        g2 = grad * grad
+        aij = g2 / (2 * g2 + sum_act * g2 * grad + 1e-6)
+        aij = torch.where(grad != 0, aij, torch.zeros_like(aij))
+        return (F.relu(grad) * aij).sum(dim=(2, 3))
+    raise ValueError(f"unknown weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
+
+
 class GradCAM:
     """Grad-CAM on one layer of a classifier; use as a context manager so hooks never leak.
 
@@ -95,10 +121,16 @@ class GradCAM:
     ``activations`` (N, K, h, w), ``gradients`` (N, K, h, w), ``alphas`` (N, K),
     ``weighted`` (N, h, w) = sum_k alpha_k A^k before the ReLU, ``raw_maps`` (N, h, w) after the ReLU
     (low resolution, un-normalised), ``maps`` (N, H, W), ``logits`` (tensor) and ``targets`` (N,).
+
+    ``weighting`` chooses the channel weights (:data:`WEIGHTINGS`; default plain Grad-CAM).
     """
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module = "layer4") -> None:
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module = "layer4",
+                 weighting: str = "gradcam") -> None:
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
         self.model = model
+        self.weighting = weighting
         self.layer = resolve_layer(model, target_layer)
         self._recording = False
         self._acts: list[torch.Tensor] = []
@@ -141,6 +173,8 @@ class GradCAM:
     # ------------------------------------------------------------------ the method
     def _targets(self, targets: int | Sequence[int] | None, logits: torch.Tensor) -> torch.Tensor:
         n, n_classes = logits.shape
+        if callable(targets):  # computed from this pass's logits (e.g. one class for all shifted copies)
+            targets = targets(logits.detach())
         if targets is None:
             t = logits.argmax(dim=1)
         elif isinstance(targets, (int, np.integer)):
@@ -155,7 +189,8 @@ class GradCAM:
 
     def __call__(self, x: torch.Tensor, targets: int | Sequence[int] | None = None
                  ) -> tuple[np.ndarray, torch.Tensor]:
-        """Maps for a batch ``x`` (N, C, H, W). ``targets``: None = predicted class, an int, or N ints.
+        """Maps for a batch ``x`` (N, C, H, W). ``targets``: None = predicted class, an int, N ints, or a
+        callable mapping this pass's logits (N, C) to one of those.
 
         Returns ``(maps, logits)``: NumPy float32 (N, H, W) in [0, 1] and the detached logits of the
         single forward pass (so callers get probabilities without a second pass).
@@ -188,7 +223,7 @@ class GradCAM:
             self._acts.clear()  # no graph kept alive between calls, even after an error
             self._grads.clear()
         with torch.no_grad():
-            alphas = grad.mean(dim=(2, 3))  # (N, K): global-average-pooled gradients
+            alphas = channel_weights(act, grad, self.weighting)  # (N, K); Grad-CAM: mean of the gradients
             weighted = torch.einsum("nk,nkhw->nhw", alphas, act)
             raw = F.relu(weighted)
             up = F.interpolate(raw[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -200,11 +235,123 @@ class GradCAM:
         return self.maps, self.logits
 
 
+    def shift_averaged(self, x: torch.Tensor, targets: int | Sequence[int] | None = None,
+                       shifts: Sequence[tuple[int, int]] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """Shift-averaged maps for ``x`` (N, C, H, W): see :func:`shift_averaged_gradcam`.
+
+        ONE forward and ONE backward pass over the S×N stacked shifted copies. Afterwards the recorded
+        attributes (``activations``, ``raw_maps``…) hold all S×N copies, shift-major (copy s of image n
+        at s×N + n; copy 0 is the unshifted one).
+        """
+        shifts = _check_shifts(shifts, x.shape[-2:])
+        n, s = len(x), len(shifts)
+        if targets is None:  # the unshifted copy's predicted class, for all of its copies
+            t: object = lambda logits: logits[:n].argmax(dim=1).repeat(s)  # noqa: E731
+        elif isinstance(targets, (int, np.integer)):
+            t = int(targets)
+        else:
+            t = np.tile(np.asarray(targets, dtype=np.int64).ravel(), s)
+        _, logits = self(shift_images(x, shifts), t)
+        raw = torch.from_numpy(self.raw_maps)
+        up = F.interpolate(raw[:, None], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+        maps = normalise_maps(average_unshifted(up, shifts))
+        return maps.numpy(), logits[:n]
+
+
 def gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4",
-            targets: int | Sequence[int] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+            targets: int | Sequence[int] | None = None, weighting: str = "gradcam"
+            ) -> tuple[np.ndarray, torch.Tensor]:
     """One-shot Grad-CAM: ``(maps, logits)`` with hooks registered and removed around the call."""
-    with GradCAM(model, layer) as cam:
+    with GradCAM(model, layer, weighting) as cam:
         return cam(x, targets)
+
+
+# ----------------------------------------------------------------------------------- shift averaging
+def shift_grid(offsets: Sequence[int] = (0, 8)) -> list[tuple[int, int]]:
+    """Every ``(dy, dx)`` pair of the per-axis ``offsets`` in pixels, ``(0, 0)`` first.
+
+    ``(0, 8)`` gives 4 shifts (half a cell of an 8×8 ``layer3`` map at 128 px), ``(0, 4, 8, 12)`` 16.
+    """
+    offs = sorted({int(o) for o in offsets}, key=lambda o: (o != 0, o))
+    if not offs or offs[0] != 0:
+        raise ValueError(f"offsets must include 0 (the unshifted image), got {list(offsets)}")
+    return [(dy, dx) for dy in offs for dx in offs]
+
+
+def _check_shifts(shifts: Sequence[tuple[int, int]] | None, size: Sequence[int]) -> list[tuple[int, int]]:
+    shifts = shift_grid() if shifts is None else [(int(dy), int(dx)) for dy, dx in shifts]
+    if (0, 0) not in shifts:
+        raise ValueError("shifts must include (0, 0): the unshifted copy gives the logits")
+    if len(set(shifts)) != len(shifts):
+        raise ValueError(f"repeated shifts in {shifts}")
+    h, w = int(size[0]), int(size[1])
+    if any(abs(dy) >= h or abs(dx) >= w for dy, dx in shifts):
+        raise ValueError(f"shifts {shifts} must be smaller than the image ({h}×{w})")
+    shifts.remove((0, 0))
+    return [(0, 0), *shifts]
+
+
+def _index(n: int, d: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, device=device) - d
+
+
+def shift_images(x: torch.Tensor, shifts: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Stack of shifted copies (S×N, C, H, W), shift-major: copy s of image n at index s×N + n.
+
+    Shift ``(dy, dx)`` moves the content ``dy`` pixels down and ``dx`` right:
+    ``out[..., i, j] = x[..., clamp(i - dy), clamp(j - dx)]``. The strip uncovered at the border repeats
+    the edge row/column (replicate padding); nothing wraps around from the opposite side.
+    """
+    h, w = x.shape[-2:]
+    out = []
+    for dy, dx in shifts:
+        rows = _index(h, dy, x.device).clamp(0, h - 1)
+        cols = _index(w, dx, x.device).clamp(0, w - 1)
+        out.append(x.index_select(-2, rows).index_select(-1, cols))
+    return torch.cat(out)
+
+
+def average_unshifted(maps: torch.Tensor, shifts: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Shift maps (S×N, H, W) of :func:`shift_images`' copies back and average them: (N, H, W).
+
+    Copy ``(dy, dx)`` is read back at ``[i + dy, j + dx]``; a pixel whose content had left the frame
+    in a copy is averaged over the other copies only (the unshifted copy always counts), so for a
+    model whose maps move exactly with the image, the average equals the unshifted map.
+    """
+    s = len(shifts)
+    if maps.ndim != 3 or maps.shape[0] % s:
+        raise ValueError(f"maps {tuple(maps.shape)} must be (S×N, H, W) with S = {s} shifts")
+    n, (h, w) = maps.shape[0] // s, maps.shape[-2:]
+    total = torch.zeros((n, h, w), dtype=maps.dtype, device=maps.device)
+    count = torch.zeros((1, h, w), dtype=maps.dtype, device=maps.device)
+    for k, (dy, dx) in enumerate(shifts):
+        rows, cols = _index(h, -dy, maps.device), _index(w, -dx, maps.device)  # i + dy, j + dx
+        inside = (((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None]).to(maps.dtype)
+        back = maps[k * n:(k + 1) * n].index_select(-2, rows.clamp(0, h - 1)).index_select(-1, cols.clamp(0, w - 1))
+        total += back * inside
+        count += inside
+    return total / count
+
+
+def shift_averaged_gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer3",
+                           targets: int | Sequence[int] | None = None,
+                           shifts: Sequence[tuple[int, int]] | None = None,
+                           weighting: str = "gradcam") -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM averaged over small shifts of the input: a finer map from a coarse layer.
+
+    A ``layer3`` map of a 128 px input is an 8×8 grid; upsampled, its maximum always sits on a cell
+    centre, 16 px apart. Each copy of the image, shifted by ``(dy, dx)`` pixels (:func:`shift_images`,
+    replicate padding), puts the grid at another phase; its map (ReLU, upsampled, *before* scaling) is
+    shifted back (:func:`average_unshifted`), the maps are averaged and the mean is scaled to [0, 1].
+    A test-time-augmentation smoothing in the spirit of Morbidelli et al. (2020), "Augmented Grad-CAM".
+
+    ``shifts``: ``(dy, dx)`` pairs including ``(0, 0)`` (default :func:`shift_grid` ``((0, 8))``).
+    ``targets`` None = the unshifted copy's predicted class, used for all its copies. ONE batched
+    forward and backward pass over the S×N copies. Returns ``(maps (N, H, W) in [0, 1], logits of the
+    unshifted copies (N, C))``.
+    """
+    with GradCAM(model, layer, weighting) as cam:
+        return cam.shift_averaged(x, targets, shifts)
 
 
 # ---------------------------------------------------------------------------------------- overlay

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -64,11 +65,22 @@ def build_model(weights: str = "none", num_classes: int = len(CLASSES), seed: in
         path = artifact("pretrained_backbone") if weights == "phantom" else Path(weights)
         if weights not in WEIGHT_CHOICES and not path.exists():
             raise UserError(f"unknown weights {weights!r}: choose {', '.join(WEIGHT_CHOICES)} or a checkpoint path.")
-        ckpt = load_checkpoint(path, require_meta=False)
+        if weights == "phantom" and not path.exists():
+            raise UserError(f"the shipped phantom-pretrained backbone is missing: {path}; restore it from the "
+                            "repository (git checkout -- model/phantom_resnet18_pretrained.pt) or use weights 'none'.")
+        ckpt = load_checkpoint(path, require_meta=False, allow_state_dict=True)
         state = ckpt["model"]
         desc = f"phantom-pretrained backbone ({path.name})" if weights == "phantom" else f"checkpoint {path}"
-    backbone = {k: v.float() for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(backbone, strict=False)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UserError(f"{path}: its 'model' entry is not a state dict of tensors.")
+    backbone = {k.removeprefix("module."): v.float() for k, v in state.items()
+                if not k.removeprefix("module.").startswith("fc.")}
+    try:
+        missing, unexpected = model.load_state_dict(backbone, strict=False)
+    except RuntimeError as exc:  # same names, other shapes (e.g. a ResNet-50)
+        bad = re.findall(r"size mismatch for ([\w.]+)", str(exc))
+        raise UserError(f"weights {weights!r} do not fit a ResNet-18 backbone (other shapes for {len(bad)} "
+                        f"tensor(s), e.g. {', '.join(bad[:3])}).") from None
     if unexpected or any(not k.startswith("fc.") for k in missing):
         raise UserError(f"weights {weights!r} do not fit a ResNet-18 backbone "
                         f"(unexpected: {unexpected[:3]}, missing: {[k for k in missing if not k.startswith('fc.')][:3]}).")

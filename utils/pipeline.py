@@ -14,12 +14,13 @@ import sys
 import time
 from typing import Any
 
+import pandas as pd
 import torch
 
 from .checkpoint import make_meta, state_fingerprint
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config, UserError, get_config
 from .data import DataBundle, load_data
-from .model import build_model, load_model, resolve_device
+from .model import build_model, layer_groups, load_model, param_groups, resolve_device
 from .train import DeviceData, FitResult, fit
 
 
@@ -57,14 +58,27 @@ def run_phase2(cfg: Config, bundle: DataBundle, device: str = "auto", restart: b
     """Phase 2: start from the phase-1 best, unfreeze everything, low LR + StepLR."""
     dev = resolve_device(device)
     model, meta1 = load_model(cfg.require("phase1_best"), dev)
-    if meta1.get("data_fingerprint") != bundle.fingerprint:
-        raise UserError("model/phase1_best.pt was trained on other data (fingerprint differs): "
+    if meta1.get("data_fingerprint") != bundle.fingerprint or meta1.get("image_size") != bundle.image_size:
+        raise UserError(f"model/phase1_best.pt was trained on other data (fingerprint {meta1.get('data_fingerprint')} "
+                        f"at {meta1.get('image_size')} px, this data: {bundle.fingerprint} at {bundle.image_size} px): "
                         "re-run notebooks/02_phase1_warmup.ipynb with the same profile.")
     meta = base_meta(cfg, bundle, meta1["weights"], "phase2", init=state_fingerprint(model.state_dict()))
     train, val = _device_data(bundle, dev)
     res = fit(model, train, val, phase_settings(cfg, "phase2"), meta, cfg.path("phase2_last"),
               cfg.path("final_best"), cfg.path("history_phase2"), restart=restart, progress=progress)
     return res, meta1["weights"]
+
+
+def lr_table(model: torch.nn.Module, phase: dict[str, Any]) -> pd.DataFrame:
+    """Phase-2 learning rate of each layer group, discriminative (``phase["lr_decay"]`` per group below
+    the head) next to a single learning rate, with the number of parameters per group (head first)."""
+    counts = {name: sum(p.numel() for p in ps) for name, ps in layer_groups(model).items()}
+    disc = param_groups(model, phase["lr"], True, phase.get("lr_decay", 0.5))
+    one = param_groups(model, phase["lr"], False)
+    return pd.DataFrame({"group": [g["name"] for g in disc],
+                         "parameters": [counts[g["name"]] for g in disc],
+                         "lr discriminative": [g["lr"] for g in disc],
+                         "lr single": [g["lr"] for g in one]})
 
 
 def best_row(res: FitResult) -> dict[str, Any]:

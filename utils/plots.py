@@ -69,6 +69,7 @@ def plot_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray, tit
                              layout="constrained")
     vmax = 255 if images.dtype == np.uint8 else 1.0
     for k, ax in enumerate(axes.flat):
+        ax.set(xticks=[], yticks=[])  # no tick labels to lay out (much faster to save)
         ax.set_axis_off()
         if k >= len(images):
             continue
@@ -84,7 +85,7 @@ def plot_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray, tit
     if lesion_masks is not None:
         handles.append(Line2D([], [], color=LESION_COLOR, label="lesion (ground truth)"))
     if lung_masks is not None:
-        handles.append(Line2D([], [], color=LUNG_COLOR, label="lung field"))
+        handles.append(Line2D([], [], color=LUNG_COLOR, label="lung"))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
     return _finish(fig, save_to)
@@ -298,6 +299,8 @@ def plot_training_curves(histories: pd.DataFrame | Sequence[pd.DataFrame], best_
         offset = last
     ax_loss.set(ylabel="loss (class-weighted CE)", title="Loss")
     ax_auc.set(ylabel="ROC AUC", title="Validation AUC")
+    lo, hi = ax_auc.get_ylim()
+    ax_auc.set_ylim(lo, min(hi, 1.002))  # an AUC never exceeds 1 (flat curves would get ticks above it)
     ax_rs.set(ylabel="rate", title="Validation recall / specificity at 0.5", ylim=(-0.02, 1.02))
     ax_ips.set(ylabel="images / s", title="Training throughput", ylim=(0, None))
     for ax in axes.flat:

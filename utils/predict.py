@@ -7,6 +7,12 @@ The model is loaded once (``utils.model.load_model``: ``weights_only=True``, val
 image goes through :func:`utils.images.read_image` (the same decoding as training), then ONE forward and
 ONE backward pass (Grad-CAM explaining the PNEUMONIA class; the probability comes from the logits of
 that same forward pass). See docs/INFERENCE.md.
+
+``--int8 [PATH]`` predicts with the INT8 model of notebook 07 instead (``utils.quantize.load_int8``,
+``weights_only=True`` as well; threshold from the INT8 checkpoint). Quantised kernels have no autograd, so
+Grad-CAM cannot run on it: the overlay is computed with the FP32 checkpoint only when ``--model_path`` is
+given explicitly (and it must be the checkpoint the INT8 model was quantised from); otherwise there is no
+overlay and the output says why.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import UserError, artifact, project_root
+from .config import ARTIFACTS, UserError, artifact, project_root
 from .images import IMAGE_SUFFIXES, list_images, read_image
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -34,6 +40,10 @@ DEFAULT_LAYER = "layer4"
 FIG_SIZE, FIG_DPI = (10.0, 5.0), 100
 FIELDS = ("image", "diagnosis", "probability", "threshold", "threshold_source", "layer", "layer_source", "explained_class",
           "overlay", "model_path", "fingerprint")
+#: Extra columns with --int8: the precision that decided, and the FP32 checkpoint the overlay came from (or empty).
+INT8_FIELDS = ("precision", "explained_by", "overlay_note")
+INT8_NO_CAM = ("the INT8 model has no gradients, so no Grad-CAM; add --model_path FP32.pt to explain with the "
+               "FP32 checkpoint it was quantised from")
 
 EPILOG = f"""\
 outputs:
@@ -47,6 +57,14 @@ outputs:
 Grad-CAM explains the PNEUMONIA class (red = evidence for pneumonia) on --layer, by default the
 checkpoint's 'gradcam_layer', else {DEFAULT_LAYER}. Diagnosis = PNEUMONIA when P(pneumonia) >= threshold
 (the checkpoint's, unless --threshold). Inputs are never overwritten; files are written atomically.
+
+INT8 (--int8, the model of notebooks/07_int8_deployment.ipynb; the flag alone means {ARTIFACTS["int8_model"]}):
+  diagnosis and P(pneumonia) come from the INT8 model on the CPU, at the INT8 checkpoint's own threshold
+  (chosen on validation for it). Quantised kernels have no autograd, so Grad-CAM cannot run on the INT8
+  model: with an explicit --model_path, the overlay is the Grad-CAM of that FP32 checkpoint (it must be the
+  one the INT8 model was quantised from; the figure says "FP32 model"); without it, no overlay is made and
+  the output says why. Results then carry precision=int8, explained_by (the FP32 checkpoint, or empty) and
+  overlay_note (why there is no overlay, or empty).
 
 exit codes:
   0  every image succeeded
@@ -137,7 +155,8 @@ def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, pr
 # ------------------------------------------------------------------------------------------ the core
 def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, threshold: float | None = None,
                    layer: str | None = None, overlays: dict[Path, Path] | None = None, explain: bool = True,
-                   progress: bool = False, on_error: Callable[[Path, str], None] | None = None
+                   progress: bool = False, on_error: Callable[[Path, str], None] | None = None,
+                   scorer: Callable[[Any], Any] | None = None
                    ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     """Predict (and explain) every image; returns ``(results, failures)``.
 
@@ -145,7 +164,11 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
     ``failures``: ``(path, one-line message)``; ``on_error`` is called as each happens. ``overlays`` maps
     an image path to its PNG (missing = no figure); ``explain=False`` skips Grad-CAM (forward only).
     Hooks are registered once and always removed; the model's train/eval flags are restored.
+    ``scorer`` (the INT8 model: CPU input → logits) gives the probability instead; ``model`` then only explains
+    (Grad-CAM of the FP32 model) and may be ``None`` when ``explain=False``.
     """
+    from contextlib import nullcontext
+
     import torch
 
     from .gradcam import GradCAM, eval_mode
@@ -155,9 +178,11 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
     overlays = overlays or {}
     t = float(meta["threshold"]) if threshold is None else float(threshold)
     t_source = "checkpoint" if threshold is None else "--threshold"
+    if model is None and (scorer is None or explain):
+        raise ValueError("predict_images needs a model (a scorer alone cannot explain)")
     layer_name, layer_source = choose_layer(model, meta, layer) if explain else (None, None)
     classes, size = list(meta["classes"]), int(meta["image_size"])
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
     results: list[dict[str, Any]] = []
     failures: list[tuple[Path, str]] = []
     it: Iterable[Path] = paths
@@ -166,22 +191,25 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
         it = tqdm(paths, desc="predict", unit="img", file=sys.stderr, disable=None)
     cam = GradCAM(model, layer_name) if explain else None
     try:
-        with eval_mode(model):
+        with eval_mode(model) if model is not None else nullcontext():
             for p in it:
                 try:
                     gray = read_image(p, size)
                     x = preprocess(torch.from_numpy(gray)[None].to(device), meta["mean"], meta["std"])
                     if cam is not None:
                         maps, logits = cam(x, targets=TARGET_CLASS)
-                    else:
+                    elif scorer is None:
                         with torch.inference_mode():
                             logits = model(x)
+                    if scorer is not None:
+                        logits = torch.as_tensor(scorer(x.cpu()))
                     prob = float(torch.softmax(logits.detach().float(), dim=1)[0, TARGET_CLASS])
                     diagnosis = classes[TARGET_CLASS] if prob >= t else classes[1 - TARGET_CLASS]
                     out = overlays.get(p) if cam is not None else None
                     if out is not None:
                         save_overlay_figure(out, gray, maps[0], probability=prob, diagnosis=diagnosis,
-                                            threshold=t, layer=layer_name, name=p.name)
+                                            threshold=t, name=p.name,
+                                            layer=layer_name if scorer is None else f"{layer_name}, FP32 model")
                     results.append({"image": str(p), "diagnosis": diagnosis, "probability": prob, "threshold": t,
                                     "threshold_source": t_source, "layer": layer_name, "layer_source": layer_source,
                                     "explained_class": classes[TARGET_CLASS] if cam is not None else None,
@@ -220,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "not a medical device).", epilog=EPILOG)
     p.add_argument("--image_path", "--image-path", nargs="+", required=True, metavar="PATH",
                    help=f"image file(s) ({', '.join(IMAGE_SUFFIXES)}) and/or folders")
-    p.add_argument("--model_path", "--model-path", default=str(artifact("final_best")),
-                   help="project checkpoint (default: %(default)s)")
+    p.add_argument("--model_path", "--model-path", default=None,
+                   help=f"project checkpoint (default: {artifact('final_best')}); with --int8: the FP32 checkpoint "
+                        "whose Grad-CAM explains the INT8 decision (no default: without it, no overlay)")
     p.add_argument("--output", "-o", help="single image: overlay .png path or folder; batch: .csv path or overlay folder")
     p.add_argument("--threshold", type=_threshold, help="decision threshold in (0, 1) (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="print JSON (an object; a list in batch mode)")
@@ -230,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlay", "--no_overlay", dest="overlay", action="store_false",
                    help="skip Grad-CAM and the PNG (forward pass only)")
     p.add_argument("-r", "--recursive", action="store_true", help="look for images in sub-folders too")
+    p.add_argument("--int8", nargs="?", const="", default=None, metavar="PATH",
+                   help=f"predict with the INT8 model of notebook 07 (PATH, or the flag alone for "
+                        f"{artifact('int8_model')}); Grad-CAM: see INT8 below")
     return p
 
 
@@ -286,8 +318,16 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoint import state_fingerprint
     from .model import load_model, resolve_device
 
-    model, meta = load_model(args.model_path, resolve_device(args.device))
-    choose_layer(model, meta, args.layer)  # a bad --layer is a usage error before any work
+    scorer, int8_path, why_none = None, None, "--no-overlay"
+    if args.int8 is not None:
+        model, meta, scorer, int8_path = _load_int8(args)
+        if args.overlay and model is None:  # no FP32 checkpoint: nothing can explain the INT8 decision
+            args.overlay, why_none = False, INT8_NO_CAM
+    else:
+        args.model_path = args.model_path or str(artifact("final_best"))
+        model, meta = load_model(args.model_path, resolve_device(args.device))
+    if model is not None:
+        choose_layer(model, meta, args.layer)  # a bad --layer is a usage error before any work
     overlays = {}
     if args.overlay:
         overlays = {files[0]: single_png} if single_png else plan_overlays(files, overlay_dir)
@@ -297,35 +337,50 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"error: {_one_line(msg)}", file=sys.stderr)
 
     results, failed = predict_images(model, meta, files, threshold=args.threshold, layer=args.layer,
-                                     overlays=overlays, explain=args.overlay, progress=batch, on_error=report)
+                                     overlays=overlays, explain=args.overlay, progress=batch, on_error=report,
+                                     scorer=scorer)
     failures += failed
     if not results:
         if batch:
             _err(f"no image could be processed ({len(failures)} failed).")
         return EXIT_USAGE
-    fingerprint = state_fingerprint(model.state_dict())
-    for r in results:
-        r.update(model_path=str(args.model_path), fingerprint=fingerprint)
+    fields = FIELDS
+    if int8_path is None:
+        fingerprint = state_fingerprint(model.state_dict())
+        for r in results:
+            r.update(model_path=str(args.model_path), fingerprint=fingerprint)
+    else:
+        from .quantize import file_fingerprint
+
+        fingerprint, fields = file_fingerprint(int8_path), FIELDS + INT8_FIELDS
+        for r in results:
+            r.update(model_path=str(int8_path), fingerprint=fingerprint, precision="int8",
+                     explained_by=str(args.model_path) if r["layer"] else None,
+                     overlay_note=None if r["overlay"] else why_none)
 
     if not batch:
         r = results[0]
         if args.json:
             print(json.dumps(r))
         else:
+            if int8_path is not None:
+                print(f"model:         INT8 {r['model_path']} (quantised, CPU)")
             print(f"image:         {r['image']}\n"
                   f"diagnosis:     {r['diagnosis']}\n"
                   f"P(pneumonia):  {r['probability']:.4f}  (PNEUMONIA when >= threshold)\n"
                   f"threshold:     {r['threshold']:.3f}  (from {r['threshold_source']})")
             if r["layer"]:
                 src = "default" if r["layer_source"] == "default" else f"from {r['layer_source']}"
-                print(f"Grad-CAM:      {r['layer']} ({src}), explaining the PNEUMONIA class "
+                of = f" of the FP32 checkpoint {r['explained_by']} (the INT8 model has no gradients)" \
+                    if int8_path is not None else ""
+                print(f"Grad-CAM:      {r['layer']} ({src}){of}, explaining the PNEUMONIA class "
                       "(red = evidence for pneumonia)")
-            print(f"overlay:       {r['overlay'] or '(none: --no-overlay)'}\n"
+            print(f"overlay:       {r['overlay'] or f'(none: {why_none})'}\n"
                   "note:          a teaching model, not a medical device.")
         return EXIT_OK
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in results)
     if csv_path is not None:
@@ -336,8 +391,37 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(buf.getvalue())
     where = f"; table: {csv_path}" if csv_path else ""
     pics = f"; overlays in {overlay_dir}" if args.overlay else ""
+    if why_none == INT8_NO_CAM:
+        pics = "; no overlays (INT8 has no gradients: add --model_path for Grad-CAM of its FP32 checkpoint)"
     print(f"{len(results)} of {len(results) + len(failures)} images predicted{where}{pics}.", file=sys.stderr)
     return EXIT_PARTIAL if failures else EXIT_OK
+
+
+def _load_int8(args: argparse.Namespace):
+    """``(fp32 explainer or None, INT8 metadata, INT8 scorer, INT8 path)`` for ``--int8``."""
+    from .checkpoint import state_fingerprint
+    from .model import load_model, resolve_device
+    from .quantize import load_int8, torch_forward
+
+    int8_path = Path(args.int8).expanduser() if args.int8 else artifact("int8_model")
+    if not int8_path.exists():
+        hint = "run notebooks/07_int8_deployment.ipynb first" if not args.int8 else "check the path"
+        raise UserError(f"INT8 model not found: {int8_path} ({hint}).")
+    device = resolve_device(args.device)  # a bad --device is a usage error here too
+    qmodel, meta = load_int8(int8_path)
+    if args.model_path is None or not args.overlay:
+        if args.layer is not None:
+            raise UserError("--layer needs Grad-CAM, which the INT8 model cannot run: add --model_path FP32.pt "
+                            "(the checkpoint it was quantised from).")
+        return None, meta, torch_forward(qmodel), int8_path
+    model, fp32_meta = load_model(args.model_path, device)
+    found, expected = state_fingerprint(model.state_dict()), meta.get("fp32_fingerprint")
+    if found != expected:
+        raise UserError(f"--model_path {args.model_path} is not the checkpoint {int8_path} was quantised from "
+                        f"(weights {found}, expected {expected}): its Grad-CAM would explain another model.")
+    if fp32_meta.get("gradcam_layer"):
+        meta = {**meta, "gradcam_layer": fp32_meta["gradcam_layer"]}
+    return model, meta, torch_forward(qmodel), int8_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

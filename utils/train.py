@@ -8,11 +8,12 @@ optimizer, scheduler, RNG state, history) so a re-run resumes; the best epoch by
 """
 from __future__ import annotations
 
+import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -57,8 +58,13 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
 
 def train_one_epoch(model: nn.Module, data: DeviceData, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     meta: dict, batch_size: int, gen: torch.Generator, scaler: torch.amp.GradScaler | None = None,
-                    aug: AugmentSpec | None = AugmentSpec(), progress: bool = True) -> dict[str, float]:
-    """One pass over ``data`` in a seeded random order; returns mean loss, seconds and images/s."""
+                    aug: AugmentSpec | None = AugmentSpec(), progress: bool = True,
+                    on_batch: Callable[[int], Any] | None = None) -> dict[str, float]:
+    """One pass over ``data`` in a seeded random order; returns mean loss, seconds and images/s.
+
+    ``progress`` shows a per-batch bar; ``on_batch`` (e.g. an outer bar's ``update``) is called with 1
+    after every batch instead, so :func:`fit` can show one bar for the whole phase.
+    """
     device = data.images.device
     model.train()
     set_backbone_bn_eval(model)  # a frozen backbone keeps its BatchNorm statistics
@@ -88,6 +94,8 @@ def train_one_epoch(model: nn.Module, data: DeviceData, optimizer: torch.optim.O
             optimizer.step()
         total += loss.detach().float().item() * len(idx)
         seen += len(idx)
+        if on_batch is not None:
+            on_batch(1)
     secs = time.perf_counter() - t0
     return {"train_loss": total / max(seen, 1), "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
 
@@ -123,7 +131,9 @@ def evaluate(model: nn.Module, data: DeviceData, meta: dict, batch_size: int = 1
 
 def _score(row: dict) -> tuple[float, float]:
     """Model-selection key: validation AUC, ties broken by recall (recall-first)."""
-    return (round(row["val_auc"], 4), row["val_recall"])
+    auc, rec = row["val_auc"], row["val_recall"]
+    nan = lambda v: v is None or v != v  # noqa: E731 - a one-class validation set has no AUC
+    return (-1.0 if nan(auc) else round(auc, 4), -1.0 if nan(rec) else rec)
 
 
 def setup_phase(model: nn.Module, phase: dict) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -138,6 +148,11 @@ def setup_phase(model: nn.Module, phase: dict) -> tuple[torch.optim.Optimizer, t
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=phase.get("step_size", 10 ** 6),
                                             gamma=phase.get("gamma", 1.0))
     return opt, sched
+
+
+def _plain(obj: Any) -> Any:
+    """Settings as plain JSON types (numpy scalars → numbers, tuples → lists): safe for weights_only loading."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 #: A "last" checkpoint is resumed only when these metadata match (same data, phase and start weights).
@@ -178,11 +193,21 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, phase: dict, meta:
     if ck is not None and any(ck["meta"].get(k) != meta.get(k) for k in RESUME_KEYS):
         print(f"{last_path.name} is from another run (data, phase or start weights differ): starting over.")
         ck = None
+    settings = _plain({k: v for k, v in phase.items() if k != "epochs"})
+    if ck is not None and ck.get("settings", settings) != settings:
+        changed = sorted(k for k in set(settings) | set(ck["settings"]) if settings.get(k) != ck["settings"].get(k))
+        print(f"{last_path.name} was trained with other settings ({', '.join(changed)} changed): starting over.")
+        ck = None
+    if ck is not None and not best_path.exists():
+        print(f"{best_path.name} is missing next to {last_path.name}: starting over.")
+        ck = None
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        gen.set_state(ck["rng"])
+        gen.set_state(ck["rng"].cpu())  # a CPU generator, whatever map_location put the tensor on
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
         history = list(ck["history"])
         start = int(ck["epoch"]) + 1
         best_epoch = int(ck.get("best_epoch", 0))
@@ -190,15 +215,26 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, phase: dict, meta:
             best_key = _score(history[best_epoch - 1])
         if progress and start <= phase["epochs"]:
             print(f"resuming {meta.get('phase')} at epoch {start} (checkpoint {last_path.name})")
+        elif progress:
+            print(f"{meta.get('phase')} already trained: {start - 1} epoch(s) in {last_path.name}, nothing to do "
+                  "(restart=True trains again)")
     epochs = range(start, phase["epochs"] + 1)
-    if progress:
+    Path(history_csv).parent.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress and len(epochs):  # one bar over every batch of the phase: no nested bars in notebooks/logs
         from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=str(meta.get("phase", "fit")), unit="epoch")
+        n_batches = -(-len(train) // phase["batch_size"])
+        bar = tqdm(total=len(epochs) * n_batches, desc=str(meta.get("phase", "fit")), unit="batch")
     for epoch in epochs:
         lr = opt.param_groups[0]["lr"]
+        if bar is not None:
+            bar.set_description(f"{meta.get('phase', 'fit')} epoch {epoch}/{phase['epochs']}")
         stats = train_one_epoch(model, train, opt, loss_fn, meta, phase["batch_size"], gen, scaler,
-                                AugmentSpec(hflip=bool(phase.get("hflip", False))), progress)
+                                AugmentSpec(hflip=bool(phase.get("hflip", False))), progress=False,
+                                on_batch=None if bar is None else bar.update)
         ev = evaluate(model, val, meta, loss_fn=loss_fn)
+        if bar is not None:
+            bar.set_postfix_str(f"val AUC {ev['val_auc']:.3f} recall {ev['val_recall']:.3f}", refresh=False)
         sched.step()
         row = {"phase": meta.get("phase", ""), "epoch": epoch, "lr": lr, **stats,
                **{k: v for k, v in ev.items() if k != "probs"}}
@@ -210,8 +246,11 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, phase: dict, meta:
                                                  "val_recall": row["val_recall"]}})
         save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "rng": gen.get_state(), "epoch": epoch,
-                                    "history": history, "best_epoch": best_epoch, "meta": meta})
+                                    "history": history, "best_epoch": best_epoch, "meta": meta,
+                                    "settings": settings, "scaler": scaler.state_dict() if scaler else {}})
         pd.DataFrame(history).to_csv(history_csv, index=False)
+    if bar is not None:
+        bar.close()
     if history and not history_csv.exists():
         pd.DataFrame(history).to_csv(history_csv, index=False)
     return FitResult(pd.DataFrame(history), best_epoch, best_path, start - 1)

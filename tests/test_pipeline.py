@@ -1,0 +1,106 @@
+"""Both training phases end to end on a tiny config, phase-2 guards, and the command line."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from utils import pipeline
+from utils.checkpoint import load_checkpoint, state_fingerprint
+from utils.config import UserError, get_config, project_root
+from utils.data import load_data
+from utils.model import load_model
+
+REPO = project_root()
+BACKBONE = "model/phantom_resnet18_pretrained.pt"
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    for var in ("CXR_PROFILE", "CXR_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path / "project"))  # artifacts go to a temporary root
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_cfg():
+    cfg = get_config("demo", image_size=48, batch_size=16,
+                     phantom={"n_patients_train": 20, "n_patients_test": 6, "seed": 7},
+                     phase1={"epochs": 1}, phase2={"epochs": 1})
+    link = cfg.root / BACKBONE
+    if not link.exists():
+        link.symlink_to(REPO / BACKBONE)  # the shipped backbone, seen from the temporary root
+    return cfg
+
+
+def test_phase1_then_phase2_on_a_tiny_config(tmp_path):
+    cfg = _tiny_cfg()
+    assert cfg.root == (tmp_path / "project").resolve()
+    bundle = load_data(cfg, progress=False)
+    assert bundle.source == "phantom" and bundle.image_size == 48
+
+    r1, weights = pipeline.run_phase1(cfg, bundle, device="cpu", progress=False)
+    assert "phantom" in weights and r1.best_epoch == 1 and len(r1.history) == 1
+    for name in ("phase1_best", "phase1_last", "history_phase1"):
+        assert cfg.path(name).exists(), name
+    meta1 = load_checkpoint(cfg.path("phase1_best"))["meta"]
+    assert meta1["phase"] == "phase1" and meta1["data_fingerprint"] == bundle.fingerprint
+    assert meta1["image_size"] == 48 and meta1["weights"] == weights and meta1["profile"] == "demo"
+    assert not (REPO / "model/phase1_best.pt").samefile(cfg.path("phase1_best"))
+
+    again, _ = pipeline.run_phase1(cfg, bundle, device="cpu", progress=False)  # a rerun resumes: nothing to do
+    assert again.resumed_from == 1
+    pd.testing.assert_frame_equal(again.history, r1.history)
+
+    r2, w2 = pipeline.run_phase2(cfg, bundle, device="cpu", progress=False)
+    assert w2 == weights and len(r2.history) == 1
+    for name in ("final_best", "phase2_last", "history_phase2"):
+        assert cfg.path(name).exists(), name
+    m1, _ = load_model(cfg.path("phase1_best"))
+    m2, meta2 = load_model(cfg.path("final_best"))
+    assert meta2["phase"] == "phase2" and meta2["data_fingerprint"] == bundle.fingerprint
+    assert meta2["init"] == state_fingerprint(m1.state_dict())
+    sd1, sd2 = m1.state_dict(), m2.state_dict()
+    assert not torch.equal(sd1["conv1.weight"], sd2["conv1.weight"])  # phase 2 trains the backbone too
+    assert not torch.equal(sd1["fc.weight"], sd2["fc.weight"])
+    row = pipeline.best_row(r2)
+    assert row["epoch"] == 1 and 0 <= row["val_auc"] <= 1
+
+    other = replace(bundle, fingerprint="0123456789abcdef")
+    with pytest.raises(UserError, match="trained on other data") as exc:
+        pipeline.run_phase2(cfg, other, device="cpu", progress=False)
+    assert "\n" not in str(exc.value) and "02_phase1_warmup.ipynb" in str(exc.value)
+    with pytest.raises(UserError, match="other data"):
+        pipeline.run_phase2(cfg, replace(bundle, image_size=64), device="cpu", progress=False)
+
+
+def test_phase2_without_phase1_names_the_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path / "empty"))
+    cfg = get_config("demo")
+    with pytest.raises(UserError, match="02_phase1_warmup.ipynb"):
+        pipeline.run_phase2(cfg, None, device="cpu", progress=False)
+
+
+def test_cli_unknown_option_exits_without_traceback(tmp_path):
+    env = {**os.environ, "CXR_PROJECT_ROOT": str(tmp_path / "cli")}
+    proc = subprocess.run([sys.executable, "-m", "utils.pipeline", "--no-such-option"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "unrecognized arguments: --no-such-option" in proc.stderr
+
+
+def test_cli_user_error_is_one_line(tmp_path, capsys):
+    code = pipeline.main(["--profile", "full", "--data-dir", str(tmp_path / "nowhere")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: data folder not found")
+    with pytest.raises(SystemExit) as exc:
+        pipeline.main(["--profile", "tiny"])
+    assert exc.value.code == 2

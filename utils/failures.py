@@ -1,0 +1,446 @@
+"""False-negative case study (notebook 06): select the misses, measure where the model looked, sort them.
+
+Conventions (as in :mod:`utils.metrics`): ``label`` 1 = PNEUMONIA, ``prob`` = P(PNEUMONIA), an image is
+called positive when ``prob >= threshold``. So a **false negative** is ``label == 1 and prob < threshold``
+(``prob == threshold`` is a detection), and every selected row carries
+
+    margin = threshold - prob      (> 0: missed by that much; <= 0: detected with that much to spare)
+
+Pieces, small and separately tested:
+
+* selectors: :func:`select_false_negatives` (all of them, no cap), :func:`select_near_misses` (the
+  detected pneumonias closest to the threshold, for contrast), :func:`select_true_positives`;
+* attention outside the lungs: :func:`outside_lung_fractions` (Grad-CAM mass outside the lung fields,
+  ground-truth lung masks on phantoms, :func:`utils.localisation.estimate_lung_field` on real images)
+  and :func:`compare_groups` (Mann-Whitney U, two-sided);
+* lesion properties of misses vs detections on the phantoms (:func:`lesion_property_table`);
+* a rule-based failure taxonomy (:func:`classify_failure`, rules in :data:`RULES`, in order);
+* the per-case table saved as ``assets/false_negatives.csv`` (:func:`case_table`).
+
+Only :func:`class_gradcams` touches a model; everything else is pure pandas/NumPy/SciPy.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from .config import CLASSES, UserError
+from .localisation import estimate_lung_field, outside_fraction
+from .metrics import read_predictions, threshold_for_recall
+
+__all__ = ["select_false_negatives", "select_near_misses", "select_true_positives", "threshold_cost", "operating_threshold",
+           "align_to_split", "class_gradcams", "check_probabilities", "outside_lung_fractions",
+           "compare_groups", "failure_cutoffs", "lesion_property_table", "classify_failure",
+           "classify_failures", "category_counts", "case_table", "CATEGORIES", "RULES", "DEFAULT_CUTOFFS",
+           "CASE_COLUMNS", "LESION_COLUMNS", "HIDDEN_LOCATIONS"]
+
+# ------------------------------------------------------------------------------------------ selectors
+def _checked(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    missing = [c for c in ("label", "prob") if c not in df.columns]
+    if missing:
+        raise ValueError(f"predictions need the column(s) {', '.join(missing)}")
+    if not (isinstance(threshold, (int, float, np.floating)) and math.isfinite(float(threshold))):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    return df
+
+
+def _with_margin(rows: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    out = rows.copy()
+    out["margin"] = float(threshold) - out["prob"].astype(float)
+    return out.sort_values("prob", kind="stable")
+
+
+def select_false_negatives(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Every row with ``label == 1`` and ``prob < threshold``, sorted by ``prob`` (most confident miss
+    first), with ``margin = threshold - prob`` (> 0). The original index is kept."""
+    df = _checked(df, threshold)
+    return _with_margin(df[(df["label"] == 1) & (df["prob"] < threshold)], threshold)
+
+
+def select_true_positives(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Every row with ``label == 1`` and ``prob >= threshold``, sorted by ``prob``, with ``margin`` (<= 0)."""
+    df = _checked(df, threshold)
+    return _with_margin(df[(df["label"] == 1) & (df["prob"] >= threshold)], threshold)
+
+
+def select_near_misses(df: pd.DataFrame, threshold: float, k: int = 6) -> pd.DataFrame:
+    """The ``k`` detected pneumonias closest to the threshold (``prob >= threshold``, smallest
+    ``prob - threshold`` first): the cases that would be missed first if the threshold rose."""
+    if int(k) < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return select_true_positives(df, threshold).head(int(k))
+
+
+def threshold_cost(df: pd.DataFrame, threshold: float, new_threshold: float) -> dict[str, int]:
+    """Misses and false alarms at ``threshold`` and at ``new_threshold`` (the threshold trade-off in counts).
+
+    Keys: ``fn``, ``fp`` (at ``threshold``), ``fn_new``, ``fp_new``, ``n_positive``, ``n_negative``.
+    Computed on whatever rows are given: on the *test* set this illustrates a trade-off; it is not a
+    way to choose a threshold (that is done on validation data, notebook 04).
+    """
+    df = _checked(df, threshold)
+    y, p = df["label"].to_numpy(), df["prob"].to_numpy(float)
+    count = lambda t: (int(((y == 1) & (p < t)).sum()), int(((y == 0) & (p >= t)).sum()))  # noqa: E731
+    (fn, fp), (fn_new, fp_new) = count(threshold), count(new_threshold)
+    return {"fn": fn, "fp": fp, "fn_new": fn_new, "fp_new": fp_new,
+            "n_positive": int((y == 1).sum()), "n_negative": int((y == 0).sum())}
+
+
+# ------------------------------------------------------------------------------------ the inputs
+def _metrics_threshold(path: Path) -> tuple[float, str] | None:
+    """The test-set operating threshold recorded in ``assets/metrics.json`` (section ``test`` first)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, json.JSONDecodeError):
+        return None
+    sections = [doc["test"]] if isinstance(doc.get("test"), Mapping) else []
+    sections += [v for k, v in doc.items() if k != "test" and isinstance(v, Mapping) and v.get("split") == "test"]
+    for sec in sections:
+        thr = sec.get("threshold")
+        if isinstance(thr, Mapping) and isinstance(thr.get("value"), (int, float)):
+            return float(thr["value"]), f"{path.name} ({thr.get('rule') or 'rule not recorded'})"
+    return None
+
+
+def operating_threshold(meta: Mapping[str, Any], metrics_path: str | os.PathLike | None = None,
+                        val_predictions: str | os.PathLike | None = None,
+                        target_recall: float = 0.98) -> tuple[float, str]:
+    """The operating threshold chosen on validation, and where it came from, in this order:
+
+    1. the checkpoint's ``meta["threshold"]`` when ``meta["threshold_rule"]`` says how it was chosen
+       (notebook 04 records both);
+    2. the test record of ``assets/metrics.json`` (``{"threshold": {"rule", "value"}}``);
+    3. recomputed: :func:`utils.metrics.threshold_for_recall` on the validation predictions CSV.
+
+    A checkpoint threshold without a rule (the 0.5 every checkpoint starts with) is never used: nobody
+    chose it. Nothing usable → :class:`UserError` naming notebook 04.
+    """
+    if meta.get("threshold_rule") and meta.get("threshold") is not None:
+        return float(meta["threshold"]), f"checkpoint ({meta['threshold_rule']})"
+    if metrics_path is not None and Path(metrics_path).exists():
+        found = _metrics_threshold(Path(metrics_path))
+        if found is not None:
+            return found
+    if val_predictions is not None and Path(val_predictions).exists():
+        val = read_predictions(val_predictions)
+        thr = threshold_for_recall(val["label"], val["prob"], target_recall)
+        return thr, f"recomputed: recall>={target_recall:g} on {Path(val_predictions).name}"
+    raise UserError("no operating threshold chosen yet (checkpoint, metrics.json, validation predictions): "
+                    "run notebooks/04_evaluation.ipynb first.")
+
+
+def align_to_split(df: pd.DataFrame, ids: Sequence[str], labels: Sequence[int] | None = None) -> np.ndarray:
+    """Positions in a split (``ids``) of the rows of a predictions frame, in the frame's order.
+
+    A :class:`UserError` when ids are missing or labels disagree (predictions from other data).
+    """
+    where = {str(i): k for k, i in enumerate(np.asarray(ids).astype(str))}
+    idx = np.array([where.get(str(i), -1) for i in df["id"]], dtype=np.int64)
+    if (idx < 0).any():
+        n = int((idx < 0).sum())
+        raise UserError(f"{n} predicted image id(s) are not in this data set (e.g. {df['id'][idx < 0].iloc[0]}): "
+                        "the predictions come from other data; run notebooks/04_evaluation.ipynb again.")
+    if labels is not None and not np.array_equal(np.asarray(labels)[idx], df["label"].to_numpy()):
+        raise UserError("labels in the predictions file differ from the data set's: "
+                        "run notebooks/04_evaluation.ipynb again.")
+    return idx
+
+
+# ------------------------------------------------------------------------------------ Grad-CAM
+def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], layer: str = "layer4",
+                   batch_size: int = 32, progress: bool = True, classes: Sequence[str] = CLASSES
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Grad-CAM maps of uint8 images ``(N, S, S)`` for each class in ``classes`` (default both), and
+    P(PNEUMONIA) from the forward pass of the CAM.
+
+    Returns ``({"PNEUMONIA": maps, "NORMAL": maps}, probs)``, maps float32 ``(N, S, S)`` in [0, 1]. The
+    PNEUMONIA map is the evidence the model saw *for* pneumonia; the NORMAL map, what pulled it the
+    other way. One forward and backward pass per class and batch; hooks are removed after the call.
+    """
+    import torch
+
+    from .gradcam import GradCAM
+    from .model import preprocess
+
+    images = np.asarray(images)
+    n = len(images)
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown or not classes:
+        raise ValueError(f"classes must be a non-empty subset of {CLASSES}, got {list(classes)}")
+    maps = {c: np.zeros(images.shape, np.float32) for c in classes}
+    probs = np.zeros(n, np.float64)
+    device = next(model.parameters()).device
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="Grad-CAM", unit="batch", leave=False)
+    with GradCAM(model, layer) as cam:
+        for i in starts:
+            x = preprocess(torch.as_tensor(images[i:i + batch_size]).to(device), meta["mean"], meta["std"])
+            for name in classes:
+                m, logits = cam(x, targets=CLASSES.index(name))
+                maps[name][i:i + len(x)] = m
+            probs[i:i + len(x)] = torch.softmax(logits.float(), 1)[:, 1].cpu().numpy()
+    return maps, probs
+
+
+def check_probabilities(recorded: Sequence[float], recomputed: Sequence[float], tol: float = 0.02) -> float:
+    """Largest difference between the predictions file and the model now; :class:`UserError` above ``tol``
+    (the checkpoint or the data changed after notebook 04 ran)."""
+    diff = float(np.max(np.abs(np.asarray(recorded, float) - np.asarray(recomputed, float)), initial=0.0))
+    if diff > tol:
+        raise UserError(f"the predictions file disagrees with the checkpoint (max |Δp| = {diff:.3f}): "
+                        "the model or data changed since; run notebooks/04_evaluation.ipynb again.")
+    return diff
+
+
+# ------------------------------------------------------------------------- attention outside the lungs
+def outside_lung_fractions(cams: np.ndarray, lung_masks: np.ndarray | None = None,
+                           images: np.ndarray | None = None, progress: bool = False
+                           ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Fraction of each map's mass outside the lung fields.
+
+    Uses ``lung_masks`` (ground truth, phantoms) when given, else :func:`estimate_lung_field` of each
+    image (real data; biased upwards on pneumonia, see its docstring). Returns ``(fractions, masks,
+    source)`` with ``source`` = ``"ground truth"`` or ``"estimated"``.
+    """
+    cams = np.asarray(cams)
+    if lung_masks is None:
+        if images is None:
+            raise ValueError("give lung_masks or the images to estimate them from")
+        it = images
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(images, desc="lung fields", unit="image", leave=False)
+        masks = np.zeros(cams.shape, bool)
+        for k, im in enumerate(it):
+            masks[k] = estimate_lung_field(im)
+        source = "estimated"
+    else:
+        masks, source = np.asarray(lung_masks, bool), "ground truth"
+    if masks.shape != cams.shape:
+        raise ValueError(f"maps {cams.shape} and lung masks {masks.shape} differ in shape")
+    fractions = np.array([outside_fraction(c, m) for c, m in zip(cams, masks)], dtype=np.float64)
+    return fractions, masks, source
+
+
+def compare_groups(a: Sequence[float], b: Sequence[float], names: tuple[str, str] = ("FN", "TP"),
+                   few: int = 10) -> dict[str, Any]:
+    """Two-sided Mann-Whitney U test of two samples (e.g. outside-lung fraction, FN vs TP).
+
+    Returns ``{"U", "p", "n_a", "n_b", "median_a", "median_b", "names", "note"}``; U and p are nan when a
+    group is empty. ``note`` warns that the test has little power when the smaller group has < ``few``.
+    """
+    a = np.asarray(a, float)[~np.isnan(np.asarray(a, float))]
+    b = np.asarray(b, float)[~np.isnan(np.asarray(b, float))]
+    med = lambda v: float(np.median(v)) if v.size else float("nan")  # noqa: E731
+    out = {"names": tuple(names), "n_a": int(a.size), "n_b": int(b.size), "median_a": med(a),
+           "median_b": med(b), "U": float("nan"), "p": float("nan"), "note": ""}
+    if a.size == 0 or b.size == 0:
+        out["note"] = f"no test: the {names[0] if a.size == 0 else names[1]} group is empty"
+        return out
+    res = mannwhitneyu(a, b, alternative="two-sided")
+    out["U"], out["p"] = float(res.statistic), float(res.pvalue)
+    if min(a.size, b.size) < few:
+        out["note"] = (f"only {min(a.size, b.size)} case(s) in the smaller group: the test has little power, "
+                       "so a large p-value is not evidence of 'no difference'")
+    return out
+
+
+# -------------------------------------------------------------------------------- lesion properties
+#: Phantom lesion properties carried into the per-case table (columns of ``split.info``).
+LESION_COLUMNS: tuple[str, ...] = ("kind", "n_lesions", "lesion_area_frac", "contrast", "lesion_radius",
+                                   "location", "hard")
+HIDDEN_LOCATIONS: tuple[str, ...] = ("retrocardiac", "retrodiaphragmatic")
+_HARD_KINDS: tuple[str, ...] = ("faint", "small", "retrocardiac", "retrodiaphragmatic")
+
+
+def _text(value: Any) -> str:
+    """'' for None/NaN, else the stripped string (CSV round-trips turn '' into NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def failure_cutoffs(info: pd.DataFrame | None = None, outside_reference: Sequence[float] | None = None,
+                    q: float = 0.1, q_outside: float = 0.9) -> dict[str, float]:
+    """Data-driven cut-offs for :func:`classify_failure` (only the keys that can be computed).
+
+    ``contrast`` / ``lesion_area``: the ``q`` quantile of ``contrast`` and ``lesion_area_frac`` over the
+    pneumonia images of ``info`` (rows with ``label == 1`` when that column exists): "faint" and
+    "small" mean *among the faintest / smallest tenth*. ``outside_lung``: the ``q_outside`` quantile of
+    ``outside_reference`` (the outside-lung fractions of the *detected* pneumonias): "distracted" means
+    looking outside the lungs more than nine in ten detections do. A coarse Grad-CAM spreads its mass
+    well beyond the lungs even when it peaks on the lesion, so a fixed cut-off such as 0.5 can fire on
+    every case; a reference from the same model and layer does not.
+    """
+    out: dict[str, float] = {}
+    if info is not None:
+        pos = info[info["label"] == 1] if "label" in info.columns else info
+        if not pos.empty:
+            out["contrast"] = float(pos["contrast"].quantile(q))
+            out["lesion_area"] = float(pos["lesion_area_frac"].quantile(q))
+    if outside_reference is not None:
+        ref = np.asarray(outside_reference, float)
+        ref = ref[~np.isnan(ref)]
+        if ref.size:
+            out["outside_lung"] = float(np.quantile(ref, q_outside))
+    return out
+
+
+def lesion_property_table(info: pd.DataFrame, is_fn: Sequence[bool],
+                          names: tuple[str, str] = ("missed (FN)", "detected (TP)")) -> pd.DataFrame:
+    """Lesion properties of missed vs detected pneumonia images, per lesion kind and overall.
+
+    ``info``: one row per *pneumonia* image (phantom ``split.info`` columns: kind, lesion_area_frac,
+    contrast, lesion_radius, location, hard); ``is_fn``: True where the image was missed. One row per
+    (kind, outcome) with ``n``, medians of area / contrast / radius, ``hard_fraction`` (share with any
+    hard flag), ``hidden_fraction`` (retrocardiac or retrodiaphragmatic) and ``n_<flag>`` counts per
+    hard flag. Kind ``"all"`` pools every kind; an outcome with no image gets ``n = 0`` and NaNs.
+    """
+    is_fn = np.asarray(is_fn, dtype=bool)
+    if len(info) != is_fn.size:
+        raise ValueError(f"info has {len(info)} rows but is_fn has {is_fn.size} values")
+    df = info.reset_index(drop=True).copy()
+    df["hard"] = df["hard"].map(_text) if "hard" in df else ""
+    df["location"] = df["location"].map(_text) if "location" in df else ""
+    df["kind"] = df["kind"].map(_text).replace("", "unknown") if "kind" in df else "unknown"
+    df["outcome"] = np.where(is_fn, names[0], names[1])
+    rows = []
+    for kind in [*sorted(df["kind"].unique()), "all"]:
+        sub = df if kind == "all" else df[df["kind"] == kind]
+        for outcome in names:
+            g = sub[sub["outcome"] == outcome]
+            hidden = g["location"].map(lambda s: any(h in s for h in HIDDEN_LOCATIONS))
+            row = {"kind": kind, "outcome": outcome, "n": len(g)}
+            for col in ("lesion_area_frac", "contrast", "lesion_radius"):
+                row[f"median_{col}"] = float(g[col].median()) if len(g) and col in g else float("nan")
+            row["hard_fraction"] = float((g["hard"] != "").mean()) if len(g) else float("nan")
+            row["hidden_fraction"] = float(hidden.mean()) if len(g) else float("nan")
+            row.update({f"n_{h}": int((g["hard"] == h).sum()) for h in _HARD_KINDS})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------- the taxonomy
+NO_LESION = "label doubt / no visible lesion"
+HIDDEN = "lesion hidden by heart/diaphragm"
+FAINT = "faint or small opacity"
+DISTRACTION = "distraction by dense normal anatomy"
+OTHER = "other"
+#: The categories, in display order.
+CATEGORIES: tuple[str, ...] = (HIDDEN, FAINT, DISTRACTION, NO_LESION, OTHER)
+
+#: Cut-offs of the rules. ``contrast`` / ``lesion_area`` None: that part of the faint/small rule is off
+#: (notebook 06 sets them from the data with :func:`failure_cutoffs`).
+DEFAULT_CUTOFFS: dict[str, float | None] = {
+    "no_lesion_area": 1e-3,   # lesion area below 0.1 % of the image = nothing to see
+    "contrast": None,         # "faint": lesion contrast below this
+    "lesion_area": None,      # "small": lesion area fraction below this
+    "outside_lung": 0.5,      # "distraction": more than half of the PNEUMONIA map outside the lungs
+    "label_doubt_frac": 0.25,  # real data: prob below this fraction of the threshold = a confident NORMAL
+}
+
+#: The rules, tried in this order; the first that fires names the case.
+RULES: tuple[tuple[str, str], ...] = (
+    (NO_LESION, "phantom: lesion area < no_lesion_area (nothing visible to find)"),
+    (HIDDEN, "phantom: a lesion located retrocardiac or retrodiaphragmatic"),
+    (FAINT, "phantom: hard flag 'faint' or 'small', or contrast < contrast, or lesion area < lesion_area"),
+    (DISTRACTION, "map: outside_lung_fraction of the PNEUMONIA map > outside_lung (default 0.5; see failure_cutoffs)"),
+    (NO_LESION, "no lesion info (real data): prob < label_doubt_frac × threshold (confident NORMAL call)"),
+    (OTHER, "none of the above"),
+)
+
+
+def _number(row: Mapping[str, Any], key: str) -> float:
+    try:
+        v = float(row.get(key, float("nan")))
+    except (TypeError, ValueError):
+        return float("nan")
+    return v
+
+
+def classify_failure(row: Mapping[str, Any], cutoffs: Mapping[str, float | None] | None = None) -> str:
+    """The failure mode of one missed (or nearly missed) pneumonia image, by the rules of :data:`RULES`.
+
+    ``row`` needs ``prob``, ``threshold`` and ``outside_lung_fraction``; phantom rows add
+    ``lesion_area_frac``, ``location``, ``hard`` and ``contrast`` (a row without a finite
+    ``lesion_area_frac`` is treated as real data: only the map and probability rules apply).
+    """
+    cut = {**DEFAULT_CUTOFFS, **(cutoffs or {})}
+    area = _number(row, "lesion_area_frac")
+    phantom = math.isfinite(area)
+    if phantom:
+        location, hard, contrast = _text(row.get("location")), _text(row.get("hard")), _number(row, "contrast")
+        if area < cut["no_lesion_area"]:
+            return NO_LESION
+        if any(h in location for h in HIDDEN_LOCATIONS) or hard in HIDDEN_LOCATIONS:
+            return HIDDEN
+        if (hard in ("faint", "small")
+                or (cut["contrast"] is not None and contrast < cut["contrast"])
+                or (cut["lesion_area"] is not None and area < cut["lesion_area"])):
+            return FAINT
+    outside = _number(row, "outside_lung_fraction")
+    if math.isfinite(outside) and outside > cut["outside_lung"]:
+        return DISTRACTION
+    prob, thr = _number(row, "prob"), _number(row, "threshold")
+    if not phantom and math.isfinite(prob) and math.isfinite(thr) and prob < cut["label_doubt_frac"] * thr:
+        return NO_LESION
+    return OTHER
+
+
+def classify_failures(table: pd.DataFrame, cutoffs: Mapping[str, float | None] | None = None) -> pd.Series:
+    """:func:`classify_failure` for every row of ``table`` (same index)."""
+    return pd.Series([classify_failure(r, cutoffs) for r in table.to_dict("records")], index=table.index,
+                     dtype=object, name="category")
+
+
+def category_counts(categories: Sequence[str]) -> pd.DataFrame:
+    """Count per category, every category listed (zeros included), in :data:`CATEGORIES` order."""
+    s = pd.Series(list(categories), dtype=object)
+    unknown = sorted(set(s) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown categories: {unknown}")
+    counts = s.value_counts()
+    return pd.DataFrame({"category": CATEGORIES, "n": [int(counts.get(c, 0)) for c in CATEGORIES]})
+
+
+# ---------------------------------------------------------------------------------- the case table
+#: Columns of ``assets/false_negatives.csv`` (phantoms add :data:`LESION_COLUMNS`).
+CASE_COLUMNS: tuple[str, ...] = ("id", "patient_id", "subtype", "prob", "threshold", "margin",
+                                 "outside_lung_fraction", "category")
+
+
+def case_table(cases: pd.DataFrame, threshold: float, outside: Sequence[float],
+               info: pd.DataFrame | None = None, cutoffs: Mapping[str, float | None] | None = None
+               ) -> pd.DataFrame:
+    """The per-case table: :data:`CASE_COLUMNS` (+ :data:`LESION_COLUMNS` when ``info`` is given).
+
+    ``cases``: selected prediction rows (id, patient_id, subtype, prob); ``outside``: the outside-lung
+    fraction of each case's PNEUMONIA map; ``info``: the phantom lesion rows of the same cases, same order.
+    """
+    outside = np.asarray(outside, float)
+    if len(cases) != outside.size or (info is not None and len(info) != len(cases)):
+        raise ValueError("cases, outside fractions and info must have one entry per case")
+    out = pd.DataFrame({"id": cases["id"].astype(str).to_numpy(),
+                        "patient_id": cases["patient_id"].astype(str).to_numpy(),
+                        "subtype": cases["subtype"].map(_text).to_numpy(),
+                        "prob": cases["prob"].astype(float).to_numpy()})
+    out["threshold"] = float(threshold)
+    out["margin"] = float(threshold) - out["prob"]
+    out["outside_lung_fraction"] = outside
+    if info is not None:
+        for col in LESION_COLUMNS:
+            if col in info.columns:
+                out[col] = info[col].to_numpy()
+    out["category"] = classify_failures(out, cutoffs).to_numpy()
+    lesion = [c for c in LESION_COLUMNS if c in out.columns]
+    return out[list(CASE_COLUMNS) + lesion]
