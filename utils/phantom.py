@@ -43,12 +43,13 @@ class PhantomSpec:
     contrast: tuple[float, float] = (0.35, 0.6)  # lesion attenuation amplitude
     consolidation_radius: tuple[float, float] = (0.15, 0.28)  # in [-1, 1] units (1 = half the image)
     patchy_radius: tuple[float, float] = (0.16, 0.26)
-    hard_fraction: float = 0.2
+    hard_fraction: float = 0.25
     noise: tuple[float, float] = (0.008, 0.025)
     p_distractor: float = 0.35
     mask_level: float = 0.2  # lesion mask: where a lesion adds >= this fraction of its peak density
-    faint_factor: float = 0.2  # hard "faint" lesions keep this fraction of their contrast
-    small_factor: float = 0.4  # hard "small" lesions keep this fraction of their radius
+    faint_factor: float = 0.12  # hard "faint" lesions keep this fraction of their contrast
+    small_factor: float = 0.3  # hard "small" lesions keep this fraction of their radius
+    hidden_factor: float = 0.6  # and hard retrocardiac / retrodiaphragmatic ones this fraction of their contrast
 
 
 def spec_for(difficulty: str = "default", image_size: int = 128) -> PhantomSpec:
@@ -211,7 +212,8 @@ def sample_lesions(rng: np.random.Generator, a: Anatomy, subtype: str, spec: Pha
         want = hard if hard in ("retrocardiac", "retrodiaphragmatic") else "lung"
         cx, cy, where = _pick_location(rng, x, y, lung_vis, lung_all, heart, want)
         radius = rng.uniform(*radius_rng) * (spec.small_factor if hard == "small" else 1.0)
-        amp = rng.uniform(*spec.contrast) * (spec.faint_factor if hard == "faint" else 1.0)
+        amp = rng.uniform(*spec.contrast) * {"faint": spec.faint_factor, "retrocardiac": spec.hidden_factor,
+                                             "retrodiaphragmatic": spec.hidden_factor}.get(hard, 1.0)
         if kind == "patchy":
             amp *= 0.85
         out.append(Lesion(kind, cx, cy, float(radius), float(amp), int(rng.integers(2**31)), where, str(hard)))
