@@ -28,6 +28,7 @@ from utils.data import (LeakageError, Split, check_no_leaks, duplicate_groups, f
     ("NORMAL2-IM-0115-0001.jpeg", "IM0115", ""),
     ("IM-0640-0001-0001.jpeg", "IM0640", ""),
     ("chest/NORMAL/IM-0007-0003.png", "IM0007", ""),
+    ("IM-12345-0001.png", "IM12345", ""),  # phantom patients beyond 9999
     ("scan_42.png", "scan_42", ""),
 ])
 def test_patient_and_subtype_from_kermany_names(name, patient, subtype):

@@ -235,3 +235,17 @@ def test_metrics_record_and_update_json_keeps_sections(tmp_path):
     path.write_text("{broken")
     with pytest.raises(ValueError, match="not valid JSON"):
         M.update_metrics_json(path, "test", record)
+
+
+def test_fast_bootstrap_metrics_equal_scikit_learn():
+    """The bootstrap's NumPy path (_headline_fast) gives headline_metrics' values, ties and one-class cases included."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n = int(rng.integers(1, 50))
+        y = rng.integers(0, 2, n)
+        p = np.round(rng.uniform(0, 1, n), int(rng.integers(1, 3)))  # coarse scores: many ties
+        t = float(rng.choice([0.0, 0.5, 1.0, rng.uniform()]))
+        ref, fast = list(M.headline_metrics(y, p, t).values()), M._headline_fast(y, p, t)
+        assert len(ref) == len(fast) == len(M.HEADLINE_METRICS)
+        for a, b in zip(ref, fast):
+            assert (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-12, (y, p, t, ref, fast)

@@ -129,7 +129,7 @@ def test_phase1_freezing_really_freezes():
     for k in before:
         same = torch.equal(before[k], after[k])
         assert same != k.startswith("fc."), k
-    assert model.training  # set back to train mode by the caller's loop; frozen BN layers in eval
+    assert model.training  # train mode, but the frozen backbone's BatchNorm layers run in eval mode
     assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 

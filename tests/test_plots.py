@@ -176,7 +176,7 @@ def test_training_curves_two_phases_with_boundary(tmp_path):
     assert list(phase2_auc.get_xdata()) == [4, 5, 6, 7]  # phase 2 continues the time axis
     stars = [ln for ln in fig.axes[1].get_lines() if ln.get_marker() == "*"]
     assert [s.get_xdata()[0] for s in stars] == [3, 5]
-    assert any("phase1 | phase2" in t.get_text() for t in fig.axes[1].texts)
+    assert any("phase1 | phase2" in t.get_text() for t in fig.axes[3].texts)
 
 
 def test_training_curves_reject_bad_histories():

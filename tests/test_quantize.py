@@ -2,6 +2,7 @@
 2-class head), calibrated on one set of phantoms and compared with FP32 on another."""
 from __future__ import annotations
 
+import time
 import types
 import warnings
 
@@ -13,9 +14,9 @@ from utils import phantom
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint, state_fingerprint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, artifact
 from utils.model import load_model, predict_proba
-from utils.quantize import (INT8_ARCH, benchmark_cpu, calibration_images, check_backend, file_size_mb, flips,
-                            int8_meta, load_int8, operating_threshold, proba_with, quantize_int8, save_int8,
-                            torch_forward)
+from utils.quantize import (INT8_ARCH, benchmark_cpu, calibration_images, check_backend, closest_to_threshold,
+                            file_size_mb, flips, int8_meta, load_int8, operating_threshold, proba_with,
+                            quantize_int8, save_int8, torch_forward)
 
 SIZE = 128
 N_TEST_PATIENTS = 28  # one or more images each
@@ -84,6 +85,9 @@ def test_int8_file_is_smaller_and_round_trips(setup, tmp_path):
     assert torch.equal(torch.get_rng_state(), before)  # loading does not shift the caller's random stream
     assert meta2["threshold"] == 0.42 and meta2["arch"] == INT8_ARCH and meta2["image_size"] == SIZE
     assert meta2["quantization"]["backend"] == "x86" and meta2["classes"] == ["NORMAL", "PNEUMONIA"]
+    assert meta2["fp32_meta"] == s.meta and "threshold_rule" not in meta2  # the FP32 rule is not inherited
+    assert int8_meta({**s.meta, "threshold_rule": "fp32 rule"}, threshold=0.3, backend="x86", fp32_fingerprint="x",
+                     calibration={}, threshold_rule="int8 rule")["threshold_rule"] == "int8 rule"
     x = torch.from_numpy(s.test["images"][:6])
     a = predict_proba(s.qmodel, x, s.meta, device="cpu")
     b = predict_proba(qmodel2, x, meta2, device="cpu")
@@ -147,13 +151,27 @@ def test_flips_thresholds_and_benchmark(setup):
     assert flips(p_ref, 0.5, p_new, 0.58).tolist() == [1]  # each model at its own threshold
     y, p = np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.3, 0.35, 0.8, 0.9])
     assert operating_threshold({"threshold": 0.27}, y, p, 0.98) == (0.27, "checkpoint (notebook 04)")
+    t, source = operating_threshold({"threshold": 0.5, "threshold_rule": "recall>=0.98 on val"}, y, p, 0.98)
+    assert t == 0.5 and "recall>=0.98 on val" in source  # recorded by notebook 04, even if it is 0.5
     t, source = operating_threshold({"threshold": 0.5}, y, p, 0.98)
     assert t == pytest.approx(0.35) and "default 0.5" in source
+    assert closest_to_threshold(p, 0.33, k=4).tolist() == [1, 0, 2, 3]  # two below, two above, nearest first
+    assert closest_to_threshold(p, 0.05, k=3).tolist() == [0, 1, 2]  # nothing below: all from above
+    assert closest_to_threshold(p, 0.95, k=2).tolist() == [4, 3]
     s = setup
     r = benchmark_cpu(torch_forward(s.qmodel), s.test["images"][:3], s.meta, runs=3, warmup=1, batch=4,
                       batch_runs=1, threads=1)
     assert r["latency_ms_median"] > 0 and r["latency_ms_p90"] >= r["latency_ms_median"] > 0
     assert r["throughput_img_s"] > 0 and (r["runs"], r["batch"], r["threads"]) == (3, 4, 1)
+    calls = []
+    slow = lambda x: (calls.append(("slow", len(x))), time.sleep(0.02))  # noqa: E731
+    fast = lambda x: calls.append(("fast", len(x)))  # noqa: E731
+    both = benchmark_cpu({"slow": slow, "fast": fast}, s.test["images"][:2], s.meta, runs=3, warmup=1, batch=5,
+                         batch_runs=2, threads=1)
+    assert [c[0] for c in calls[:4]] == ["slow", "fast", "slow", "fast"]  # interleaved, run by run
+    assert calls[-1] == ("fast", 5) and len(calls) == 2 * (1 + 3) + 2 * (1 + 2)
+    assert both["slow"]["latency_ms_median"] >= 20 > both["fast"]["latency_ms_median"]
+    assert both["fast"]["throughput_img_s"] > both["slow"]["throughput_img_s"]
 
 
 def test_onnx_runtime_path(setup, tmp_path):

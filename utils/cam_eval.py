@@ -18,7 +18,7 @@ import copy
 import time
 import types
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -32,7 +32,7 @@ from utils import localisation as loc
 from utils.gradcam import eval_mode, gradcam, resolve_layer
 
 __all__ = ["cascading_randomisation", "deletion_insertion", "compare_methods", "oracle_difference",
-           "library_cam", "LIBRARY_METHODS", "spearman_maps"]
+           "library_cam", "LIBRARY_METHODS", "ORACLE_METHODS", "spearman_maps"]
 
 Targets = int | Sequence[int] | None
 
@@ -83,7 +83,7 @@ def spearman_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def cascading_randomisation(model: nn.Module, x: torch.Tensor, targets: Targets = None,
                             layer: str | nn.Module = "layer4",
                             order: Sequence[str] = ("fc", "layer4", "layer3", "layer2", "layer1", "conv1"),
-                            seed: int = 0) -> pd.DataFrame:
+                            seed: int = 0, cam_fn: Callable[..., np.ndarray] | None = None) -> pd.DataFrame:
     """Re-initialise the weights block by block from the top and recompute Grad-CAM after each step.
 
     Runs on a deep copy (the model passed in is untouched); targets are fixed before randomising
@@ -92,11 +92,15 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, targets: Targets 
     ``spearman`` / ``spearman_std`` (mean / sd over images of the rank correlation with the trained
     maps, see :func:`spearman_maps`: a map gone flat scores 0), ``n_flat`` (constant maps, e.g. all
     zero after the ReLU) and ``maps`` (N, H, W).
+
+    ``cam_fn(model, x, layer_name, targets) -> maps`` computes the maps (default: plain Grad-CAM), so the
+    same check runs on any explanation, e.g. ``lambda m, x, l, t: utils.explain.explain(m, x, spec, t)[0]``.
     """
     name = _layer_name(model, layer)
+    cam_fn = cam_fn or (lambda m, x_, layer_, t_: gradcam(m, x_, layer_, t_)[0])
     work = copy.deepcopy(model)
     t = _fixed_targets(work, x, targets)
-    trained, _ = gradcam(work, x, name, t)
+    trained = cam_fn(work, x, name, t)
     rows = [{"step": 0, "randomised": "", "blocks": "none (trained)", "spearman": 1.0, "spearman_std": 0.0,
              "n_flat": int(sum(np.ptp(m) == 0 for m in trained)), "maps": trained}]
     done: list[str] = []
@@ -107,7 +111,7 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, targets: Targets 
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()  # conv/linear: fresh random weights; batch-norm: stats and affine reset
         done.append(block)
-        maps, _ = gradcam(work, x, name, t)
+        maps = cam_fn(work, x, name, t)
         rho = spearman_maps(trained, maps)
         ok = rho[np.isfinite(rho)]
         rows.append({"step": i, "randomised": block, "blocks": "+".join(done),
@@ -277,9 +281,16 @@ def compare_methods(model: nn.Module, x: torch.Tensor, lesion_masks: np.ndarray,
     return maps, table
 
 
+#: Library method -> the weighting of :class:`utils.gradcam.GradCAM` that implements it.
+ORACLE_METHODS = {"GradCAM": "gradcam", "XGradCAM": "xgradcam", "GradCAM++": "gradcam++"}
+
+
 def oracle_difference(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4",
-                      targets: Targets = None) -> float:
+                      targets: Targets = None, method: str = "GradCAM") -> float:
     """Max |ours − pytorch_grad_cam.GradCAM| over all pixels, same layer and targets.
+
+    ``method`` (:data:`ORACLE_METHODS`) compares another weighting the same way (``"XGradCAM"``:
+    ours with ``weighting="xgradcam"`` against the library's XGradCAM).
 
     Like for like: the library applies ReLU, min-max scales the low-res map (ε = 1e-7), resizes it with
     ``cv2.resize`` (bilinear, half-pixel centres = ``align_corners=False``) and min-max scales again;
@@ -287,7 +298,9 @@ def oracle_difference(model: nn.Module, x: torch.Tensor, layer: str | nn.Module 
     once. Bilinear resizing is linear and keeps constants, so both give the same map up to float error
     and the ε (expect < 1e-5 unless a raw map is near zero everywhere).
     """
+    if method not in ORACLE_METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(ORACLE_METHODS)}")
     t = _fixed_targets(model, x, targets)
-    ours, _ = gradcam(model, x, layer, t)
-    theirs = library_cam("GradCAM", model, x, layer, t)
+    ours, _ = gradcam(model, x, layer, t, weighting=ORACLE_METHODS[method])
+    theirs = library_cam(method, model, x, layer, t)
     return float(np.abs(ours - theirs).max())

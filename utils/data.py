@@ -24,7 +24,7 @@ from .config import CLASSES, Config, UserError
 
 SPLITS = ("train", "val", "test")
 _PERSON = re.compile(r"person(\d+)_(bacteria|virus)", re.I)
-_IM = re.compile(r"(?:NORMAL2-)?IM-(\d{4})-\d+", re.I)
+_IM = re.compile(r"(?:NORMAL2-)?IM-(\d+)-\d+", re.I)
 TINY_VAL = 100  # an official val folder smaller than this (Kermany's has 16 images) is merged into train
 
 
@@ -403,7 +403,8 @@ def ensure_phantom_dataset(root: Path, size: int, settings: dict[str, Any], prog
         shutil.rmtree(root)
     seed = settings["seed"]
     train = phantom.generate(settings["n_patients_train"], seed, spec, first_pid=1, progress=progress)
-    test = phantom.generate(settings["n_patients_test"], seed + 1, spec, first_pid=5001, progress=progress)
+    first_test = max(5001, settings["n_patients_train"] + 1)  # test patients never share an id with train
+    test = phantom.generate(settings["n_patients_test"], seed + 1, spec, first_pid=first_test, progress=progress)
     phantom.write_kermany_layout(root, {"train": train, "test": test}, spec)
     stamp.write_text(json.dumps(want, indent=1))
     return root

@@ -36,8 +36,8 @@ from .config import CLASSES, UserError
 from .localisation import estimate_lung_field, outside_fraction
 from .metrics import read_predictions, threshold_for_recall
 
-__all__ = ["select_false_negatives", "select_near_misses", "select_true_positives", "threshold_cost", "operating_threshold",
-           "align_to_split", "class_gradcams", "check_probabilities", "outside_lung_fractions",
+__all__ = ["select_false_negatives", "select_near_misses", "select_true_positives", "threshold_cost",
+           "operating_threshold", "align_to_split", "class_gradcams", "check_probabilities", "outside_lung_fractions",
            "compare_groups", "failure_cutoffs", "lesion_property_table", "classify_failure",
            "classify_failures", "category_counts", "case_table", "CATEGORIES", "RULES", "DEFAULT_CUTOFFS",
            "CASE_COLUMNS", "LESION_COLUMNS", "HIDDEN_LOCATIONS"]

@@ -293,7 +293,7 @@ def plot_training_curves(histories: pd.DataFrame | Sequence[pd.DataFrame], best_
         if i < len(hs) - 1:
             for ax in axes.flat:
                 ax.axvline(last + 0.5, ls=":", color="grey", lw=1.2)
-            ax_auc.annotate(f"{names[i]} | {names[i + 1]}", (last + 0.5, 0.02), xycoords=("data", "axes fraction"),
+            ax_ips.annotate(f"{names[i]} | {names[i + 1]}", (last + 0.5, 0.03), xycoords=("data", "axes fraction"),
                             ha="center", va="bottom", fontsize=8, color="grey",
                             bbox={"boxstyle": "round", "fc": "white", "ec": "none", "alpha": 0.8})
         offset = last

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .config import UserError
 
 if TYPE_CHECKING:
@@ -164,18 +164,28 @@ def quantize_int8(model: nn.Module, calib_images_uint8: np.ndarray | torch.Tenso
 
 
 # ---------------------------------------------------------------------------------------- artefact
+#: FP32 metadata keys that describe the INT8 model too (the rest is kept under ``meta["fp32_meta"]``).
+_SHARED_META = ("format", "classes", "image_size", "mean", "std", "profile", "data_source", "data_fingerprint",
+                "gradcam_layer")
+
+
 def int8_meta(fp32_meta: Mapping[str, Any], *, threshold: float, backend: str, fp32_fingerprint: str,
-              calibration: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """Metadata of the INT8 checkpoint: the FP32 model's (classes, size, mean/std, …) with its own
-    ``threshold``, ``arch = "resnet18-int8"`` and a ``quantization`` record."""
-    return {**dict(fp32_meta), "arch": INT8_ARCH, "threshold": float(threshold), "phase": "int8",
-            "fp32_fingerprint": fp32_fingerprint,
+              calibration: Mapping[str, Any], threshold_rule: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Metadata of the INT8 checkpoint: what it shares with the FP32 model (classes, size, mean/std, data,
+    Grad-CAM layer), its own ``threshold`` (and ``threshold_rule``), ``arch = "resnet18-int8"``, a
+    ``quantization`` record, and the FP32 metadata it came from under ``fp32_meta``."""
+    shared = {"format": FORMAT, **{k: fp32_meta[k] for k in _SHARED_META if k in fp32_meta}}
+    meta = {**shared, "arch": INT8_ARCH, "threshold": float(threshold), "phase": "int8",
+            "fp32_fingerprint": fp32_fingerprint, "fp32_meta": dict(fp32_meta),
             "quantization": {"method": "post-training static quantisation", "api": API, "backend": backend,
                              "weights": "int8, per output channel, symmetric (zero-point 0)",
                              "activations": "uint8, per tensor, affine (histogram observer)",
                              "preprocessing": "float, outside the graph (utils.model.preprocess)",
                              "calibration": dict(calibration), "torch": str(torch.__version__)},
             **extra}
+    if threshold_rule:
+        meta["threshold_rule"] = threshold_rule
+    return meta
 
 
 def save_int8(path: str | os.PathLike, qmodel: nn.Module, meta: Mapping[str, Any]) -> Path:
@@ -252,39 +262,49 @@ def torch_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return forward
 
 
-def benchmark_cpu(forward: Callable[[torch.Tensor], Any], images_uint8: np.ndarray, meta: Mapping[str, Any], *,
-                  runs: int = 20, warmup: int = 3, batch: int = 32, batch_runs: int = 3, threads: int = 2
-                  ) -> dict[str, float]:
+def benchmark_cpu(forwards: Callable[[torch.Tensor], Any] | Mapping[str, Callable[[torch.Tensor], Any]],
+                  images_uint8: np.ndarray, meta: Mapping[str, Any], *, runs: int = 20, warmup: int = 2,
+                  batch: int = 32, batch_runs: int = 2, threads: int = 2) -> dict[str, Any]:
     """CPU latency per image (batch 1) and throughput (batch ``batch``), preprocessing included.
 
-    ``forward`` maps a preprocessed float batch (N, 3, S, S) to logits. Latency: ``runs`` timed single
-    images (median and 90th percentile, ms) after ``warmup`` untimed ones. Throughput: images/s of the
-    median of ``batch_runs`` timed batches. Everything under ``torch.set_num_threads(threads)``.
+    ``forwards``: one ``x -> logits`` callable (a preprocessed float batch (N, 3, S, S) in), or a dict of
+    them (``{"fp32": ..., "int8": ...}``), which are then timed **interleaved** — run k of every model
+    back to back — so that a CPU busy with other work slows them alike. Latency: ``runs`` timed single
+    images (median and 90th percentile, ms) after ``warmup`` untimed ones; throughput: images/s of the
+    median of ``batch_runs`` timed batches. All under ``torch.set_num_threads(threads)``. Returns one
+    result dict, or a dict of them keyed like ``forwards``.
     """
     from .model import preprocess
 
     if runs < 1 or batch_runs < 1:
         raise ValueError("runs and batch_runs must be >= 1")
+    single = callable(forwards)
+    fns = {"model": forwards} if single else dict(forwards)
     imgs = torch.as_tensor(np.asarray(images_uint8))
     mean, std = meta["mean"], meta["std"]
-    reps = math.ceil(batch / len(imgs))
-    big = imgs.repeat(reps, 1, 1)[:batch]
-    lat, thr = [], []
+    big = imgs.repeat(math.ceil(batch / len(imgs)), 1, 1)[:batch]
+    lat: dict[str, list[float]] = {k: [] for k in fns}
+    thr: dict[str, list[float]] = {k: [] for k in fns}
     with cpu_threads(threads):
         for k in range(warmup + runs):
             x = imgs[k % len(imgs)][None]
-            t0 = time.perf_counter()
-            forward(preprocess(x, mean, std))
-            if k >= warmup:
-                lat.append(time.perf_counter() - t0)
-        forward(preprocess(big, mean, std))  # warm-up at the large batch size
-        for _ in range(batch_runs):
-            t0 = time.perf_counter()
-            forward(preprocess(big, mean, std))
-            thr.append(time.perf_counter() - t0)
-    return {"latency_ms_median": 1e3 * float(np.median(lat)), "latency_ms_p90": 1e3 * float(np.percentile(lat, 90)),
-            "throughput_img_s": batch / float(np.median(thr)), "runs": runs, "batch": batch,
-            "batch_runs": batch_runs, "threads": threads}
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(preprocess(x, mean, std))
+                if k >= warmup:
+                    lat[name].append(time.perf_counter() - t0)
+        for k in range(1 + batch_runs):  # the first pass at the large batch size is a warm-up
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(preprocess(big, mean, std))
+                if k:
+                    thr[name].append(time.perf_counter() - t0)
+    out = {name: {"latency_ms_median": 1e3 * float(np.median(lat[name])),
+                  "latency_ms_p90": 1e3 * float(np.percentile(lat[name], 90)),
+                  "throughput_img_s": batch / float(np.median(thr[name])), "runs": runs, "batch": batch,
+                  "batch_runs": batch_runs, "threads": threads, "interleaved_with": [n for n in fns if n != name]}
+           for name in fns}
+    return out["model"] if single else out
 
 
 def flips(p_ref: np.ndarray, t_ref: float, p_new: np.ndarray, t_new: float) -> np.ndarray:
@@ -299,16 +319,20 @@ def operating_threshold(meta: Mapping[str, Any], y_val: np.ndarray, p_val: np.nd
                         target_recall: float) -> tuple[float, str]:
     """The FP32 model's threshold and where it came from.
 
-    The checkpoint's ``threshold`` when notebook 04 recorded one; when it is still the default 0.5, the
-    same rule notebook 04 applies (:func:`utils.metrics.threshold_for_recall` on validation) here.
+    The checkpoint's ``threshold`` when notebook 04 recorded one (with its ``threshold_rule``, or any value
+    but the default 0.5); when it is still the default 0.5, the rule notebook 04 applies
+    (:func:`utils.metrics.threshold_for_recall` on validation) is applied here.
     """
     from .metrics import threshold_for_recall
 
     t = float(meta.get("threshold", 0.5))
+    if meta.get("threshold_rule"):
+        return t, f"checkpoint, notebook 04 ({meta['threshold_rule']})"
     if t != 0.5:
         return t, "checkpoint (notebook 04)"
     return (threshold_for_recall(y_val, p_val, target_recall),
-            f"validation, recall >= {target_recall:g} (the checkpoint holds only the default 0.5: run notebook 04)")
+            f"chosen here on validation for recall >= {target_recall:g}; the checkpoint holds only the default "
+            "0.5 (notebook 04 has not recorded its threshold yet)")
 
 
 def variant_row(name: str, *, file: str | os.PathLike | None, timing: Mapping[str, float], threshold: float,
@@ -345,8 +369,14 @@ def quantisation_table(qmodel: nn.Module) -> "pd.DataFrame":
 
 
 def closest_to_threshold(prob: np.ndarray, threshold: float, k: int = 4) -> np.ndarray:
-    """Indices of the ``k`` images whose probability lies closest to ``threshold`` (the near-flips)."""
-    return np.argsort(np.abs(np.asarray(prob, dtype=np.float64) - threshold), kind="stable")[:k]
+    """The near-flips: the ``k // 2`` images just below ``threshold`` and the ``k - k // 2`` just above it
+    (fewer on a side that has fewer), closest first."""
+    p = np.asarray(prob, dtype=np.float64)
+    dist = np.abs(p - threshold)
+    below, above = np.flatnonzero(p < threshold), np.flatnonzero(p >= threshold)
+    below, above = below[np.argsort(dist[below], kind="stable")], above[np.argsort(dist[above], kind="stable")]
+    n_below = min(len(below), max(k // 2, k - len(above)))
+    return np.concatenate([below[:n_below], above[:k - n_below]]).astype(np.int64)
 
 
 def decision_titles(ids: Sequence[str], labels: Sequence[int], p_fp32: np.ndarray, t_fp32: float,
@@ -355,7 +385,7 @@ def decision_titles(ids: Sequence[str], labels: Sequence[int], p_fp32: np.ndarra
     """Figure titles: id and true class, then each model's probability and decision at its own threshold."""
     def call(p: float, t: float) -> str:
         return classes[1] if p >= t else classes[0]
-    return [f"{i} (truth: {classes[int(y)]})\nFP32 {a:.2f} → {call(a, t_fp32)}\nINT8 {b:.2f} → {call(b, t_int8)}"
+    return [f"{i} (truth: {classes[int(y)]})\nFP32 {a:.3g} → {call(a, t_fp32)}\nINT8 {b:.3g} → {call(b, t_int8)}"
             for i, y, a, b in zip(ids, labels, p_fp32, p_int8)]
 
 
@@ -369,13 +399,14 @@ def onnx_variants(model: nn.Module, meta: Mapping[str, Any], calib_images: np.nd
 
     fp32 = export_onnx(model, meta, fp32_path)
     int8 = quantize_onnx(fp32, int8_path, calib_images, meta)
+    variants = {"FP32 (ONNX Runtime)": (fp32, False), "INT8 (ONNX Runtime, QDQ)": (int8, True)}
+    forwards = {name: onnx_forward(path, threads) for name, (path, _) in variants.items()}
+    timings = benchmark_cpu(forwards, bench_images, meta, runs=runs, threads=threads)
     rows = []
-    for name, path, is_int8 in (("FP32 (ONNX Runtime)", fp32, False), ("INT8 (ONNX Runtime, QDQ)", int8, True)):
-        forward = onnx_forward(path, threads)
-        p_val, p_test = proba_with(forward, val_images, meta), proba_with(forward, test_images, meta)
+    for name, (path, is_int8) in variants.items():
+        p_val, p_test = proba_with(forwards[name], val_images, meta), proba_with(forwards[name], test_images, meta)
         t = threshold_for_recall(y_val, p_val, target_recall) if is_int8 else t_ref
-        timing = benchmark_cpu(forward, bench_images, meta, runs=runs, threads=threads)
-        rows.append(variant_row(name, file=path, timing=timing, threshold=t, y_test=y_test, p_test=p_test,
+        rows.append(variant_row(name, file=path, timing=timings[name], threshold=t, y_test=y_test, p_test=p_test,
                                 n_flips=len(flips(p_ref_test, t_ref, p_test, t))))
     return rows
 
@@ -402,6 +433,7 @@ def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(_jsonable(obj), fh, indent=1, allow_nan=False)
             fh.write("\n")
+        _usual_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -419,6 +451,13 @@ def onnx_status() -> tuple[bool, str]:
         return False, (f"ONNX path skipped: {exc.name or 'onnx/onnxruntime'} is not installed "
                        "(pip install -e \".[onnx]\" to add the ONNX Runtime rows).")
     return True, f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}"
+
+
+def _usual_mode(path: Path) -> None:
+    """``mkstemp`` makes 0600 files; give the finished file the usual permissions (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _atomic_target(path: Path) -> Path:
@@ -444,6 +483,7 @@ def export_onnx(model: nn.Module, meta: Mapping[str, Any], path: str | os.PathLi
             torch.onnx.export(copy.deepcopy(model).cpu().eval(), (torch.zeros(1, 3, size, size),), str(tmp),
                               input_names=["input"], output_names=["logits"], opset_version=opset,
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        _usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -481,6 +521,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        _usual_mode(tmp)
         os.replace(tmp, int8_path)
     finally:
         pre.unlink(missing_ok=True)

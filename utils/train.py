@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,7 +223,9 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, phase: dict, meta:
     Path(history_csv).parent.mkdir(parents=True, exist_ok=True)
     bar = None
     if progress and len(epochs):  # one bar over every batch of the phase: no nested bars in notebooks/logs
-        from tqdm.auto import tqdm
+        with warnings.catch_warnings():  # without ipywidgets tqdm warns "IProgress not found", then uses a text bar
+            warnings.simplefilter("ignore")
+            from tqdm.auto import tqdm
         n_batches = -(-len(train) // phase["batch_size"])
         bar = tqdm(total=len(epochs) * n_batches, desc=str(meta.get("phase", "fit")), unit="batch")
     for epoch in epochs:
