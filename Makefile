@@ -42,7 +42,7 @@ env: $(STAMP) ## create .venv (if missing) with the pinned torch pair and the pr
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/python -m pip install $(TORCH_PIN)
-	$(VENV)/bin/python -m pip install -e .
+	$(VENV)/bin/python -m pip install -e ".[onnx]"
 	$(VENV)/bin/python -m ipykernel install --sys-prefix --name $(KERNEL)
 	@touch $@
 

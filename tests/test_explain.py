@@ -187,6 +187,7 @@ def test_spec_from_meta():
     assert E.spec_from_meta({"explanation": chosen}, layer="layer4") == E.make_spec("gradcam", "layer4")  # --layer wins
     assert E.spec_from_meta({"gradcam_layer": "layer3"}) == E.make_spec("gradcam", "layer3")
     assert E.spec_from_meta({"gradcam_layer": "auto", "explanation": {"junk": 1}}) == E.make_spec("gradcam", "layer4")
+    assert E.spec_from_meta({"explanation": chosen}, layer="layer2.1") == E.make_spec("gradcam", "layer2.1")
 
 
 def test_explainer_and_explain_match_the_functions(resnet, x):
@@ -258,3 +259,31 @@ def test_choose_explanation_ties_and_errors():
         E.choose_explanation(model, imgs, None, np.ones(2, np.int64), META, [a])
     with pytest.raises(ValueError, match="unique"):
         E.choose_explanation(model, imgs, masks, np.ones(2, np.int64), META, [a, a])
+
+
+def test_predict_uses_the_checkpoint_explanation_in_one_pass(resnet, tmp_path, monkeypatch):
+    """The inference command shows the explanation notebook 05 wrote into the checkpoint, in ONE batched pass."""
+    from PIL import Image
+
+    from utils import predict
+    from utils.checkpoint import make_meta
+    from utils.images import read_image
+    from utils.model import preprocess
+
+    png = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 80)).astype(np.uint8)).save(png)
+    meta = make_meta(image_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
+                     gradcam_layer="layer3", explanation=E.DEFAULT_EXPLANATION)
+    seen = {}
+    monkeypatch.setattr(predict, "save_overlay_figure", lambda out, gray, cam_map, **kw: seen.update(cam=cam_map))
+    sizes, handle = count_forwards(resnet)
+    try:
+        results, failures = predict.predict_images(resnet, meta, [png], overlays={png: tmp_path / "o.png"})
+    finally:
+        handle.remove()
+    assert not failures and results[0]["layer"] == "layer3"
+    assert sizes == [4]  # the 4 shifted copies of the one image, one forward
+    x = preprocess(torch.from_numpy(read_image(png, 64))[None], meta["mean"], meta["std"])
+    expected, logits = E.explain(resnet, x, E.DEFAULT_EXPLANATION, targets=1)
+    np.testing.assert_allclose(seen["cam"], expected[0], atol=1e-5)
+    assert results[0]["probability"] == pytest.approx(float(torch.softmax(logits, 1)[0, 1]), abs=1e-5)

@@ -191,3 +191,17 @@ def test_a_short_cpu_fit_learns_easy_phantoms(tmp_path):
     reloaded, meta_best = load_model(tmp_path / "b.pt")  # the best checkpoint is the best epoch's model
     assert meta_best["epoch"] == res.best_epoch
     assert evaluate(reloaded, val, meta_best)["val_auc"] == pytest.approx(best, abs=1e-6)
+
+
+def test_a_last_batch_of_one_image_is_folded_into_the_previous_one():
+    """BatchNorm cannot train on a batch of one 1×1 feature map: such a batch must never be formed."""
+    model = TinyResNet()
+    model.layer4 = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(8))  # 1×1 maps: a batch of 1 raises
+    data = _data(9, 3)  # batch 8 → batches of 8 and 1 without the fold
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    seen = []
+    model.register_forward_hook(lambda m, inp, out: seen.append(len(out)))
+    stats = T.train_one_epoch(model, data, opt, nn.CrossEntropyLoss(), _meta(), 8, torch.Generator().manual_seed(0),
+                              progress=False)
+    assert seen == [9] and np.isfinite(stats["train_loss"])

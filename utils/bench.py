@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, UserError, artifact, project_root
+from .fileio import write_json
 
 EXIT_OK, EXIT_USAGE = 0, 2
 #: Kermany's chest_xray: 5,216 train + 16 val images, pooled; the full profile carves 15 % of them (by
@@ -143,20 +144,6 @@ class _GpuPeaks:
                 torch.cuda.synchronize(self.device)
                 peak = torch.cuda.max_memory_allocated(self.device) / 2**20
                 self.peaks[name] = max(peak, self.peaks.get(name, 0.0))
-
-
-def _atomic_write_json(path: Path, obj: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _random_data(n: int, size: int, device: torch.device, seed: int = 0):
@@ -722,7 +709,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rep["memory"] = mem
     rep["wall_s"] = time.perf_counter() - t_start
     rep = _clean(rep)
-    _atomic_write_json(out_path, rep)
+    write_json(out_path, rep)
     rep["_path"] = str(out_path)
     return rep
 

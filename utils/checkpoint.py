@@ -10,7 +10,6 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from .config import CLASSES, UserError
+from .fileio import atomic_write
 
 FORMAT = "cxr-checkpoint/1"
 REQUIRED_META = ("format", "arch", "classes", "image_size", "mean", "std", "threshold")
@@ -31,26 +31,10 @@ def make_meta(*, image_size: int, mean, std, threshold: float = 0.5, arch: str =
             "threshold": float(threshold), **extra}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     """Write ``ckpt`` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(ckpt, fh)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save(ckpt, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",

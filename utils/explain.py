@@ -98,8 +98,10 @@ def spec_from_meta(meta: Mapping[str, Any], layer: str | None = None) -> Spec:
             spec = None
         if spec is not None and (layer is None or spec["layer"] == layer):
             return spec
-    chosen = layer or meta.get("gradcam_layer")
-    return make_spec("gradcam", chosen if isinstance(chosen, str) and chosen.startswith("layer") else "layer4")
+    if layer is not None:
+        return make_spec("gradcam", layer)
+    chosen = meta.get("gradcam_layer")
+    return make_spec("gradcam", chosen if isinstance(chosen, str) and chosen and chosen != "auto" else "layer4")
 
 
 # ----------------------------------------------------------------------------------------- computing maps

@@ -167,7 +167,7 @@ def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], laye
     """
     import torch
 
-    from .gradcam import GradCAM
+    from .explain import Explainer, spec_from_meta
     from .model import preprocess
 
     images = np.asarray(images)
@@ -182,7 +182,7 @@ def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], laye
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="Grad-CAM", unit="batch", leave=False)
-    with GradCAM(model, layer) as cam:
+    with Explainer(model, spec_from_meta(meta, layer)) as cam:  # notebook 05's explanation on this layer
         for i in starts:
             x = preprocess(torch.as_tensor(images[i:i + batch_size]).to(device), meta["mean"], meta["std"])
             for name in classes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,8 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import binomtest
 from sklearn.metrics import (average_precision_score, brier_score_loss, confusion_matrix,
                              roc_auc_score, roc_curve)
+
+from .fileio import write_json
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -455,14 +456,5 @@ def update_metrics_json(path: str | os.PathLike, key: str, record: Mapping[str, 
         if not isinstance(doc, dict):
             raise ValueError(f"{path} must hold a JSON object, found {type(doc).__name__}")
     doc[key] = _jsonable(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, doc, indent=2)
     return doc

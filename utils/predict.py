@@ -22,7 +22,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .config import ARTIFACTS, UserError, artifact, project_root
+from .fileio import atomic_write
 from .images import IMAGE_SUFFIXES, list_images, read_image
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -76,20 +76,6 @@ exit codes:
 # ----------------------------------------------------------------------------------------- helpers
 def _one_line(text: Any) -> str:
     return " ".join(str(text).split())
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) -> Path:
-    """Write through ``write(fh)`` to a temp file in ``path``'s folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def default_output_dir() -> Path:
@@ -149,7 +135,7 @@ def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, pr
         ax.axis("off")
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.84, wspace=0.06)
     fig.suptitle(f"{diagnosis}  (P(pneumonia) = {probability:.3f}, threshold {threshold:.3f})", fontsize=12)
-    return _atomic_write(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=FIG_DPI))
+    return atomic_write(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=FIG_DPI))
 
 
 # ------------------------------------------------------------------------------------------ the core
@@ -171,7 +157,8 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
 
     import torch
 
-    from .gradcam import GradCAM, eval_mode
+    from .explain import Explainer, spec_from_meta
+    from .gradcam import eval_mode
     from .model import preprocess
 
     paths = [Path(p) for p in paths]
@@ -189,7 +176,9 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(paths, desc="predict", unit="img", file=sys.stderr, disable=None)
-    cam = GradCAM(model, layer_name) if explain else None
+    # the explanation chosen in notebook 05 (e.g. shift-averaged XGradCAM) when it is on this layer, else
+    # plain Grad-CAM: either way ONE batched forward and ONE backward pass per image
+    cam = Explainer(model, spec_from_meta(meta, layer_name)) if explain else None
     try:
         with eval_mode(model) if model is not None else nullcontext():
             for p in it:
@@ -384,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in results)
     if csv_path is not None:
-        _atomic_write(csv_path, lambda fh: fh.write(buf.getvalue()), binary=False)
+        atomic_write(csv_path, lambda fh: fh.write(buf.getvalue()), binary=False)
     if args.json:
         print(json.dumps(results, indent=1))
     elif csv_path is None:

@@ -7,8 +7,10 @@
     convert_fx(prepared)                                               # int8 weights, fixed scales / zero-points
 
 The PT2E flow (``torch.ao.quantization.quantize_pt2e``) is not in torch 2.14 any more (it moved to the
-separate ``torchao`` package, not a dependency here), so the FX API is used. Its two deprecation notices
-(``reduce_range`` on observers, quantised-tensor constructors) are silenced with targeted filters only
+separate ``torchao`` package, not a dependency here), so the FX API is used; it still ships and works in
+torch 2.14 but announces its own deprecation. Those notices (``torch.ao.quantization is deprecated``,
+``reduce_range`` on observers, quantised-tensor constructors), plus two that rebuilding a saved model
+triggers (uncalibrated observers, ``TypedStorage``), are silenced by message with targeted filters only
 (:func:`quiet_quantization`); every other warning still shows.
 
 **What is quantised**: the whole ResNet-18 from the first convolution to the head. Weights are int8,
@@ -29,7 +31,9 @@ Loading rebuilds the same quantised graph from torchvision's ResNet-18 and this 
 then loads the state dict strictly (same outputs, bit for bit). The metadata carries the classes, image
 size, mean/std, the INT8 model's own threshold (chosen on validation), the backend and the fingerprint of
 the FP32 checkpoint it came from. ``meta["arch"]`` is ``"resnet18-int8"``, so the FP32 loader refuses it
-with a clear message instead of a shape error.
+with a clear message instead of a shape error. (A TorchScript file — ``torch.jit.trace`` + ``torch.jit.save``
+— works too and runs without Python, but TorchScript is deprecated in torch 2.14 and its loader compiles the
+code stored in the file; the weights-only checkpoint keeps the series' one loading rule.)
 
 **Backends**: ``"x86"`` (default; recent PyTorch's choice for Intel/AMD CPUs), ``"fbgemm"`` (the older x86
 one) or ``"qnnpack"`` (ARM: phones, Raspberry Pi, Apple silicon). The quantised engine is a process-wide
@@ -40,11 +44,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import os
 import platform
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,6 +59,7 @@ import torch
 from torch import nn
 
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from . import fileio
 from .config import UserError
 
 if TYPE_CHECKING:
@@ -426,19 +429,7 @@ def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> Path:
     """Write ``obj`` as strict JSON (nan → null), atomically."""
     from .metrics import _jsonable
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(obj), fh, indent=1, allow_nan=False)
-            fh.write("\n")
-        _usual_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return fileio.write_json(path, _jsonable(obj))
 
 
 # ----------------------------------------------------------------------------------- optional ONNX
@@ -453,20 +444,6 @@ def onnx_status() -> tuple[bool, str]:
     return True, f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}"
 
 
-def _usual_mode(path: Path) -> None:
-    """``mkstemp`` makes 0600 files; give the finished file the usual permissions (0666 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def export_onnx(model: nn.Module, meta: Mapping[str, Any], path: str | os.PathLike, opset: int = 17) -> Path:
     """Export the FP32 model (input: the preprocessed float batch, dynamic batch size) to ONNX, atomically.
 
@@ -475,19 +452,12 @@ def export_onnx(model: nn.Module, meta: Mapping[str, Any], path: str | os.PathLi
     """
     path = Path(path)
     size = int(meta["image_size"])
-    tmp = _atomic_target(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
-            warnings.filterwarnings("ignore", message=r".*The feature will be removed.*", category=DeprecationWarning)
-            torch.onnx.export(copy.deepcopy(model).cpu().eval(), (torch.zeros(1, 3, size, size),), str(tmp),
-                              input_names=["input"], output_names=["logits"], opset_version=opset,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-        _usual_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with fileio.atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=r".*The feature will be removed.*", category=DeprecationWarning)
+        torch.onnx.export(copy.deepcopy(model).cpu().eval(), (torch.zeros(1, 3, size, size),), str(tmp),
+                          input_names=["input"], output_names=["logits"], opset_version=opset,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     return path
 
 
@@ -516,16 +486,14 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
             return {"input": x.numpy()}
 
     int8_path = Path(int8_path)
-    pre, tmp = _atomic_target(int8_path), _atomic_target(int8_path)
+    pre = int8_path.with_name(f".{int8_path.name}.pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        _usual_mode(tmp)
-        os.replace(tmp, int8_path)
+        with fileio.atomic_path(int8_path) as tmp:
+            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
         pre.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
     return int8_path
 
 

@@ -71,13 +71,14 @@ def train_one_epoch(model: nn.Module, data: DeviceData, optimizer: torch.optim.O
     set_backbone_bn_eval(model)  # a frozen backbone keeps its BatchNorm statistics
     ctx, _ = autocast_for(device)
     order = torch.randperm(len(data), generator=gen)
-    starts = range(0, len(order), batch_size)
+    # a last batch of one image would break BatchNorm in training mode: fold it into the previous batch
+    starts = [i for i in range(0, len(order), batch_size) if not (i and len(order) - i == 1)]
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="train", unit="batch", leave=False)
     total, seen, t0 = 0.0, 0, time.perf_counter()
     for i in starts:
-        idx = order[i:i + batch_size].to(device)
+        idx = order[i:i + batch_size + (1 if len(order) - i == batch_size + 1 else 0)].to(device)
         x = augment(data.images[idx], gen, aug) if aug is not None else data.images[idx]
         x = preprocess(x, meta["mean"], meta["std"])
         if device.type == "cuda":
