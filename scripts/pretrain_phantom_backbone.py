@@ -101,6 +101,9 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Ten
     out = {"val_auc": float(roc_auc_score(yn, probs)), "val_recall@0.5": float((probs[yn == 1] >= 0.5).mean()),
            "val_specificity@0.5": float((probs[yn == 0] < 0.5).mean())}
     pos = np.flatnonzero((yn == 1) & (probs >= 0.5))[:400]
+    out["localised_on"] = "true positives"
+    if len(pos) == 0:  # e.g. a smoke run that detects nothing yet: measure on every pneumonia image
+        pos, out["localised_on"] = np.flatnonzero(yn == 1)[:400], "all pneumonia images (no true positive)"
     with torch.enable_grad():
         for layer in ("layer3", "layer4"):
             maps = []
