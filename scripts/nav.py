@@ -42,7 +42,7 @@ SETUP_TAG = "colab-setup"
 BADGE_IMG = "https://colab.research.google.com/assets/colab-badge.svg"
 NUMBERED_GLOB = "[0-9][0-9]_*.ipynb"
 
-#: Wall-clock time per notebook: (CPU, demo profile) and (Colab GPU, full profile). Placeholders until measured.
+#: Wall-clock time per notebook: (2-core CPU, demo profile) and (one H200, full profile; "–" = not measured).
 TIMES: dict[str, tuple[str, str]] = {
     "01": ("–", "–"),
     "02": ("–", "–"),
@@ -146,7 +146,7 @@ def strip_outputs(nb) -> None:
 
 def table_markdown(names: list[str], titles: list[str], link_prefix: str = "") -> str:
     """The notebook table (index and README): number, title, Colab badge, CPU and GPU times."""
-    rows = ["| # | Notebook | Colab | CPU, demo profile | Colab GPU, full profile |",
+    rows = ["| # | Notebook | Colab | 2-core CPU, demo profile | GPU (H200), full profile |",
             "|---|---|---|---|---|"]
     for name, title in zip(names, titles):
         if name == INDEX_NAME:

@@ -314,3 +314,17 @@ def test_load_data_phantom_source_through_config(tmp_path, monkeypatch):
     b2 = D.load_data(cfg, progress=False)  # same spec: not regenerated
     assert (tmp_path / "data/phantom_chest_xray/DATASET.json").stat().st_mtime_ns == stamp
     assert b2.fingerprint == b.fingerprint
+
+
+def test_verify_kermany_reports_an_incomplete_download(tmp_path):
+    from PIL import Image
+
+    from utils.data import KERMANY_COUNTS, verify_kermany
+
+    for split in KERMANY_COUNTS:
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (tmp_path / split / cls).mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (8, 8), i).save(tmp_path / "test" / "NORMAL" / f"IM-000{i}-0001.jpeg")
+    problems = verify_kermany(tmp_path)
+    assert "test: 3 images, expected 624" in problems and len(problems) == 3

@@ -435,7 +435,31 @@ def download_kaggle(dest: Path) -> Path | None:
         print(f"Kaggle download failed ({type(exc).__name__}: {str(exc)[:120]}).")
         return None
     hits = [p.parent for p in path.rglob("train") if (p / "NORMAL").is_dir() and (p.parent / "test").is_dir()]
-    return hits[0] if hits else None
+    if not hits:
+        print(f"the Kaggle download at {path} has no train/ and test/ folders; not using it.")
+        return None
+    problems = verify_kermany(hits[0])
+    if problems:
+        print(f"the Kaggle download at {hits[0]} looks incomplete ({'; '.join(problems)}); not using it — "
+              "delete it and download again.")
+        return None
+    return hits[0]
+
+
+#: Image counts of the published Kermany chest_xray folders (a size check of a download).
+KERMANY_COUNTS = {"train": 5216, "val": 16, "test": 624}
+
+
+def verify_kermany(root: str | Path) -> list[str]:
+    """Differences between the image counts under ``root`` and the published ones (empty when complete)."""
+    from .images import list_images
+
+    out = []
+    for split, want in KERMANY_COUNTS.items():
+        got = sum(len(list_images(Path(root) / split / c)) for c in CLASSES if (Path(root) / split / c).is_dir())
+        if got != want:
+            out.append(f"{split}: {got} images, expected {want}")
+    return out
 
 
 def load_medmnist(size: int, cache_dir: Path) -> DataBundle | None:

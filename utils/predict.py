@@ -55,7 +55,9 @@ outputs:
              when it is a folder, else to assets/predictions/. A bad file is reported on stderr in one
              line and skipped; the other images still get results.
 Grad-CAM explains the PNEUMONIA class (red = evidence for pneumonia) on --layer, by default the
-checkpoint's 'gradcam_layer', else {DEFAULT_LAYER}. Diagnosis = PNEUMONIA when P(pneumonia) >= threshold
+checkpoint's 'gradcam_layer', else {DEFAULT_LAYER}; on the checkpoint's layer it uses the explanation
+notebook 05 chose on validation and recorded as 'explanation' (e.g. shift-averaged XGradCAM, still one
+batched forward + backward). Diagnosis = PNEUMONIA when P(pneumonia) >= threshold
 (the checkpoint's, unless --threshold). Inputs are never overwritten; files are written atomically.
 
 INT8 (--int8, the model of notebooks/07_int8_deployment.ipynb; the flag alone means {ARTIFACTS["int8_model"]}):
