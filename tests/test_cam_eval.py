@@ -19,14 +19,6 @@ from utils.gradcam import GradCAM, gradcam  # noqa: E402
 from utils.localisation import localisation_table  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: far faster on a small shared CPU (no thread oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:

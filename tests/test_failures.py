@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from utils import cam_plots  # noqa: E402
 from utils import failures as F  # noqa: E402
@@ -303,7 +302,6 @@ def test_check_probabilities():
 def test_class_gradcams_on_a_tiny_model():
     from utils.model import build_model, predict_proba
 
-    torch.set_num_threads(1)
     model, _ = build_model("none", seed=0)
     model.eval()
     meta = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "classes": ["NORMAL", "PNEUMONIA"]}

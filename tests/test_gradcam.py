@@ -15,14 +15,6 @@ from utils.gradcam import GradCAM, gradcam, gray_to_float, normalise_maps, overl
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: far faster on a small shared CPU (no thread oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def base_model() -> torch.nn.Module:

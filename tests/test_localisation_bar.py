@@ -23,13 +23,6 @@ BAR = 0.80  # near-pointing: the map's maximum within 5 % of the image size of a
 SEED, N_PATIENTS, SIZE = 31, 50, 128  # ≈ 60 true positives
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def backbone() -> torch.nn.Module:

@@ -19,14 +19,6 @@ S = 32
 META = make_meta(image_size=S, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.delenv("CXR_PROJECT_ROOT", raising=False)  # the shipped backbone lives in the repository
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _batch(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, S, S), dtype=np.uint8))

@@ -25,10 +25,6 @@ def _env(monkeypatch, tmp_path):
     for var in ("CXR_PROFILE", "CXR_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path / "project"))  # artifacts go to a temporary root
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _tiny_cfg():

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from utils import phantom
@@ -30,7 +29,6 @@ def files(tmp_path_factory):
     """An FP32 checkpoint (the shipped phantom-pretrained ResNet-18 with its head), its INT8 model, phantom PNGs."""
     from torchvision.models import resnet18
 
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("int8")
     state = load_checkpoint(artifact("pretrained_backbone"), require_meta=False)["model"]
     model = resnet18(num_classes=2)

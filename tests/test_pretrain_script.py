@@ -15,7 +15,6 @@ def test_pretrain_smoke_run_writes_a_loadable_backbone(tmp_path):
     spec = importlib.util.spec_from_file_location("pretrain", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    torch.set_num_threads(1)
     out, report = tmp_path / "backbone.pt", tmp_path / "report.json"
     assert mod.main(["--smoke", "--size", "64", "--workers", "1", "--out", str(out), "--report", str(report)]) == 0
     ckpt = load_checkpoint(out)

@@ -34,7 +34,6 @@ def pretrained_fp32() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
     spec = phantom.spec_for("default", SIZE)
     calib = phantom.stack(phantom.generate(10, seed=11, spec=spec, first_pid=1))
     test = phantom.stack(phantom.generate(N_TEST_PATIENTS, seed=22, spec=spec, first_pid=1000))  # ~40 images

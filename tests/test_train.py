@@ -20,14 +20,6 @@ PHASE = {"epochs": 2, "lr": 1e-3, "batch_size": 8, "seed": 3, "freeze_backbone":
          "lr_decay": 0.5, "step_size": 1, "gamma": 0.5, "weight_decay": 1e-4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.delenv("CXR_PROJECT_ROOT", raising=False)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _meta(fingerprint: str = "fpA", phase: str = "phase2") -> dict:
     return make_meta(image_size=S, mean=IMAGENET_MEAN, std=IMAGENET_STD, data_fingerprint=fingerprint,

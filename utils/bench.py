@@ -104,16 +104,6 @@ def _rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-@contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 class _Laps:
     """Wall seconds spent in each section of the run (what a benchmark run costs)."""
 
@@ -436,11 +426,11 @@ def bench_latency(ckpt: Path, image: Path, s: dict, progress: bool, threads: int
     """Single-image CPU latency: decode + preprocess + Grad-CAM (one forward + backward) + softmax."""
     from .gradcam import GradCAM
     from .images import read_image
-    from .model import load_model, preprocess
+    from .model import cpu_threads, load_model, preprocess
 
     threads = threads or _cpu_threads()
     runs = max(20, s["latency_runs"])
-    with _threads(threads):
+    with cpu_threads(threads):
         model, meta = load_model(ckpt, "cpu")
         size = int(meta["image_size"])
         e2e, model_only = [], []

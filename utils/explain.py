@@ -32,7 +32,7 @@ from torch import nn
 
 from utils import localisation as loc
 from utils.gradcam import (WEIGHTINGS, GradCAM, average_unshifted, channel_weights, normalise_maps, resolve_layer,
-                           shift_grid, shift_images)
+                           shift_grid)
 from utils.model import preprocess
 
 __all__ = ["make_spec", "check_spec", "spec_from_meta", "EXPLANATION_CANDIDATES", "DEFAULT_EXPLANATION",

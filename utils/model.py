@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -198,3 +199,14 @@ def predict_proba(model: nn.Module, images: np.ndarray | torch.Tensor, meta: dic
     """P(PNEUMONIA) for each image (softmax over the 2 logits)."""
     logits = predict_logits(model, images, meta, batch_size, device, progress)
     return torch.softmax(torch.as_tensor(logits), dim=1)[:, 1].numpy()
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)``, then restore the previous setting."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -61,6 +61,7 @@ from torch import nn
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from . import fileio
 from .config import UserError
+from .model import cpu_threads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -246,17 +247,6 @@ def file_size_mb(path: str | os.PathLike) -> float:
 
 
 # --------------------------------------------------------------------------------------- benchmark
-@contextmanager
-def cpu_threads(n: int) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)``, then restore the previous setting."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def torch_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> logits`` for a float or INT8 PyTorch model, on the CPU, without autograd."""
     def forward(x: torch.Tensor) -> torch.Tensor:
