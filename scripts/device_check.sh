@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (see docs/BENCHMARKS.md): pretrain the phantom backbone (shipped + a
 # classification-only control), real-data two-phase training check, benchmark. Writes to $OUT.
+# Needs the real images copied into the git-ignored .realdata/train/{NORMAL,PNEUMONIA} (carried to the machine).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
