@@ -49,10 +49,14 @@ if "google.colab" in sys.modules:
     %cd /content/cxr-gradcam/notebooks
     %pip install -q -e "..[online]"
     sys.path.insert(0, "/content/cxr-gradcam")  # importable now, without restarting the runtime
+    from pathlib import Path
+
     import torch
 
     print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
-          "| torch", torch.__version__)"""
+          "| torch", torch.__version__)
+    cached = any((Path(torch.hub.get_dir()) / "checkpoints").glob("resnet18-*.pth"))
+    print("ImageNet ResNet-18 weights:", "in the torch cache" if cached else "downloaded on first use (needs internet)")"""
 
 PARAMETERS_SOURCE = """\
 # Parameters (papermill can override them). CXR_PROFILE overrides PROFILE, CXR_DATA_DIR overrides DATA_DIR.
