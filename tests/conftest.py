@@ -17,3 +17,13 @@ def clean_env(monkeypatch):
     """Tests see the repository's own settings: no CXR_* overrides from the caller's shell."""
     for var in ("CXR_PROFILE", "CXR_DATA_DIR", "CXR_PROJECT_ROOT"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Close the figures a test made (only when matplotlib is in use)."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")

@@ -5,15 +5,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import assert_png  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from utils import eval_plots as EP  # noqa: E402
 from utils import metrics as M  # noqa: E402
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +21,6 @@ def preds():
     p = np.clip(0.35 * y + 0.65 * rng.random(120), 0, 1)
     sub = np.where(y == 1, np.where(rng.random(120) < 0.6, "bacteria", "virus"), "normal")
     return y, p, sub
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
-def assert_png(fig, path):
-    assert isinstance(fig, Figure)
-    assert path.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_confusion_matrix(preds, tmp_path):

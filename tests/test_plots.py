@@ -5,27 +5,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from helpers import assert_png  # noqa: E402
 
 from utils import plots as P  # noqa: E402
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 S = 24
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
-def assert_png(fig, path):
-    assert isinstance(fig, Figure)
-    assert path.read_bytes()[:8] == PNG_MAGIC
 
 
 @pytest.fixture(scope="module")

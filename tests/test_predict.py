@@ -18,6 +18,7 @@ from utils import predict
 from utils.config import project_root
 from utils.images import read_image
 from utils.model import load_model, predict_proba
+from helpers import run_cli
 from utils.predict import FIG_DPI, FIG_SIZE, main, predict_images
 
 try:
@@ -52,9 +53,7 @@ def _project_root(tmp_path, monkeypatch):
 
 
 def _run(capsys, *args) -> tuple[int, str, list[str]]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, [line for line in err.splitlines() if line.strip()]
+    return run_cli(capsys, main, *args)
 
 
 def _assert_png(path, size=PNG_SIZE) -> None:

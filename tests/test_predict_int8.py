@@ -17,6 +17,7 @@ from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint, state_
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, artifact
 from utils.images import read_image
 from utils.model import predict_proba
+from helpers import run_cli
 from utils.predict import FIELDS, INT8_FIELDS, main
 from utils.quantize import int8_meta, load_int8, quantize_int8, save_int8
 
@@ -58,9 +59,7 @@ def _project_root(tmp_path, monkeypatch):
 
 
 def _run(capsys, *args) -> tuple[int, str, list[str]]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, [line for line in err.splitlines() if line.strip()]
+    return run_cli(capsys, main, *args)
 
 
 def test_int8_json_without_fp32_has_no_overlay_and_says_why(files, capsys, tmp_path):
