@@ -36,7 +36,6 @@ NB_DIR = ROOT / "notebooks"
 README = ROOT / "README.md"
 INDEX_NAME = "00_index.ipynb"
 NAV_MARK = "<!-- nav -->"
-NAV_IDS = ("nav-top", "nav-bottom")
 TABLE_START, TABLE_END = "<!-- notebooks:start -->", "<!-- notebooks:end -->"
 SETUP_TAG = "colab-setup"
 BADGE_IMG = "https://colab.research.google.com/assets/colab-badge.svg"

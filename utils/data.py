@@ -418,8 +418,11 @@ def _online(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def download_kaggle(dest: Path) -> Path | None:
-    """Kermany data through kagglehub when installed and online; ``None`` (with a message) otherwise."""
+def download_kaggle() -> Path | None:
+    """Kermany data through kagglehub when installed and online; ``None`` (with a message) otherwise.
+
+    kagglehub keeps its own cache (``~/.cache/kagglehub``) and skips the download when the data are there.
+    """
     try:
         import kagglehub  # noqa: F401
     except ImportError:
@@ -506,7 +509,7 @@ def load_data(cfg: Config, progress: bool = True) -> DataBundle:
             if bundle is not None:
                 return bundle
         else:
-            root = root or download_kaggle(cfg.path("cache_dir") / "kaggle")
+            root = root or download_kaggle()
             if root is not None:
                 return load_folder(root, size, vf, seed, cache, progress,
                                    require_test=cfg.get("require_test", True))
