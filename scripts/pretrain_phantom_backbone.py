@@ -5,14 +5,20 @@ set classifies well while its Grad-CAM points at lesions no better than chance (
 backbone is the offline stand-in for ImageNet: pretrained once on a large phantom corpus (disjoint
 seeds from the demo data), so the demo's phase 1 / phase 2 mirror real transfer learning.
 
-Pretext: the image label (NORMAL / PNEUMONIA) plus a coarse lesion map — a 1×1 convolution on the
-``layer3`` and ``layer4`` feature maps predicts the fraction of each cell covered by lesion, as a
-detection-style pretraining would. The auxiliary heads are discarded; only the ResNet-18 weights
-(and its 2-class head) are shipped. The script prints and stores validation AUC and Grad-CAM
-localisation (pointing / near-pointing at layer3 and layer4) measured on held-out phantoms.
+Pretext (``--pretext``):
+
+* ``label`` (the default, and what is shipped): the image label (NORMAL / PNEUMONIA) only. The lesion masks
+  never reach the training loop, so whatever the maps of this backbone localise was earned from labels.
+* ``label+lesion-map`` (an ablation, docs/PHANTOM_BACKBONE.md): plus a coarse lesion map — a 1×1
+  convolution on the ``layer3`` and ``layer4`` feature maps predicts the fraction of each cell covered by
+  lesion. Maps of such a backbone look better than labels alone earn: never ship it as the demo default.
+
+The auxiliary heads are discarded; only the ResNet-18 weights (and its 2-class head) are saved. The script
+prints and stores validation AUC and Grad-CAM localisation (pointing / near-pointing at layer3 and layer4)
+measured on held-out phantoms (their masks score the maps; they are never trained on).
 
 Usage (GPU recommended; CPU works at reduced size):
-    python scripts/pretrain_phantom_backbone.py --patients 16000 --epochs 24 --out model/phantom_resnet18_pretrained.pt
+    python scripts/pretrain_phantom_backbone.py --patients 7000 --epochs 6 --batch 64   # CPU, about an hour
     python scripts/pretrain_phantom_backbone.py --smoke          # tiny CPU run to check the script
 """
 from __future__ import annotations
@@ -37,6 +43,9 @@ from utils.checkpoint import make_meta, save_checkpoint  # noqa: E402
 from utils.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from utils.model import build_model, preprocess  # noqa: E402
 from utils.train import autocast_for, class_weights  # noqa: E402
+
+
+PRETEXTS = ("label", "label+lesion-map")
 
 
 def corpus_spec(size: int, legacy: bool) -> phantom.PhantomSpec:
@@ -124,7 +133,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--aux-weight", type=float, default=1.0)
+    p.add_argument("--pretext", choices=PRETEXTS, default="label",
+                   help="label: labels only (the shipped default); label+lesion-map: the mask-supervised ablation")
+    p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the lesion-map loss (ablation only)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=max(1, mp.cpu_count()))
     p.add_argument("--out", default="model/phantom_resnet18_pretrained.pt")
@@ -142,8 +153,10 @@ def main(argv=None) -> int:
     xv, mv, yv = make_corpus(a.val_patients, a.seed + 1000, a.size, a.workers, a.legacy_spec)
     print(f"corpus: {len(yi)} train / {len(yv)} val images at {a.size}px in {time.time() - t0:.0f}s "
           f"({yi.mean():.2f} pneumonia)", flush=True)
+    uses_masks = a.pretext == "label+lesion-map"
     X = torch.from_numpy(xi).unsqueeze(1).to(device)
-    M = torch.from_numpy(mi).unsqueeze(1).to(device)
+    M = torch.from_numpy(mi).unsqueeze(1).to(device) if uses_masks else None  # label-only: masks never used
+    del mi
     Y = torch.from_numpy(yi).to(device)
     Xv, Yv, Mv = torch.from_numpy(xv).unsqueeze(1).to(device), torch.from_numpy(yv).to(device), torch.from_numpy(mv)
 
@@ -165,22 +178,24 @@ def main(argv=None) -> int:
         tot = 0.0
         for i in range(0, len(order), a.batch):
             idx = order[i:i + a.batch]
-            xa, ma = augment_pair(X[idx], M[idx], gen, spec)
+            xa, ma = augment_pair(X[idx], M[idx] if M is not None else None, gen, spec)
             x = preprocess(xa, IMAGENET_MEAN, IMAGENET_STD)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with ctx:
                 logits, a3, a4 = model(x)
-            t3 = F.adaptive_avg_pool2d(ma, a3.shape[-2:])
-            t4 = F.adaptive_avg_pool2d(ma, a4.shape[-2:])
-            loss = ce(logits.float(), Y[idx]) + a.aux_weight * (
-                F.binary_cross_entropy_with_logits(a3.float(), t3) + F.binary_cross_entropy_with_logits(a4.float(), t4))
+            loss = ce(logits.float(), Y[idx])
+            if ma is not None:
+                t3 = F.adaptive_avg_pool2d(ma, a3.shape[-2:])
+                t4 = F.adaptive_avg_pool2d(ma, a4.shape[-2:])
+                loss = loss + a.aux_weight * (F.binary_cross_entropy_with_logits(a3.float(), t3)
+                                              + F.binary_cross_entropy_with_logits(a4.float(), t4))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             tot += loss.item() * len(idx)
-        print(f"epoch {epoch}/{a.epochs} loss {tot / len(Y):.4f} ({time.time() - t1:.0f}s, "
+        print(f"[{a.pretext}] epoch {epoch}/{a.epochs} loss {tot / len(Y):.4f} ({time.time() - t1:.0f}s, "
               f"{epoch * len(Y) / (time.time() - t1):.0f} img/s)", flush=True)
     net = model.net.float().to(memory_format=torch.contiguous_format)
     res = measure(net, Xv, Yv, Mv)
@@ -189,10 +204,18 @@ def main(argv=None) -> int:
     print(json.dumps(res, indent=1), flush=True)
     state = {k: v.detach().cpu().half() for k, v in net.state_dict().items()
              if not k.endswith("num_batches_tracked")}
+    from dataclasses import asdict
     meta = make_meta(image_size=a.size, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
-                     profile="pretrain", weights="phantom-pretext", phase="pretrain",
-                     pretext="label + layer3/layer4 lesion-fraction maps (BCE)",
-                     corpus=f"{len(Y)} phantoms of {a.patients} patients, seed {a.seed}, {a.size}px",
+                     profile="pretrain", weights="phantom-pretrained", phase="pretrain",
+                     pretext=("labels only (class-weighted cross-entropy)" if not uses_masks else
+                              "label + layer3/layer4 lesion-fraction maps (BCE)"),
+                     uses_lesion_masks=uses_masks,
+                     corpus={"train": {"patients": a.patients, "seed": a.seed, "images": int(len(Y))},
+                             "val": {"patients": a.val_patients, "seed": a.seed + 1000, "images": int(len(Yv))},
+                             "phantom_spec": asdict(corpus_spec(a.size, a.legacy_spec)),
+                             "legacy_spec": bool(a.legacy_spec)},
+                     recipe={"epochs": a.epochs, "batch": a.batch, "lr": a.lr, "optimiser": "AdamW, one-cycle",
+                             "aux_weight": a.aux_weight if uses_masks else 0.0},
                      script="scripts/pretrain_phantom_backbone.py", measured=res)
     save_checkpoint(a.out, {"model": state, "meta": meta})
     if a.report:
