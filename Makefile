@@ -66,8 +66,8 @@ nav: $(ENV) ## refresh navigation cells, Colab links and the notebook tables
 strip: $(ENV) ## clear outputs of the source notebooks
 	$(PY) scripts/nav.py --strip-only
 
-bench: $(ENV) ## inference benchmark (python -m utils.bench)
-	$(PY) -m utils.bench
+bench: $(ENV) ## inference benchmark (python -m benchmarks.bench)
+	$(PY) -m benchmarks.bench
 
 lab: $(ENV) ## open JupyterLab at the index notebook
 	$(PY) -m jupyterlab $(NB_DIR)/00_index.ipynb

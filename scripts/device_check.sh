@@ -16,9 +16,9 @@ timeout 90 python3 scripts/pretrain_phantom_backbone.py --patients $PATIENTS --e
 # 2) real data (train folder only: patient-wise val), full profile at 224 px
 for W in phantom none; do
   WP=$W; [ $W = phantom ] && WP="$OUT/phantom_resnet18_pretrained.pt"
-  CXR_PROJECT_ROOT=/tmp/real_$W timeout 50 python3 -m utils.pipeline --profile full --data-dir .realdata \
+  CXR_PROJECT_ROOT=/tmp/real_$W timeout 50 python3 -m utils.train.pipeline --profile full --data-dir .realdata \
     --no-test --weights "$WP" --device cuda --report "$OUT/real_$W.json" 2>&1 | grep -v "it/s\]" | tail -6
 done
 # 3) benchmark on this GPU at 224 px, real JPEGs for the data path
-timeout 60 python3 -m utils.bench --device cuda --size 224 --data-dir .realdata --out "$OUT/bench_gpu.json" 2>&1 | tail -40
+timeout 60 python3 -m benchmarks.bench --device cuda --size 224 --data-dir .realdata --out "$OUT/bench_gpu.json" 2>&1 | tail -40
 ls -la "$OUT"

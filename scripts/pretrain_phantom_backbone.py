@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils import phantom  # noqa: E402
-from utils.augment import AugmentSpec, augment_pair  # noqa: E402
+from utils.data import phantom  # noqa: E402
+from utils.data.augment import AugmentSpec, augment_pair  # noqa: E402
 from utils.checkpoint import make_meta, save_checkpoint  # noqa: E402
 from utils.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from utils.model import build_model, preprocess  # noqa: E402
-from utils.train import autocast_for, class_weights  # noqa: E402
+from utils.train.model import build_model, preprocess  # noqa: E402
+from utils.train.engine import autocast_for, class_weights  # noqa: E402
 
 
 PRETEXTS = ("label", "label+lesion-map")
@@ -98,8 +98,8 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Ten
     """Val AUC and Grad-CAM localisation (layer3 / layer4) on true-pneumonia images."""
     from sklearn.metrics import roc_auc_score
 
-    from utils.gradcam import GradCAM
-    from utils.localisation import localisation_scores
+    from utils.explain.gradcam import GradCAM
+    from utils.explain.localisation import localisation_scores
 
     model.eval()
     probs = []

@@ -33,7 +33,7 @@ def png_with_size(path: Path, width: int, height: int) -> Path:
 
 
 def write_bad_images(folder: Path) -> dict[str, Path]:
-    """Image files :func:`utils.images.read_image` must refuse with a one-line error."""
+    """Image files :func:`utils.data.images.read_image` must refuse with a one-line error."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {"missing": folder / "does_not_exist.jpeg", "folder": folder / "a_folder.jpeg"}
@@ -90,7 +90,7 @@ class NotAStateDict:
 
 
 def write_bad_checkpoints(folder: Path) -> dict[str, Path]:
-    """Checkpoints :func:`utils.model.load_model` must refuse with a one-line error."""
+    """Checkpoints :func:`utils.train.model.load_model` must refuse with a one-line error."""
     from torchvision import models
 
     from utils.checkpoint import make_meta, save_checkpoint
@@ -122,7 +122,7 @@ def write_tiny_checkpoint(path: Path, threshold: float = 0.4, **extra) -> Path:
     """A valid project checkpoint: random ResNet-18 (seed 0), 64 px, ImageNet normalisation."""
     from utils.checkpoint import make_meta, save_checkpoint
     from utils.config import IMAGENET_MEAN, IMAGENET_STD
-    from utils.model import build_model
+    from utils.train.model import build_model
 
     model, _ = build_model("none", seed=0)
     meta = make_meta(image_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=threshold, profile="test", **extra)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from utils import bench
+from benchmarks import bench
 
 #: Tiny, and one torch thread: on a busy 2-core machine two threads fight each other (several × slower).
 #: The predict subprocess (≈ 10-20 s of imports on a busy machine) is covered below with a stand-in.
@@ -107,7 +107,7 @@ def test_predict_command_timed_and_parsed(tmp_path, monkeypatch):
     out = bench.bench_predict_command(tmp_path / "m.pt", tmp_path / "x.jpeg", tmp_path, threads=1)
     assert _positive(out["predict_cmd_wall_s"]) and out["predict_cmd_probability"] == 0.25
     cmd = calls[0]
-    assert cmd[1:3] == ["-m", "utils.predict"] and "--json" in cmd and "--output" in cmd
+    assert cmd[1:3] == ["-m", "utils.deploy.predict"] and "--json" in cmd and "--output" in cmd
 
 
 def test_predict_command_without_matplotlib_falls_back(tmp_path, monkeypatch):

@@ -14,9 +14,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 from torchvision.models import resnet18  # noqa: E402
 
-from utils import cam_eval, cam_plots  # noqa: E402
-from utils.gradcam import GradCAM, gradcam  # noqa: E402
-from utils.localisation import localisation_table  # noqa: E402
+from utils.explain import checks as cam_eval  # noqa: E402
+
+from utils.viz import cams as cam_plots  # noqa: E402
+from utils.explain.gradcam import GradCAM, gradcam  # noqa: E402
+from utils.explain.localisation import localisation_table  # noqa: E402
 
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from utils import data as D
-from utils import images as I
+from utils.data import images as I
 from utils.config import UserError
 from utils.data import (LeakageError, Split, check_no_leaks, duplicate_groups, find_leaks, load_folder,
                         patient_id_from_name, patient_split, subtype_from_name)
@@ -188,7 +188,7 @@ def test_load_folder_kermany_layout(kermany, tmp_path):
     assert sub["person3_virus_1"] == "virus" and sub["person1_bacteria_2"] == "bacteria" and sub["IM-0001-0001"] == ""
     pid = dict(zip(tr.ids.tolist() + va.ids.tolist(), tr.patient_ids.tolist() + va.patient_ids.tolist()))
     assert pid["IM-0001-0001"] == pid["IM-0001-0002"] == "IM0001"
-    # decoded exactly as utils.images.read_image decodes the file
+    # decoded exactly as utils.data.images.read_image decodes the file
     k = int(np.flatnonzero(te.ids == "person102_virus_1")[0])
     np.testing.assert_array_equal(te.images[k], I.read_image(root / "test/PNEUMONIA/person102_virus_1.png", 32))
     assert tr.lung_masks is None and tr.info is None  # real data: no annotations

@@ -1,4 +1,4 @@
-"""utils.eval_plots: every figure function returns a Figure and writes a PNG."""
+"""utils.viz.evaluation: every figure function returns a Figure and writes a PNG."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,8 +10,8 @@ import pytest  # noqa: E402
 from helpers import assert_png  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from utils import eval_plots as EP  # noqa: E402
-from utils import metrics as M  # noqa: E402
+from utils.viz import evaluation as EP  # noqa: E402
+from utils.evaluate import metrics as M  # noqa: E402
 
 
 @pytest.fixture(scope="module")

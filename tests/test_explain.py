@@ -7,11 +7,11 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from utils import cam_eval
-from utils import explain as E
+from utils.explain import checks as cam_eval
+from utils.explain import selection as E
 from utils.config import IMAGENET_MEAN, IMAGENET_STD
-from utils.gradcam import GradCAM, average_unshifted, gradcam, shift_averaged_gradcam, shift_grid, shift_images
-from utils.localisation import argmax_point, distance_to_mask
+from utils.explain.gradcam import GradCAM, average_unshifted, gradcam, shift_averaged_gradcam, shift_grid, shift_images
+from utils.explain.localisation import argmax_point, distance_to_mask
 
 META = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "threshold": 0.5}
 
@@ -61,7 +61,7 @@ def spots(positions: list[tuple[int, int]], size: int = 32, side: int = 2) -> tu
 
 
 def to_x(imgs: np.ndarray) -> torch.Tensor:
-    from utils.model import preprocess
+    from utils.train.model import preprocess
     return preprocess(torch.from_numpy(imgs), META["mean"], META["std"])
 
 
@@ -257,10 +257,10 @@ def test_predict_uses_the_checkpoint_explanation_in_one_pass(resnet, tmp_path, m
     """The inference command shows the explanation notebook 05 wrote into the checkpoint, in ONE batched pass."""
     from PIL import Image
 
-    from utils import predict
+    from utils.deploy import predict
     from utils.checkpoint import make_meta
-    from utils.images import read_image
-    from utils.model import preprocess
+    from utils.data.images import read_image
+    from utils.train.model import preprocess
 
     png = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 80)).astype(np.uint8)).save(png)

@@ -1,4 +1,4 @@
-"""utils.failures (notebook 06): selectors, outside-lung fraction, lesion table, taxonomy, case table."""
+"""utils.evaluate.failures (notebook 06): selectors, outside-lung fraction, lesion table, taxonomy, case table."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from utils import cam_plots  # noqa: E402
-from utils import failures as F  # noqa: E402
-from utils import localisation as loc  # noqa: E402
-from utils import phantom  # noqa: E402
+from utils.viz import cams as cam_plots  # noqa: E402
+from utils.evaluate import failures as F  # noqa: E402
+from utils.explain import localisation as loc  # noqa: E402
+from utils.data import phantom  # noqa: E402
 from utils.config import UserError  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -300,7 +300,7 @@ def test_check_probabilities():
 
 
 def test_class_gradcams_on_a_tiny_model():
-    from utils.model import build_model, predict_proba
+    from utils.train.model import build_model, predict_proba
 
     model, _ = build_model("none", seed=0)
     model.eval()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import resnet18
 
-from utils.gradcam import GradCAM, gradcam, gray_to_float, normalise_maps, overlay, resize_map
+from utils.explain.gradcam import GradCAM, gradcam, gray_to_float, normalise_maps, overlay, resize_map
 
 
 

@@ -1,13 +1,13 @@
-"""utils.images: every supported mode gives uint8 (S, S); every bad file gives a one-line UserError."""
+"""utils.data.images: every supported mode gives uint8 (S, S); every bad file gives a one-line UserError."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from utils import images
+from utils.data import images
 from utils.config import UserError
-from utils.images import IMAGE_SUFFIXES, MAX_PIXELS, list_images, read_image
+from utils.data.images import IMAGE_SUFFIXES, MAX_PIXELS, list_images, read_image
 
 try:
     from tests import bad_inputs

@@ -2,7 +2,7 @@
 
 Nothing is trained here. The shipped phantom-pretrained ResNet-18 (``model/phantom_resnet18_pretrained.pt``,
 the demo's offline stand-in for ImageNet) is loaded as a full model — its ``fc`` head is the pretraining
-classifier — and explained with :data:`utils.explain.DEFAULT_EXPLANATION` on a small phantom set generated
+classifier — and explained with :data:`utils.explain.selection.DEFAULT_EXPLANATION` on a small phantom set generated
 with a seed disjoint from the pretraining corpus (seed 7) and the demo data (2024 / 2025). The test fails
 when a change to the phantoms, the backbone or the explanation code pushes localisation below the bar
 that notebook 05 reports against.
@@ -14,10 +14,10 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from utils import phantom
+from utils.data import phantom
 from utils.checkpoint import load_checkpoint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, artifact
-from utils.explain import DEFAULT_EXPLANATION, score_explanations
+from utils.explain.selection import DEFAULT_EXPLANATION, score_explanations
 
 BAR = 0.80  # near-pointing: the map's maximum within 5 % of the image size of a lesion
 SEED, N_PATIENTS, SIZE = 31, 50, 128  # ≈ 60 true positives

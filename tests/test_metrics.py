@@ -1,4 +1,4 @@
-"""Behaviour of utils.metrics against hand-computed cases and synthetic data."""
+"""Behaviour of utils.evaluate.metrics against hand-computed cases and synthetic data."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import metrics as M
+from utils.evaluate import metrics as M
 
 # 10 images, 5 positives. At t = 0.5: TP = 4 (.9 .8 .7 .6), FN = 1 (.3), FP = 1 (.65), TN = 4.
 Y10 = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from utils import pipeline
+from utils.train import pipeline
 from utils.checkpoint import load_checkpoint, state_fingerprint
 from utils.config import UserError, get_config, project_root
 from utils.data import load_data
-from utils.model import load_model
+from utils.train.model import load_model
 
 REPO = project_root()
 BACKBONE = "model/phantom_resnet18_pretrained.pt"
@@ -87,7 +87,7 @@ def test_phase2_without_phase1_names_the_notebook(tmp_path, monkeypatch):
 
 def test_cli_unknown_option_exits_without_traceback(tmp_path):
     env = {**os.environ, "CXR_PROJECT_ROOT": str(tmp_path / "cli")}
-    proc = subprocess.run([sys.executable, "-m", "utils.pipeline", "--no-such-option"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "utils.train.pipeline", "--no-such-option"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "unrecognized arguments: --no-such-option" in proc.stderr

@@ -1,4 +1,4 @@
-"""utils.plots: every figure function returns a Figure, writes a PNG, and draws what it claims."""
+"""utils.viz.data: every figure function returns a Figure, writes a PNG, and draws what it claims."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,7 +10,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from helpers import assert_png  # noqa: E402
 
-from utils import plots as P  # noqa: E402
+from utils.viz import data as P  # noqa: E402
 S = 24
 
 

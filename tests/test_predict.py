@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import predict
+from utils.deploy import predict
 from utils.config import project_root
-from utils.images import read_image
-from utils.model import load_model, predict_proba
+from utils.data.images import read_image
+from utils.train.model import load_model, predict_proba
 from helpers import run_cli
-from utils.predict import FIG_DPI, FIG_SIZE, main, predict_images
+from utils.deploy.predict import FIG_DPI, FIG_SIZE, main, predict_images
 
 try:
     from tests import bad_inputs
@@ -242,7 +242,7 @@ def test_predict_images_releases_hooks(corpus, loaded, tmp_path, monkeypatch):
 
 
 def test_subprocess_bad_input_is_one_line(corpus):
-    proc = subprocess.run([sys.executable, "-m", "utils.predict", "--image_path", str(corpus["bad"]["text"]),
+    proc = subprocess.run([sys.executable, "-m", "utils.deploy.predict", "--image_path", str(corpus["bad"]["text"]),
                            "--model_path", str(corpus["ckpt"]), "--no-overlay"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
                           timeout=120)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import phantom
+from utils.data import phantom
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint, state_fingerprint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, artifact
-from utils.images import read_image
-from utils.model import predict_proba
+from utils.data.images import read_image
+from utils.train.model import predict_proba
 from helpers import run_cli
-from utils.predict import FIELDS, INT8_FIELDS, main
-from utils.quantize import int8_meta, load_int8, quantize_int8, save_int8
+from utils.deploy.predict import FIELDS, INT8_FIELDS, main
+from utils.deploy.int8 import int8_meta, load_int8, quantize_int8, save_int8
 
 SIZE = 128
 INT8_THRESHOLD = 0.37  # distinct from the FP32 checkpoint's, to see which one is used
@@ -121,7 +121,7 @@ def test_int8_mistakes_are_one_line(files, capsys, tmp_path):
 
 
 def test_int8_subprocess_end_to_end(files):
-    proc = subprocess.run([sys.executable, "-m", "utils.predict", "--image_path", str(files["pngs"][0]),
+    proc = subprocess.run([sys.executable, "-m", "utils.deploy.predict", "--image_path", str(files["pngs"][0]),
                            "--int8", str(files["int8"]), "--json"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=300,
                           env={**os.environ, "CXR_PROJECT_ROOT": str(files["root"])})

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from utils.checkpoint import load_checkpoint
-from utils.model import build_model
+from utils.train.model import build_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_phantom_backbone.py"
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from utils import phantom
+from utils.data import phantom
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint, state_fingerprint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, artifact
-from utils.model import load_model, predict_proba
-from utils.quantize import (INT8_ARCH, benchmark_cpu, calibration_images, check_backend, closest_to_threshold,
+from utils.train.model import load_model, predict_proba
+from utils.deploy.int8 import (INT8_ARCH, benchmark_cpu, calibration_images, check_backend, closest_to_threshold,
                             file_size_mb, flips, int8_meta, load_int8, operating_threshold, proba_with,
                             quantize_int8, save_int8, torch_forward)
 
@@ -177,7 +177,7 @@ def test_onnx_runtime_path(setup, tmp_path):
     """Optional dependency (pip install -e ".[onnx]"): skipped when onnx / onnxruntime are not installed."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from utils.quantize import export_onnx, onnx_forward, quantize_onnx
+    from utils.deploy.int8 import export_onnx, onnx_forward, quantize_onnx
 
     s = setup
     fp32 = export_onnx(s.model, s.meta, tmp_path / "m.onnx")

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .config import CLASSES, UserError
-from .fileio import atomic_write
+from utils.config import CLASSES, UserError
+from utils.fileio import atomic_write
 
 FORMAT = "cxr-checkpoint/1"
 REQUIRED_META = ("format", "arch", "classes", "image_size", "mean", "std", "threshold")

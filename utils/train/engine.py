@@ -22,9 +22,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from .augment import AugmentSpec, augment
-from .checkpoint import load_checkpoint, save_checkpoint
-from .model import freeze_backbone, param_groups, preprocess, set_backbone_bn_eval, unfreeze_all
+from utils.data.augment import AugmentSpec, augment
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.train.model import freeze_backbone, param_groups, preprocess, set_backbone_bn_eval, unfreeze_all
 
 
 @dataclass

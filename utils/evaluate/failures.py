@@ -1,6 +1,6 @@
 """False-negative case study (notebook 06): select the misses, measure where the model looked, sort them.
 
-Conventions (as in :mod:`utils.metrics`): ``label`` 1 = PNEUMONIA, ``prob`` = P(PNEUMONIA), an image is
+Conventions (as in :mod:`utils.evaluate.metrics`): ``label`` 1 = PNEUMONIA, ``prob`` = P(PNEUMONIA), an image is
 called positive when ``prob >= threshold``. So a **false negative** is ``label == 1 and prob < threshold``
 (``prob == threshold`` is a detection), and every selected row carries
 
@@ -11,7 +11,7 @@ Pieces, small and separately tested:
 * selectors: :func:`select_false_negatives` (all of them, no cap), :func:`select_near_misses` (the
   detected pneumonias closest to the threshold, for contrast), :func:`select_true_positives`;
 * attention outside the lungs: :func:`outside_lung_fractions` (Grad-CAM mass outside the lung fields,
-  ground-truth lung masks on phantoms, :func:`utils.localisation.estimate_lung_field` on real images)
+  ground-truth lung masks on phantoms, :func:`utils.explain.localisation.estimate_lung_field` on real images)
   and :func:`compare_groups` (Mann-Whitney U, two-sided);
 * lesion properties of misses vs detections on the phantoms (:func:`lesion_property_table`);
 * a rule-based failure taxonomy (:func:`classify_failure`, rules in :data:`RULES`, in order);
@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from .config import CLASSES, UserError
-from .localisation import estimate_lung_field, outside_fraction
-from .metrics import read_predictions, threshold_for_recall
+from utils.config import CLASSES, UserError
+from utils.explain.localisation import estimate_lung_field, outside_fraction
+from utils.evaluate.metrics import read_predictions, threshold_for_recall
 
 __all__ = ["select_false_negatives", "select_near_misses", "select_true_positives", "threshold_cost",
            "operating_threshold", "align_to_split", "class_gradcams", "check_probabilities", "outside_lung_fractions",
@@ -118,7 +118,7 @@ def operating_threshold(meta: Mapping[str, Any], metrics_path: str | os.PathLike
     1. the checkpoint's ``meta["threshold"]`` when ``meta["threshold_rule"]`` says how it was chosen
        (notebook 04 records both);
     2. the test record of ``assets/metrics.json`` (``{"threshold": {"rule", "value"}}``);
-    3. recomputed: :func:`utils.metrics.threshold_for_recall` on the validation predictions CSV.
+    3. recomputed: :func:`utils.evaluate.metrics.threshold_for_recall` on the validation predictions CSV.
 
     A checkpoint threshold without a rule (the 0.5 every checkpoint starts with) is never used: nobody
     chose it. Nothing usable → :class:`UserError` naming notebook 04.
@@ -167,8 +167,8 @@ def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], laye
     """
     import torch
 
-    from .explain import Explainer, spec_from_meta
-    from .model import preprocess
+    from utils.explain.selection import Explainer, spec_from_meta
+    from utils.train.model import preprocess
 
     images = np.asarray(images)
     n = len(images)

@@ -3,7 +3,7 @@
 Grad-CAM has knobs — the layer, the channel weighting, shift averaging — and they matter more than their
 names suggest. On a 128 px input ``layer4`` of a ResNet-18 is a 4×4 grid (7×7 at 224 px): its peak can
 only land on one of 16 cell centres, 32 px apart, whatever the model saw. ``layer3`` is 8×8, and averaging
-its maps over a few shifted copies of the image (:func:`utils.gradcam.shift_averaged_gradcam`) moves the
+its maps over a few shifted copies of the image (:func:`utils.explain.gradcam.shift_averaged_gradcam`) moves the
 peak off the cell grid. Which combination localises best is a *measurement*, so:
 
 * :data:`EXPLANATION_CANDIDATES` lists a few specs (plain dicts, storable in a checkpoint's metadata);
@@ -15,7 +15,7 @@ peak off the cell grid. Which combination localises best is a *measurement*, so:
   pass (the shifted copies are stacked), for notebooks 05/06 and the inference command.
 
 A spec is ``{"name", "method", "layer", "shifts"}``: ``method`` is a channel weighting of
-:data:`utils.gradcam.WEIGHTINGS` (``"gradcam"``, ``"xgradcam"``, ``"gradcam++"``), ``shifts`` the
+:data:`utils.explain.gradcam.WEIGHTINGS` (``"gradcam"``, ``"xgradcam"``, ``"gradcam++"``), ``shifts`` the
 per-axis pixel offsets (``[0]`` = no shift averaging; ``[0, 8]`` = the 4 shifts ``{0, 8}²``).
 """
 from __future__ import annotations
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import localisation as loc
-from utils.gradcam import (WEIGHTINGS, GradCAM, average_unshifted, channel_weights, normalise_maps, resolve_layer,
+from utils.explain import localisation as loc
+from utils.explain.gradcam import (WEIGHTINGS, GradCAM, average_unshifted, channel_weights, normalise_maps, resolve_layer,
                            shift_grid)
-from utils.model import preprocess
+from utils.train.model import preprocess
 
 __all__ = ["make_spec", "check_spec", "spec_from_meta", "EXPLANATION_CANDIDATES", "DEFAULT_EXPLANATION",
            "Explainer", "explain", "candidate_maps", "score_explanations", "choose_explanation",
@@ -106,7 +106,7 @@ def spec_from_meta(meta: Mapping[str, Any], layer: str | None = None) -> Spec:
 
 # ----------------------------------------------------------------------------------------- computing maps
 class Explainer:
-    """The maps of one spec; a context manager like :class:`utils.gradcam.GradCAM` (hooks never leak).
+    """The maps of one spec; a context manager like :class:`utils.explain.gradcam.GradCAM` (hooks never leak).
 
     >>> with Explainer(model, DEFAULT_EXPLANATION) as ex:
     ...     maps, logits = ex(x, targets=1)   # ONE batched forward + backward over the shifted copies
@@ -163,7 +163,7 @@ def explain(model: nn.Module, x: torch.Tensor, spec: Mapping[str, Any], targets:
 
 class _Tap:
     """Records a layer's output and the gradient reaching it, without cutting the graph: used for layers
-    that run *after* the layer a :class:`~utils.gradcam.GradCAM` hooks, so one pass serves both."""
+    that run *after* the layer a :class:`~utils.explain.gradcam.GradCAM` hooks, so one pass serves both."""
 
     def __init__(self, module: nn.Module) -> None:
         self.act: torch.Tensor | None = None
@@ -200,7 +200,7 @@ def candidate_maps(model: nn.Module, x: torch.Tensor, candidates: Sequence[Mappi
                    targets: int | Sequence[int] | None = 1, batch_size: int = 64, progress: bool = False
                    ) -> tuple[dict[str, np.ndarray], torch.Tensor, float]:
     """Maps of every candidate for ``x``, sharing work: normally ONE batched forward + backward pass over
-    the union of the shifts the candidates need. A :class:`~utils.gradcam.GradCAM` hooks the earliest
+    the union of the shifts the candidates need. A :class:`~utils.explain.gradcam.GradCAM` hooks the earliest
     candidate layer; later layers (``layer4`` after ``layer3``) are read from the same pass. Every
     weighting and shift set is then derived from the recorded activations and gradients.
 

@@ -54,7 +54,7 @@ def _cam_on(ax: Axes, img: np.ndarray, cam: np.ndarray, alpha: float = 0.45,
 def plot_gradcam_steps(image: np.ndarray, cam: Any, index: int = 0, n_channels: int = 4,
                        class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
                        save_to: str | os.PathLike | None = None) -> Figure:
-    """Grad-CAM step by step for image ``index`` of the last call of a :class:`utils.gradcam.GradCAM`.
+    """Grad-CAM step by step for image ``index`` of the last call of a :class:`utils.explain.gradcam.GradCAM`.
 
     Top: the input and the ``n_channels`` activation maps A^k that contribute most (alpha_k × mean A^k).
     Bottom: the channel weights alpha_k (sorted), sum_k alpha_k A^k (before ReLU; blue = against the
@@ -122,7 +122,7 @@ def plot_cam_grid(images: np.ndarray, cams: np.ndarray, titles: Sequence[str] | 
 
 def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0,
                        save_to: str | os.PathLike | None = None) -> Figure:
-    """Cascading randomisation (from :func:`utils.cam_eval.cascading_randomisation`): the maps of one
+    """Cascading randomisation (from :func:`utils.explain.checks.cascading_randomisation`): the maps of one
     image as blocks are re-initialised from the top, and the mean Spearman correlation per step."""
     steps = len(table)
     fig = plt.figure(figsize=(1.9 * (steps + 1), 4.6), layout="constrained")
@@ -146,7 +146,7 @@ def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0,
 
 def plot_deletion_insertion(result: Mapping[str, Any], title: str | None = None,
                             save_to: str | os.PathLike | None = None) -> Figure:
-    """Mean deletion and insertion curves (from :func:`utils.cam_eval.deletion_insertion`), CAM vs random."""
+    """Mean deletion and insertion curves (from :func:`utils.explain.checks.deletion_insertion`), CAM vs random."""
     f = result["fractions"]
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), layout="constrained", sharey=True)
     for ax, mode, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
@@ -167,7 +167,7 @@ def plot_deletion_insertion(result: Mapping[str, Any], title: str | None = None,
 def plot_method_comparison(images: np.ndarray, maps: Mapping[str, np.ndarray],
                            lesion_masks: np.ndarray | None = None, n_images: int = 4,
                            save_to: str | os.PathLike | None = None) -> Figure:
-    """Rows: images; columns: the input then one overlay per method (from :func:`utils.cam_eval.compare_methods`)."""
+    """Rows: images; columns: the input then one overlay per method (from :func:`utils.explain.checks.compare_methods`)."""
     n = min(n_images, len(images))
     cols = len(maps) + 1
     fig, axes = plt.subplots(n, cols, figsize=(2.1 * cols, 2.2 * n), layout="constrained", squeeze=False)

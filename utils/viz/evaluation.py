@@ -2,7 +2,7 @@
 
 Every function builds its own figure with ``plt.subplots``, returns the :class:`~matplotlib.figure.Figure`
 and, when ``save_to`` is given, writes a PNG (dpi 120, tight box); none calls ``plt.show()``. The numbers
-come from :mod:`utils.metrics`, so a figure never disagrees with the metrics table.
+come from :mod:`utils.evaluate.metrics`, so a figure never disagrees with the metrics table.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from utils.metrics import (ArrayLike, expected_calibration_error, reliability_curve, threshold_free_metrics,
+from utils.evaluate.metrics import (ArrayLike, expected_calibration_error, reliability_curve, threshold_free_metrics,
                            threshold_metrics)
 
 CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
@@ -57,7 +57,7 @@ def plot_roc_pr(y_true: ArrayLike, prob: ArrayLike, thresholds: Mapping[str, flo
                 title: str | None = None, save_to: str | os.PathLike | None = None) -> Figure:
     """ROC (left) and precision-recall (right) curves with named operating points marked.
 
-    ``thresholds`` maps a name (e.g. from :func:`utils.metrics.choose_thresholds`) to a threshold; each
+    ``thresholds`` maps a name (e.g. from :func:`utils.evaluate.metrics.choose_thresholds`) to a threshold; each
     is drawn as a marker at its (1 - specificity, sensitivity) and (recall, precision).
     """
     y, p = np.asarray(y_true), np.asarray(prob, dtype=float)
@@ -115,7 +115,7 @@ def plot_reliability(y_true: ArrayLike, probs: ArrayLike | Mapping[str, ArrayLik
 
 def plot_subtype_recall(table: pd.DataFrame, target_recall: float | None = None, title: str | None = None,
                         save_to: str | os.PathLike | None = None) -> Figure:
-    """Bars of recall per group with interval error bars, from :func:`utils.metrics.per_group_recall`."""
+    """Bars of recall per group with interval error bars, from :func:`utils.evaluate.metrics.per_group_recall`."""
     fig, ax = plt.subplots(figsize=(1.4 * max(len(table), 2) + 2, 3.8), layout="constrained")
     x = np.arange(len(table))
     err = np.vstack([table["recall"] - table["ci_low"], table["ci_high"] - table["recall"]])
@@ -133,7 +133,7 @@ def plot_model_comparison(results: Mapping[str, Mapping[str, Any]],
                           save_to: str | os.PathLike | None = None) -> Figure:
     """Compare models: false-negative / false-positive counts (left), metrics with CI bars (right).
 
-    ``results`` maps a model name to an :func:`utils.metrics.evaluate_predictions` result.
+    ``results`` maps a model name to an :func:`utils.evaluate.metrics.evaluate_predictions` result.
     """
     names = list(results)
     width = 0.8 / len(names)

@@ -1,6 +1,6 @@
 """The two training phases as one call each (used by notebooks 02 and 03 and from the command line).
 
-    python -m utils.pipeline --profile full --data-dir /path/to/chest_xray [--weights imagenet]
+    python -m utils.train.pipeline --profile full --data-dir /path/to/chest_xray [--weights imagenet]
 
 Phase 1 trains only the new head on a frozen backbone (a warm-up: the random head's large early
 gradients never reach the pretrained features); phase 2 unfreezes everything at a low learning rate
@@ -17,11 +17,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .checkpoint import make_meta, state_fingerprint
-from .config import IMAGENET_MEAN, IMAGENET_STD, Config, UserError, get_config
-from .data import DataBundle, load_data
-from .model import build_model, layer_groups, load_model, param_groups, resolve_device
-from .train import DeviceData, FitResult, fit
+from utils.checkpoint import make_meta, state_fingerprint
+from utils.config import IMAGENET_MEAN, IMAGENET_STD, Config, UserError, get_config
+from utils.data import DataBundle, load_data
+from utils.train.model import build_model, layer_groups, load_model, param_groups, resolve_device
+from utils.train.engine import DeviceData, FitResult, fit
 
 
 def phase_settings(cfg: Config, name: str) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from scipy import stats
 from scipy.integrate import trapezoid
 from torch import nn
 
-from utils import localisation as loc
-from utils.gradcam import eval_mode, gradcam, resolve_layer
+from utils.explain import localisation as loc
+from utils.explain.gradcam import eval_mode, gradcam, resolve_layer
 
 __all__ = ["cascading_randomisation", "deletion_insertion", "compare_methods", "oracle_difference",
            "library_cam", "LIBRARY_METHODS", "ORACLE_METHODS", "spearman_maps"]
@@ -94,7 +94,7 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, targets: Targets 
     zero after the ReLU) and ``maps`` (N, H, W).
 
     ``cam_fn(model, x, layer_name, targets) -> maps`` computes the maps (default: plain Grad-CAM), so the
-    same check runs on any explanation, e.g. ``lambda m, x, l, t: utils.explain.explain(m, x, spec, t)[0]``.
+    same check runs on any explanation, e.g. ``lambda m, x, l, t: utils.explain.selection.explain(m, x, spec, t)[0]``.
     """
     name = _layer_name(model, layer)
     cam_fn = cam_fn or (lambda m, x_, layer_, t_: gradcam(m, x_, layer_, t_)[0])
@@ -168,7 +168,7 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, cams: np.ndarray, targ
     ``x`` (N, C, H, W) as fed to the model, ``cams`` (N, H, W); ``target`` None = predicted class. At
     step k the ``k/steps`` most salient pixels are replaced by the baseline (deletion) or copied into
     it (insertion). ``baseline``: ``"blur"`` (default), ``"mean"``, ``"zero"``, a number or a tensor.
-    The random baseline uses :func:`utils.localisation.random_map` maps (seeded, smoothed like a CAM).
+    The random baseline uses :func:`utils.explain.localisation.random_map` maps (seeded, smoothed like a CAM).
 
     Returns ``{"fractions": (S+1,), "cam": {...}, "random": {...}, "summary": DataFrame}`` where each
     of ``cam`` / ``random`` holds ``deletion``, ``insertion`` (N, S+1) and ``deletion_auc``,
@@ -257,7 +257,7 @@ def compare_methods(model: nn.Module, x: torch.Tensor, lesion_masks: np.ndarray,
                     ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """Maps of several CAM methods on the same layer and targets, and their localisation table.
 
-    ``"GradCAM (ours)"`` is :class:`utils.gradcam.GradCAM`; other names are ``pytorch_grad_cam``
+    ``"GradCAM (ours)"`` is :class:`utils.explain.gradcam.GradCAM`; other names are ``pytorch_grad_cam``
     methods (:data:`LIBRARY_METHODS`). ``targets`` None = the predicted class (fixed once for all
     methods; EigenCAM ignores targets: it is the first principal component of the activations). Pass
     few images when ScoreCAM is included. Returns ``(maps, table)``: ``{method: (N, H, W)}`` and
@@ -281,7 +281,7 @@ def compare_methods(model: nn.Module, x: torch.Tensor, lesion_masks: np.ndarray,
     return maps, table
 
 
-#: Library method -> the weighting of :class:`utils.gradcam.GradCAM` that implements it.
+#: Library method -> the weighting of :class:`utils.explain.gradcam.GradCAM` that implements it.
 ORACLE_METHODS = {"GradCAM": "gradcam", "XGradCAM": "xgradcam", "GradCAM++": "gradcam++"}
 
 

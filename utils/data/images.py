@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .config import UserError
+from utils.config import UserError
 
 #: Largest image accepted (width × height), checked from the header before decoding.
 MAX_PIXELS = 50_000_000
@@ -55,7 +55,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _too_big(path: Path, w: int, h: int) -> UserError:
     return UserError(f"{path}: image is {w}x{h} = {w * h:,} pixels, above the limit of {MAX_PIXELS:,} "
-                     "(utils.images.MAX_PIXELS); downscale it first.")
+                     "(utils.data.images.MAX_PIXELS); downscale it first.")
 
 
 def _is_dicom(path: Path) -> bool:

@@ -23,7 +23,7 @@ CLASS_COLORS: tuple[str, str] = ("C0", "C1")
 LESION_COLOR = "red"
 LUNG_COLOR = "cyan"
 DPI = 120
-#: Columns a training history needs (what :func:`utils.train.fit` writes per epoch).
+#: Columns a training history needs (what :func:`utils.train.engine.fit` writes per epoch).
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_recall", "val_specificity",
                    "images_per_s")
 
@@ -256,7 +256,7 @@ def plot_training_curves(histories: pd.DataFrame | Sequence[pd.DataFrame], best_
                          save_to: str | os.PathLike | None = None) -> Figure:
     """Loss, validation AUC, recall/specificity at 0.5 and throughput per epoch, for one or more phases.
 
-    ``histories`` are per-epoch tables as :func:`utils.train.fit` writes them (columns
+    ``histories`` are per-epoch tables as :func:`utils.train.engine.fit` writes them (columns
     :data:`HISTORY_COLUMNS`); phases are drawn one after the other with a dashed boundary between them.
     ``best_epochs`` (the phase's own epoch numbers, one per history) are marked with a star: the epoch
     whose checkpoint was kept. ``names`` default to each history's ``phase`` column.

@@ -24,7 +24,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import (average_precision_score, brier_score_loss, confusion_matrix,
                              roc_auc_score, roc_curve)
 
-from .fileio import write_json
+from utils.fileio import write_json
 
 ArrayLike = Sequence[float] | np.ndarray
 

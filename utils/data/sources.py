@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import phantom
-from .config import CLASSES, Config, UserError
+from utils.data import phantom
+from utils.config import CLASSES, Config, UserError
 
 SPLITS = ("train", "val", "test")
 _PERSON = re.compile(r"person(\d+)_(bacteria|virus)", re.I)
@@ -232,7 +232,7 @@ def scan_folder(root: str | Path, require_test: bool = True) -> pd.DataFrame:
 
     ``require_test=False`` accepts a root without ``test/`` (development checks on a train folder only).
     """
-    from .images import list_images
+    from utils.data.images import list_images
 
     root = Path(root).expanduser()
     expected = f"expected {root}/{{train,test}}[/val]/{{NORMAL,PNEUMONIA}}/*.jpeg (the Kaggle chest_xray layout)"
@@ -259,7 +259,7 @@ def scan_folder(root: str | Path, require_test: bool = True) -> pd.DataFrame:
 
 def _decode(paths: list[str], size: int, progress: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode + resize every file once; returns images, content hashes and the list of skipped files."""
-    from .images import read_image
+    from utils.data.images import read_image
 
     it = paths
     if progress:
@@ -455,7 +455,7 @@ KERMANY_COUNTS = {"train": 5216, "val": 16, "test": 624}
 
 def verify_kermany(root: str | Path) -> list[str]:
     """Differences between the image counts under ``root`` and the published ones (empty when complete)."""
-    from .images import list_images
+    from utils.data.images import list_images
 
     out = []
     for split, want in KERMANY_COUNTS.items():

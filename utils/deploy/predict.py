@@ -1,14 +1,14 @@
 """The inference command: diagnosis, P(pneumonia) and a Grad-CAM overlay for X-ray files.
 
-    python -m utils.predict --image_path x.jpeg [--model_path model/pneumonia_final_best.pt]
+    python -m utils.deploy.predict --image_path x.jpeg [--model_path model/pneumonia_final_best.pt]
     pneumonia-predict --image_path folder/ other.png --output results.csv --json
 
-The model is loaded once (``utils.model.load_model``: ``weights_only=True``, validated metadata); every
-image goes through :func:`utils.images.read_image` (the same decoding as training), then ONE forward and
+The model is loaded once (``utils.train.model.load_model``: ``weights_only=True``, validated metadata); every
+image goes through :func:`utils.data.images.read_image` (the same decoding as training), then ONE forward and
 ONE backward pass (Grad-CAM explaining the PNEUMONIA class; the probability comes from the logits of
 that same forward pass). See docs/INFERENCE.md.
 
-``--int8 [PATH]`` predicts with the INT8 model of notebook 07 instead (``utils.quantize.load_int8``,
+``--int8 [PATH]`` predicts with the INT8 model of notebook 07 instead (``utils.deploy.int8.load_int8``,
 ``weights_only=True`` as well; threshold from the INT8 checkpoint). Quantised kernels have no autograd, so
 Grad-CAM cannot run on it: the overlay is computed with the FP32 checkpoint only when ``--model_path`` is
 given explicitly (and it must be the checkpoint the INT8 model was quantised from); otherwise there is no
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import ARTIFACTS, UserError, artifact, project_root
-from .fileio import atomic_write
-from .images import IMAGE_SUFFIXES, list_images, read_image
+from utils.config import ARTIFACTS, UserError, artifact, project_root
+from utils.fileio import atomic_write
+from utils.data.images import IMAGE_SUFFIXES, list_images, read_image
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 #: Grad-CAM explains this class index (PNEUMONIA): the map shows the evidence *for* pneumonia.
@@ -125,7 +125,7 @@ def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, pr
     """Two panels (the X-ray as the model saw it | Grad-CAM overlay), written atomically as a PNG."""
     from matplotlib.figure import Figure
 
-    from .gradcam import overlay
+    from utils.explain.gradcam import overlay
 
     fig = Figure(figsize=FIG_SIZE, dpi=FIG_DPI)
     ax1, ax2 = fig.subplots(1, 2)
@@ -159,9 +159,9 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
 
     import torch
 
-    from .explain import Explainer, spec_from_meta
-    from .gradcam import eval_mode
-    from .model import preprocess
+    from utils.explain.selection import Explainer, spec_from_meta
+    from utils.explain.gradcam import eval_mode
+    from utils.train.model import preprocess
 
     paths = [Path(p) for p in paths]
     overlays = overlays or {}
@@ -306,8 +306,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not batch:
         read_image(files[0])  # fail fast on a bad single image, before importing torch and loading the model
-    from .checkpoint import state_fingerprint
-    from .model import load_model, resolve_device
+    from utils.checkpoint import state_fingerprint
+    from utils.train.model import load_model, resolve_device
 
     scorer, int8_path, why_none = None, None, "--no-overlay"
     if args.int8 is not None:
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             r.update(model_path=str(args.model_path), fingerprint=fingerprint)
     else:
-        from .quantize import file_fingerprint
+        from utils.deploy.int8 import file_fingerprint
 
         fingerprint, fields = file_fingerprint(int8_path), FIELDS + INT8_FIELDS
         for r in results:
@@ -390,9 +390,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _load_int8(args: argparse.Namespace):
     """``(fp32 explainer or None, INT8 metadata, INT8 scorer, INT8 path)`` for ``--int8``."""
-    from .checkpoint import state_fingerprint
-    from .model import load_model, resolve_device
-    from .quantize import load_int8, torch_forward
+    from utils.checkpoint import state_fingerprint
+    from utils.train.model import load_model, resolve_device
+    from utils.deploy.int8 import load_int8, torch_forward
 
     int8_path = Path(args.int8).expanduser() if args.int8 else artifact("int8_model")
     if not int8_path.exists():

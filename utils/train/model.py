@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torchvision import models
 
-from .checkpoint import load_checkpoint
-from .config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, artifact
+from utils.checkpoint import load_checkpoint
+from utils.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, artifact
 
 WEIGHT_CHOICES = ("imagenet", "phantom", "none")
 #: Layer groups from input to output (used for freezing and discriminative learning rates).

@@ -1,21 +1,21 @@
 """Benchmark of the training loop, the data path, evaluation, CPU inference latency and Grad-CAM.
 
-    python -m utils.bench [--smoke] [--device auto|cpu|cuda] [--size 224] [--batch 64]
+    python -m benchmarks.bench [--smoke] [--device auto|cpu|cuda] [--size 224] [--batch 64]
                           [--out assets/benchmark.json] [--data-dir DIR] [--compile]
 
 One run writes a JSON report (atomically) and prints a table, for the device it runs on:
 
-1. **train** — images/s of the project's own loop (:func:`utils.train.train_one_epoch` over a
-   :class:`~utils.train.DeviceData`: phase 1 with a frozen backbone, phase 2 with every parameter)
+1. **train** — images/s of the project's own loop (:func:`utils.train.engine.train_one_epoch` over a
+   :class:`~utils.train.engine.DeviceData`: phase 1 with a frozen backbone, phase 2 with every parameter)
    against a *tight reference loop* timed in the same run on the same device (plain torchvision
    ResNet-18, data already on the device as uint8, augmentation drawn and applied on the device,
    bf16 autocast + channels_last on CUDA, plain Adam, no host synchronisation inside the loop).
    ``ratio_phase2`` = project / tight; the target is ≥ 0.70 on CUDA.
 2. **data** — decode-once cache (:func:`utils.data.decode_cached`) against re-decoding the JPEGs with
    PIL every epoch (an ImageFolder-style loop: open → RGB → resize → tensor, one process).
-3. **eval** — images/s of :func:`utils.train.evaluate`; **latency** — single-image CPU latency of
+3. **eval** — images/s of :func:`utils.train.engine.evaluate`; **latency** — single-image CPU latency of
    predict + Grad-CAM (model loaded once; one forward + one backward) and the wall time of the whole
-   ``python -m utils.predict`` command in a subprocess.
+   ``python -m utils.deploy.predict`` command in a subprocess.
 4. **gradcam** — Grad-CAM maps/s at batch 1 and a large batch on the device.
 5. **memory** — peak CPU RSS and, on CUDA, peak GPU memory allocated (overall and per section).
 
@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, UserError, artifact, project_root
-from .fileio import write_json
+from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, artifact, project_root
+from utils.fileio import write_json
 
 EXIT_OK, EXIT_USAGE = 0, 2
 #: Kermany's chest_xray: 5,216 train + 16 val images, pooled; the full profile carves 15 % of them (by
@@ -138,7 +138,7 @@ class _GpuPeaks:
 
 def _random_data(n: int, size: int, device: torch.device, seed: int = 0):
     """``DeviceData`` of ``n`` random uint8 images (N,1,S,S) and balanced labels, on ``device``."""
-    from .train import DeviceData
+    from utils.train.engine import DeviceData
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, 1, size, size), generator=g, dtype=torch.uint8)
@@ -154,8 +154,8 @@ class _TightLoop:
     def __init__(self, device: torch.device, size: int, batch: int, pool, frozen: bool, compile_: bool) -> None:
         from torchvision.models import resnet18
 
-        from .augment import AugmentSpec
-        from .train import autocast_for
+        from utils.data.augment import AugmentSpec
+        from utils.train.engine import autocast_for
 
         torch.manual_seed(0)
         self.device, self.batch, self.size = device, batch, size
@@ -237,10 +237,10 @@ def bench_train(device: torch.device, s: dict, compile_: bool, progress: bool, p
                 ) -> tuple[dict[str, Any], nn.Module, dict]:
     """Tight reference (frozen and full) and the project's loop (phase 1, phase 2); returns the
     report section, the project model (trained a little) and its metadata."""
-    from .augment import AugmentSpec
-    from .checkpoint import make_meta
-    from .model import build_model
-    from .train import DeviceData, autocast_for, class_weights, setup_phase, train_one_epoch
+    from utils.data.augment import AugmentSpec
+    from utils.checkpoint import make_meta
+    from utils.train.model import build_model
+    from utils.train.engine import DeviceData, autocast_for, class_weights, setup_phase, train_one_epoch
 
     size, batch, iters, warmup = s["size"], s["batch"], s["iters"], s["warmup"]
     pool = _random_data(max(iters, warmup) * batch, size, device)
@@ -259,9 +259,9 @@ def bench_train(device: torch.device, s: dict, compile_: bool, progress: bool, p
     meta = make_meta(image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, profile="bench", weights="none",
                      phase="bench", data_fingerprint="random", gradcam_layer="layer4")
     _, amp_dtype = autocast_for(device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # as utils.train.fit
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # as utils.train.engine.fit
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # as utils.train.fit
+        model = model.to(memory_format=torch.channels_last)  # as utils.train.engine.fit
     run_model = torch.compile(model) if compile_ else model
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(timed.labels.cpu().numpy()).to(device))
     phases = {"phase1": {"freeze_backbone": True, "lr": 1e-3}, "phase2": {"lr": 1e-5}}
@@ -302,7 +302,7 @@ def bench_train(device: torch.device, s: dict, compile_: bool, progress: bool, p
 def full_profile_estimate(train: dict, eval_img_s: float | None) -> float | None:
     """Seconds for the full profile's 5 + 10 epochs on Kermany at these speeds (training + one
     validation pass per epoch; no decode, checkpoint or start-up time). Meaningful at 224 px, batch 64."""
-    from .config import PROFILES
+    from utils.config import PROFILES
 
     full = PROFILES["full"]
     n_val = round(KERMANY_TRAIN * FULL_VAL_FRACTION)
@@ -319,7 +319,7 @@ def _phantom_jpegs(folder: Path, n: int, jpeg_px: int, seed: int = 7) -> list[Pa
     """``n`` phantom chest X-rays saved as ``jpeg_px``² JPEGs in ``folder/{NORMAL,PNEUMONIA}/``."""
     from PIL import Image
 
-    from . import phantom
+    from utils.data import phantom
 
     spec = phantom.spec_for("default", min(jpeg_px, 128))
     samples = phantom.generate(max(2, math.ceil(n / 1.5)), seed, spec)
@@ -352,8 +352,8 @@ def bench_data(s: dict, data_dir: str | None, tmp: Path, progress: bool) -> tupl
     import torchvision.transforms.functional as TF
     from PIL import Image
 
-    from .data import decode_cached
-    from .images import list_images
+    from utils.data import decode_cached
+    from utils.data.images import list_images
 
     size, n = s["size"], s["data_images"]
     if data_dir:
@@ -408,7 +408,7 @@ def bench_data(s: dict, data_dir: str | None, tmp: Path, progress: bool) -> tupl
 
 # ---------------------------------------------------------------------------------------- 3. eval, latency
 def bench_eval(model: nn.Module, meta: dict, device: torch.device, s: dict, peaks: _GpuPeaks) -> dict[str, Any]:
-    from .train import evaluate
+    from utils.train.engine import evaluate
 
     eb = s["eval_batch"]
     data = _random_data(s["eval_iters"] * eb, s["size"], device, seed=1)
@@ -424,9 +424,9 @@ def bench_eval(model: nn.Module, meta: dict, device: torch.device, s: dict, peak
 
 def bench_latency(ckpt: Path, image: Path, s: dict, progress: bool, threads: int | None = None) -> dict[str, Any]:
     """Single-image CPU latency: decode + preprocess + Grad-CAM (one forward + backward) + softmax."""
-    from .gradcam import GradCAM
-    from .images import read_image
-    from .model import cpu_threads, load_model, preprocess
+    from utils.explain.gradcam import GradCAM
+    from utils.data.images import read_image
+    from utils.train.model import cpu_threads, load_model, preprocess
 
     threads = threads or _cpu_threads()
     runs = max(20, s["latency_runs"])
@@ -457,15 +457,15 @@ def bench_latency(ckpt: Path, image: Path, s: dict, progress: bool, threads: int
 
 
 def bench_predict_command(ckpt: Path, image: Path, tmp: Path, threads: int | None = None) -> dict[str, Any]:
-    """Wall time of the whole ``python -m utils.predict`` process (start-up, imports, load, one image)."""
+    """Wall time of the whole ``python -m utils.deploy.predict`` process (start-up, imports, load, one image)."""
     root = Path(__file__).resolve().parent.parent
-    if not (Path(__file__).resolve().parent / "predict.py").exists():
+    if not (Path(__file__).resolve().parents[1] / "utils" / "deploy" / "predict.py").exists():
         return {"predict_cmd_wall_s": None, "predict_cmd_note": "utils/predict.py not found: not measured"}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])]),
                PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    base = [sys.executable, "-m", "utils.predict", "--image_path", str(image), "--model_path", str(ckpt),
+    base = [sys.executable, "-m", "utils.deploy.predict", "--image_path", str(image), "--model_path", str(ckpt),
             "--json", "--device", "cpu"]
     note = ""
     for extra in (["--output", str(tmp / "predict_overlay.png")], ["--no-overlay"]):
@@ -481,7 +481,7 @@ def bench_predict_command(ckpt: Path, image: Path, tmp: Path, threads: int | Non
                 prob = float(json.loads(proc.stdout)["probability"])
             except (ValueError, KeyError, TypeError):
                 prob = None
-            shown = " ".join(["python", "-m", "utils.predict", *cmd[3:]])
+            shown = " ".join(["python", "-m", "utils.deploy.predict", *cmd[3:]])
             return {"predict_cmd_wall_s": wall, "predict_cmd": shown, "predict_cmd_probability": prob,
                     "predict_cmd_note": note or "one image, --device cpu, overlay PNG written"}
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
@@ -495,8 +495,8 @@ def bench_predict_command(ckpt: Path, image: Path, tmp: Path, threads: int | Non
 # ---------------------------------------------------------------------------------------- 4. Grad-CAM
 def bench_gradcam(model: nn.Module, meta: dict, device: torch.device, s: dict, progress: bool,
                   peaks: _GpuPeaks) -> dict[str, Any]:
-    from .gradcam import GradCAM
-    from .model import preprocess
+    from utils.explain.gradcam import GradCAM
+    from utils.train.model import preprocess
 
     out: dict[str, Any] = {"device": device.type, "layer": "layer4"}
     g = torch.Generator().manual_seed(2)
@@ -585,7 +585,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m utils.bench", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Unset sizes take the --smoke values, else full values (fewer timed iterations on a CPU). "
                        "See docs/BENCHMARKS.md.")
@@ -612,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="switch cuDNN autotuning on for the project's loop too (the tight loop always has it)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in both training loops (default off)")
     p.add_argument("--no-predict-cmd", dest="predict_cmd", action="store_false",
-                   help="skip timing the python -m utils.predict subprocess")
+                   help="skip timing the python -m utils.deploy.predict subprocess")
     p.add_argument("--out", default=None, help=f"JSON report (default: {artifact('benchmark', Path('.'))})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -632,7 +632,7 @@ def resolve_settings(args: argparse.Namespace, device: torch.device) -> dict[str
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from .model import resolve_device
+    from utils.train.model import resolve_device
 
     device = resolve_device(args.device)
     s = resolve_settings(args, device)
@@ -673,7 +673,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rep["data"], paths = bench_data(s, args.data_dir, tmp, progress)
         lap("data")
 
-        from .checkpoint import save_checkpoint
+        from utils.checkpoint import save_checkpoint
         ckpt = save_checkpoint(tmp / "bench.pt", {"model": {k: v.detach().cpu().contiguous()
                                                             for k, v in model.state_dict().items()},
                                                   "meta": meta})

@@ -16,7 +16,7 @@ triggers (uncalibrated observers, ``TypedStorage``), are silenced by message wit
 **What is quantised**: the whole ResNet-18 from the first convolution to the head. Weights are int8,
 *per output channel* and symmetric; activations are uint8, per tensor, with a scale and zero-point fixed
 by the calibration images (a histogram observer). **Preprocessing stays in float, outside the graph**:
-the INT8 model takes exactly the tensor the FP32 model takes — :func:`utils.model.preprocess` (3 identical
+the INT8 model takes exactly the tensor the FP32 model takes — :func:`utils.train.model.preprocess` (3 identical
 channels, the checkpoint's mean/std) — and quantises it at its first node. So both models see identical
 inputs, and :func:`utils.model.predict_proba` works for both (pass ``device="cpu"``).
 
@@ -58,10 +58,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from . import fileio
-from .config import UserError
-from .model import cpu_threads
+from utils.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from utils import fileio
+from utils.config import UserError
+from utils.train.model import cpu_threads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,7 +143,7 @@ def quantize_int8(model: nn.Module, calib_images_uint8: np.ndarray | torch.Tenso
     ``calib_images_uint8``: (N, S, S) uint8 images from train/validation (see :func:`calibration_images`),
     preprocessed with ``meta``'s mean/std exactly as at inference. ``model`` itself is not modified.
     """
-    from .model import preprocess
+    from utils.train.model import preprocess
 
     check_backend(backend)
     images = torch.as_tensor(np.asarray(calib_images_uint8))
@@ -184,7 +184,7 @@ def int8_meta(fp32_meta: Mapping[str, Any], *, threshold: float, backend: str, f
             "quantization": {"method": "post-training static quantisation", "api": API, "backend": backend,
                              "weights": "int8, per output channel, symmetric (zero-point 0)",
                              "activations": "uint8, per tensor, affine (histogram observer)",
-                             "preprocessing": "float, outside the graph (utils.model.preprocess)",
+                             "preprocessing": "float, outside the graph (utils.train.model.preprocess)",
                              "calibration": dict(calibration), "torch": str(torch.__version__)},
             **extra}
     if threshold_rule:
@@ -267,7 +267,7 @@ def benchmark_cpu(forwards: Callable[[torch.Tensor], Any] | Mapping[str, Callabl
     median of ``batch_runs`` timed batches. All under ``torch.set_num_threads(threads)``. Returns one
     result dict, or a dict of them keyed like ``forwards``.
     """
-    from .model import preprocess
+    from utils.train.model import preprocess
 
     if runs < 1 or batch_runs < 1:
         raise ValueError("runs and batch_runs must be >= 1")
@@ -314,9 +314,9 @@ def operating_threshold(meta: Mapping[str, Any], y_val: np.ndarray, p_val: np.nd
 
     The checkpoint's ``threshold`` when notebook 04 recorded one (with its ``threshold_rule``, or any value
     but the default 0.5); when it is still the default 0.5, the rule notebook 04 applies
-    (:func:`utils.metrics.threshold_for_recall` on validation) is applied here.
+    (:func:`utils.evaluate.metrics.threshold_for_recall` on validation) is applied here.
     """
-    from .metrics import threshold_for_recall
+    from utils.evaluate.metrics import threshold_for_recall
 
     t = float(meta.get("threshold", 0.5))
     if meta.get("threshold_rule"):
@@ -331,7 +331,7 @@ def operating_threshold(meta: Mapping[str, Any], y_val: np.ndarray, p_val: np.nd
 def variant_row(name: str, *, file: str | os.PathLike | None, timing: Mapping[str, float], threshold: float,
                 y_test: np.ndarray, p_test: np.ndarray, n_flips: int | None) -> dict[str, Any]:
     """One row of the FP32-vs-INT8 table: size, speed, and test metrics at the validation-chosen threshold."""
-    from .metrics import threshold_free_metrics, threshold_metrics
+    from utils.evaluate.metrics import threshold_free_metrics, threshold_metrics
 
     tm = threshold_metrics(y_test, p_test, threshold)
     return {"model": name, "file_mb": file_size_mb(file) if file else math.nan,
@@ -388,7 +388,7 @@ def onnx_variants(model: nn.Module, meta: Mapping[str, Any], calib_images: np.nd
                   bench_images: np.ndarray, runs: int = 20, threads: int = 2) -> list[dict[str, Any]]:
     """The ONNX Runtime rows of the table: FP32 export (at the FP32 threshold) and its static INT8
     quantisation (threshold re-chosen on validation), each timed like the PyTorch models."""
-    from .metrics import threshold_for_recall
+    from utils.evaluate.metrics import threshold_for_recall
 
     fp32 = export_onnx(model, meta, fp32_path)
     int8 = quantize_onnx(fp32, int8_path, calib_images, meta)
@@ -417,7 +417,7 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> Path:
     """Write ``obj`` as strict JSON (nan → null), atomically."""
-    from .metrics import _jsonable
+    from utils.evaluate.metrics import _jsonable
 
     return fileio.write_json(path, _jsonable(obj))
 
@@ -460,7 +460,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .model import preprocess
+    from utils.train.model import preprocess
 
     images = np.asarray(calib_images_uint8)
 
@@ -504,7 +504,7 @@ def onnx_forward(path: str | os.PathLike, threads: int = 2) -> Callable[[torch.T
 def proba_with(forward: Callable[[torch.Tensor], Any], images_uint8: np.ndarray, meta: Mapping[str, Any],
                batch_size: int = 64) -> np.ndarray:
     """P(PNEUMONIA) for uint8 images through any ``forward`` (PyTorch or ONNX Runtime)."""
-    from .model import preprocess
+    from utils.train.model import preprocess
 
     images = torch.as_tensor(np.asarray(images_uint8))
     out = [torch.as_tensor(np.asarray(forward(preprocess(images[i:i + batch_size], meta["mean"], meta["std"]))))
