@@ -5,8 +5,9 @@ For every numbered notebook ``notebooks/NN_*.ipynb`` this script, in place and i
 
 * writes one navigation cell at the top and one at the bottom (``< prev | Contents | next >`` plus an
   "Open in Colab" badge), recognised by the cell metadata ``{"nav": true}`` and the comment ``<!-- nav -->``;
-* points every Colab badge and the clone URL of the Colab setup cell (tag ``colab-setup``) at
-  ``utils.config.GITHUB_REPO`` / ``GITHUB_BRANCH``, so owner/repo is written in exactly one place;
+* writes the Colab setup cell (tag ``colab-setup``, :func:`setup_source`) — the same in every notebook — and
+  points every Colab badge and clone URL at ``utils.config.GITHUB_REPO`` / ``GITHUB_BRANCH``, so owner/repo
+  is written in exactly one place;
 * clears outputs and execution counts (source notebooks are committed output-free);
 * regenerates the notebook table between ``<!-- notebooks:start -->`` and ``<!-- notebooks:end -->`` in
   ``notebooks/00_index.ipynb`` and in ``README.md``.
@@ -75,6 +76,49 @@ def repo_line(indent: str = "    ") -> str:
     """The line of the Colab setup cell that names the repository to clone."""
     return (f'{indent}REPO_URL, BRANCH = "https://github.com/{GITHUB_REPO}.git", "{GITHUB_BRANCH}"'
             "  # set by scripts/nav.py from utils/config.py")
+
+
+def setup_source() -> str:
+    """The Colab setup cell of every notebook: installs only on Colab; ``PERSIST`` keeps outputs on Drive."""
+    return f"""\
+# Colab only: fetch the project and install it (Colab keeps its own torch). Does nothing elsewhere.
+# Each notebook opened from its badge gets a fresh runtime: PERSIST = True keeps data/, model/ and assets/
+# on your Google Drive, so a later notebook finds what an earlier one wrote (otherwise it rebuilds it).
+import sys
+
+PERSIST = False
+if "google.colab" in sys.modules:
+{repo_line()}
+    ![ -d /content/cxr-gradcam ] || git clone -q --depth 1 --branch {{BRANCH}} {{REPO_URL}} /content/cxr-gradcam
+    %cd /content/cxr-gradcam/notebooks
+    %pip install -q -e "..[online]"
+    sys.path.insert(0, "/content/cxr-gradcam")  # importable now, without restarting the runtime
+    if PERSIST:
+        import os
+
+        from google.colab import drive
+
+        drive.mount("/content/drive")
+        os.environ["CXR_PROJECT_ROOT"] = "/content/drive/MyDrive/cxr-gradcam"  # outputs live there from now on
+    import torch
+
+    print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (Runtime > Change "
+          "runtime type > GPU for the full profile)", "| torch", torch.__version__)"""
+
+
+#: The first lines of every parameters cell: the named knobs (notebooks add their own below them).
+PARAMETERS_HEAD = """\
+# Parameters (papermill can override them). The environment wins over this cell: CXR_PROFILE, CXR_DATA_DIR,
+# CXR_SOURCE, CXR_IMAGE_SIZE, CXR_EPOCHS_PHASE1, CXR_EPOCHS_PHASE2.
+PROFILE = "demo"  # "demo": phantom X-rays, CPU-sized; "full": real data, ImageNet weights, GPU-sized
+DATA_DIR = ""  # a Kermany folder ROOT/{train,test}[/val]/{NORMAL,PNEUMONIA}, or "kaggle" to download it
+SOURCE = None  # None = the profile's; "auto" (DATA_DIR if set, else phantoms), "folder", "medmnist", "phantom"
+IMAGE_SIZE = None  # None = the profile's (demo 128 px, full 224 px)
+EPOCHS_PHASE1 = None  # None = the profile's (demo 3, full 5)
+EPOCHS_PHASE2 = None  # None = the profile's (demo 3, full 10)"""
+
+#: How the first code cell after the parameters starts the run (every notebook).
+SETUP_CALL = "cfg = setup(PROFILE, DATA_DIR, SOURCE, IMAGE_SIZE, EPOCHS_PHASE1, EPOCHS_PHASE2)"
 
 
 def sync_links(text: str) -> str:
@@ -182,7 +226,7 @@ def updated_notebook(nb, names: list[str], titles: list[str], i: int):
         if cell.cell_type == "markdown":
             cell.source = sync_links(cell.source)
         elif is_setup_cell(cell):
-            cell.source = _REPO_LINE.sub(lambda m: repo_line(m.group("indent")), cell.source)
+            cell.source = setup_source()
     source = nav_source(names, titles, i)
     nb.cells = [nav_cell(source, "top"), *nb.cells, nav_cell(source, "bottom")]
     if names[i] == INDEX_NAME:

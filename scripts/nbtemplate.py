@@ -39,39 +39,13 @@ Exercise = Union[str, tuple[str, str]]
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
-SETUP_SOURCE = f"""\
-# Colab only: fetch the project and install it (Colab keeps its own torch). Does nothing elsewhere.
-import sys
-
-if "google.colab" in sys.modules:
-{nav.repo_line()}
-    ![ -d /content/cxr-gradcam ] || git clone -q --depth 1 --branch {{BRANCH}} {{REPO_URL}} /content/cxr-gradcam
-    %cd /content/cxr-gradcam/notebooks
-    %pip install -q -e "..[online]"
-    sys.path.insert(0, "/content/cxr-gradcam")  # importable now, without restarting the runtime
-    from pathlib import Path
-
-    import torch
-
-    print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
-          "| torch", torch.__version__)
-    cached = any((Path(torch.hub.get_dir()) / "checkpoints").glob("resnet18-*.pth"))
-    print("ImageNet ResNet-18 weights:", "in the torch cache" if cached else "downloaded on first use (needs internet)")"""
-
-PARAMETERS_SOURCE = """\
-# Parameters (papermill can override them). CXR_PROFILE overrides PROFILE, CXR_DATA_DIR overrides DATA_DIR.
-PROFILE = "demo"  # "demo": offline phantoms on CPU; "full": real data + ImageNet weights on a GPU
-DATA_DIR = ""  # "full" only: Kermany folder root, ROOT/{train,val,test}/{NORMAL,PNEUMONIA}"""
+SETUP_SOURCE = nav.setup_source()
+PARAMETERS_SOURCE = nav.PARAMETERS_HEAD
 
 IMPORTS_SOURCE = """\
-import numpy as np
-import torch
-
-from utils.config import get_config
+from utils.notebook import setup
 {extra_imports}
-cfg = get_config(PROFILE, DATA_DIR)
-print(f"torch {{torch.__version__}} | numpy {{np.__version__}} | profile {{cfg.profile!r}} | "
-      f"data {{cfg.data_dir or cfg['source']}}")"""
+""" + nav.SETUP_CALL
 
 
 def _cell(kind: str, source: str, cell_id: str, tags: Sequence[str] = ()):

@@ -13,33 +13,50 @@ from PIL import Image
 from utils import data as D
 from utils.data import images as I
 from utils.config import UserError
-from utils.data import (LeakageError, Split, check_no_leaks, duplicate_groups, find_leaks, load_folder,
+from utils.data import (LeakageError, patient_key_evidence, shared_patients_by_rule, Split, check_no_leaks, duplicate_groups, find_leaks, load_folder,
                         patient_id_from_name, patient_split, subtype_from_name)
 
 
 # ------------------------------------------------------------------------------------------ ids
 @pytest.mark.parametrize("name, patient, subtype", [
-    ("person1_bacteria_1.jpeg", "person1", "bacteria"),
-    ("person1_virus_12.jpeg", "person1", "virus"),
-    ("person1478_virus_2561_1.jpeg", "person1478", "virus"),  # an odd form in the real set
-    ("train/PNEUMONIA/person07_bacteria_29.jpeg", "person7", "bacteria"),
-    ("Person3_Bacteria_1.JPEG", "person3", "bacteria"),
-    ("IM-0115-0001.jpeg", "IM0115", ""),
-    ("NORMAL2-IM-0115-0001.jpeg", "IM0115", ""),
-    ("IM-0640-0001-0001.jpeg", "IM0640", ""),
-    ("chest/NORMAL/IM-0007-0003.png", "IM0007", ""),
-    ("IM-12345-0001.png", "IM12345", ""),  # phantom patients beyond 9999
-    ("scan_42.png", "scan_42", ""),
+    ("person1_bacteria_1.jpeg", "person1_bacteria", "bacteria"),
+    ("person1_virus_12.jpeg", "person1_virus", "virus"),
+    ("person1478_virus_2561_1.jpeg", "person1478_virus", "virus"),  # an odd form in the real set
+    ("train/PNEUMONIA/person07_bacteria_29.jpeg", "person7_bacteria", "bacteria"),
+    ("Person3_Bacteria_1.JPEG", "person3_bacteria", "bacteria"),
+    ("IM-0115-0001.jpeg", "IM-0115", ""),
+    ("NORMAL2-IM-0115-0001.jpeg", "NORMAL2-IM-0115", ""),
+    ("IM-0640-0001-0001.jpeg", "IM-0640", ""),
+    ("chest/NORMAL/IM-0007-0003.png", "IM-0007", ""),
+    ("IM-12345-0001.png", "IM-12345", ""),  # phantom patients beyond 9999
+    ("scan_42.png", "scan_42", ""),  # no known form: its own patient
+    ("my_person1_bacteria_1.png", "my_person1_bacteria_1", ""),  # the forms are anchored at the start
 ])
 def test_patient_and_subtype_from_kermany_names(name, patient, subtype):
     assert patient_id_from_name(name) == patient
     assert subtype_from_name(name) == subtype
 
 
-def test_normal2_prefix_is_the_same_patient_as_plain_im():
-    assert patient_id_from_name("NORMAL2-IM-0927-0001.jpeg") == patient_id_from_name("IM-0927-0004.jpeg")
-    assert patient_id_from_name("IM-0927-0001.jpeg") != patient_id_from_name("IM-0928-0001.jpeg")
+def test_patients_are_keyed_by_series_and_number():
+    # the numbering series are separate: the same number in two series is two children
+    assert patient_id_from_name("NORMAL2-IM-0927-0001.jpeg") != patient_id_from_name("IM-0927-0004.jpeg")
+    assert patient_id_from_name("person5_bacteria_1") != patient_id_from_name("person5_virus_7")
+    assert patient_id_from_name("IM-0927-0001.jpeg") == patient_id_from_name("IM-0927-0004.jpeg")
+    assert patient_id_from_name("person5_bacteria_1") == patient_id_from_name("person5_bacteria_9")
     assert patient_id_from_name("person5_bacteria_1") != patient_id_from_name("person50_bacteria_1")
+
+
+def test_key_evidence_counts_numbers_recurring_across_folders_and_series():
+    folders = ["train", "train", "test", "train", "test", "test", "train"]
+    names = ["person1_bacteria_1.jpeg", "person1_virus_2.jpeg", "person1_virus_3.jpeg",  # 1: both series, both folders
+             "person2_bacteria_4.jpeg", "person3_virus_5.jpeg",
+             "NORMAL2-IM-0115-0001.jpeg", "IM-0115-0001.jpeg"]  # IM 115: two series, two folders
+    ev = patient_key_evidence(folders, names).set_index("family")
+    assert ev.loc["person", "numbers"] == 3 and ev.loc["person", "in_two_series"] == 1
+    assert ev.loc["person", "across_folders"] == 1 and ev.loc["person", "across_folders_same_series"] == 1
+    assert ev.loc["IM", "across_folders"] == 1 and ev.loc["IM", "across_folders_other_series"] == 1
+    shared = shared_patients_by_rule(folders, names)
+    assert shared == {"number only": 2, "series + number": 1}  # person1_virus is in both folders
 
 
 # ------------------------------------------------------------------------------------------ split
@@ -187,7 +204,7 @@ def test_load_folder_kermany_layout(kermany, tmp_path):
     sub = dict(zip(tr.ids.tolist() + va.ids.tolist(), tr.subtypes.tolist() + va.subtypes.tolist()))
     assert sub["person3_virus_1"] == "virus" and sub["person1_bacteria_2"] == "bacteria" and sub["IM-0001-0001"] == ""
     pid = dict(zip(tr.ids.tolist() + va.ids.tolist(), tr.patient_ids.tolist() + va.patient_ids.tolist()))
-    assert pid["IM-0001-0001"] == pid["IM-0001-0002"] == "IM0001"
+    assert pid["IM-0001-0001"] == pid["IM-0001-0002"] == "IM-0001"
     # decoded exactly as utils.data.images.read_image decodes the file
     k = int(np.flatnonzero(te.ids == "person102_virus_1")[0])
     np.testing.assert_array_equal(te.images[k], I.read_image(root / "test/PNEUMONIA/person102_virus_1.png", 32))
@@ -319,7 +336,7 @@ def test_load_data_phantom_source_through_config(tmp_path, monkeypatch):
 def test_verify_kermany_reports_an_incomplete_download(tmp_path):
     from PIL import Image
 
-    from utils.data import KERMANY_COUNTS, verify_kermany
+    from utils.data.sources import KERMANY_COUNTS, verify_kermany
 
     for split in KERMANY_COUNTS:
         for cls in ("NORMAL", "PNEUMONIA"):

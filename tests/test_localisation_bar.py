@@ -16,7 +16,7 @@ from torchvision.models import resnet18
 
 from utils.data import phantom
 from utils.checkpoint import load_checkpoint
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, artifact
+from utils.config import IMAGENET_MEAN, IMAGENET_STD, shipped
 from utils.explain.selection import DEFAULT_EXPLANATION, score_explanations
 
 BAR = 0.80  # near-pointing: the map's maximum within 5 % of the image size of a lesion
@@ -26,7 +26,7 @@ SEED, N_PATIENTS, SIZE = 31, 50, 128  # ≈ 60 true positives
 
 @pytest.fixture(scope="module")
 def backbone() -> torch.nn.Module:
-    path = artifact("pretrained_backbone")
+    path = shipped("pretrained_backbone")
     if not path.exists():
         pytest.fail(f"{path} is missing: it is shipped with the repository (see model/README.md)")
     state = load_checkpoint(path, require_meta=False)["model"]

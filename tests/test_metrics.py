@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from utils.evaluate import metrics as M
+from utils.fileio import update_json_section
 
 # 10 images, 5 positives. At t = 0.5: TP = 4 (.9 .8 .7 .6), FN = 1 (.3), FP = 1 (.65), TN = 4.
 Y10 = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
@@ -42,38 +43,6 @@ def test_threshold_metrics_undefined_rates_are_nan():
     m = M.threshold_metrics([1, 1, 1], [0.1, 0.2, 0.3], 0.9)  # no negatives, nobody called positive
     assert math.isnan(m["specificity"]) and math.isnan(m["precision"])
     assert m["sensitivity"] == 0.0 and m["fn"] == 3
-
-
-@pytest.mark.parametrize("target", [0.2, 0.5, 0.8, 0.9, 0.98, 1.0])
-def test_threshold_for_recall_is_highest_meeting_target(target):
-    y, p, _ = synthetic(400, seed=1)
-    t = M.threshold_for_recall(y, p, target)
-    assert M.threshold_metrics(y, p, t)["sensitivity"] >= target
-    above = np.unique(p[p > t])
-    if above.size:  # the next higher candidate threshold no longer reaches the target
-        assert M.threshold_metrics(y, p, above[0])["sensitivity"] < target
-
-
-def test_threshold_for_recall_hand_cases_and_ties():
-    assert M.threshold_for_recall(Y10, P10, 1.0) == pytest.approx(0.3)  # lowest positive
-    assert M.threshold_for_recall(Y10, P10, 0.8) == pytest.approx(0.6)
-    assert M.threshold_for_recall(Y10, P10, 0.81) == pytest.approx(0.3)
-    # ties: three positives share 0.5, so recall jumps 0.25 -> 1.0 at exactly 0.5
-    assert M.threshold_for_recall([1, 1, 1, 1, 0], [0.9, 0.5, 0.5, 0.5, 0.7], 0.5) == pytest.approx(0.5)
-    assert M.threshold_for_recall([1, 1], [0.4, 0.7], 1.0) == pytest.approx(0.4)  # all positives
-    with pytest.raises(ValueError):
-        M.threshold_for_recall([0, 0], [0.1, 0.2])
-
-
-def test_threshold_for_recall_uses_only_given_arrays():
-    y_val, p_val, _ = synthetic(300, seed=2)
-    y_test, p_test, _ = synthetic(300, seed=3)
-    t = M.threshold_for_recall(y_val, p_val, 0.9)
-    assert t == M.threshold_for_recall(y_val.copy(), p_val.copy(), 0.9)  # deterministic
-    assert t in set(p_val[y_val == 1])  # a validation positive's score, never a test one's
-    assert t != M.threshold_for_recall(y_test, p_test, 0.9)
-    both = M.threshold_for_recall(np.r_[y_val, y_test], np.r_[p_val, p_test], 0.9)
-    assert both != t  # adding data changes it, so nothing else leaks in
 
 
 def test_youden_and_choose_thresholds():
@@ -191,20 +160,6 @@ def test_temperature_scaling_reduces_nll_keeps_auc():
 
 
 # ------------------------------------------------------------------------------- files and reports
-def test_predictions_frame_roundtrip_and_validation(tmp_path):
-    frame = M.predictions_frame(["i1", "i2"], [1, 0], [0.9, 0.2], ["007", "p2"], ["virus", "normal"], "test")
-    assert tuple(frame.columns) == M.PREDICTION_COLUMNS and (frame["split"] == "test").all()
-    path = tmp_path / "predictions_test.csv"
-    frame.to_csv(path, index=False)
-    back = M.read_predictions(path)
-    pd.testing.assert_frame_equal(back, frame)  # "007" stays a string
-    frame.drop(columns=["prob", "subtype"]).to_csv(path, index=False)
-    with pytest.raises(ValueError, match="missing column.*prob, subtype"):
-        M.read_predictions(path)
-    with pytest.raises(ValueError):
-        M.predictions_frame(["i1"], [1, 0], [0.9, 0.2], ["p"], ["virus"], "test")
-
-
 def test_compare_models_table():
     y, p, _ = synthetic(200, seed=8)
     base = M.evaluate_predictions(y, p * 0.9, 0.5, n_boot=50)
@@ -226,15 +181,15 @@ def test_metrics_record_and_update_json_keeps_sections(tmp_path):
     path = tmp_path / "assets" / "metrics.json"
     path.parent.mkdir()
     path.write_text(json.dumps({"localisation": {"pointing_game": 0.7}}))
-    M.update_metrics_json(path, "test", record)
-    M.update_metrics_json(path, "val", {"n": 5})
+    update_json_section(path, "test", record)
+    update_json_section(path, "val", {"n": np.int64(5)})
     doc = json.loads(path.read_text())  # strict JSON
     assert doc["localisation"] == {"pointing_game": 0.7} and doc["val"] == {"n": 5}
     assert doc["test"]["model_fingerprint"] == "sha256:model"
     assert [f.name for f in path.parent.iterdir()] == ["metrics.json"]  # no temp file left
     path.write_text("{broken")
     with pytest.raises(ValueError, match="not valid JSON"):
-        M.update_metrics_json(path, "test", record)
+        update_json_section(path, "test", record)
 
 
 def test_fast_bootstrap_metrics_equal_scikit_learn():

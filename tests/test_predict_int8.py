@@ -14,7 +14,7 @@ from PIL import Image
 
 from utils.data import phantom
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint, state_fingerprint
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, artifact
+from utils.config import IMAGENET_MEAN, IMAGENET_STD, shipped
 from utils.data.images import read_image
 from utils.train.model import predict_proba
 from helpers import run_cli
@@ -31,7 +31,7 @@ def files(tmp_path_factory):
     from torchvision.models import resnet18
 
     root = tmp_path_factory.mktemp("int8")
-    state = load_checkpoint(artifact("pretrained_backbone"), require_meta=False)["model"]
+    state = load_checkpoint(shipped("pretrained_backbone"), require_meta=False)["model"]
     model = resnet18(num_classes=2)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.eval()

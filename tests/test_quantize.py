@@ -12,7 +12,7 @@ import torch
 
 from utils.data import phantom
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint, state_fingerprint
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, artifact
+from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, artifact, shipped
 from utils.train.model import load_model, predict_proba
 from utils.deploy.int8 import (INT8_ARCH, benchmark_cpu, calibration_images, check_backend, closest_to_threshold,
                             file_size_mb, flips, int8_meta, load_int8, operating_threshold, proba_with,
@@ -26,7 +26,7 @@ def pretrained_fp32() -> torch.nn.Module:
     """The shipped phantom-pretrained ResNet-18, backbone *and* its pretrained 2-class head (fp16 → fp32)."""
     from torchvision.models import resnet18
 
-    state = load_checkpoint(artifact("pretrained_backbone"), require_meta=False)["model"]
+    state = load_checkpoint(shipped("pretrained_backbone"), require_meta=False)["model"]
     model = resnet18(num_classes=2)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval()

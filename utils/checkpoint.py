@@ -75,7 +75,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if missing:
             raise UserError(f"{path} has no usable metadata (missing {', '.join(missing)}); "
                             "save checkpoints with utils.checkpoint.make_meta.")
+        problem = meta_problem(meta)
+        if problem:
+            raise UserError(f"checkpoint {path} has unusable metadata: {problem}; re-create it with notebooks 02-04.")
     return ckpt
+
+
+def meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's required metadata values (None when they are usable)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+    size = meta.get("image_size")
+    if not (isinstance(size, int) and not isinstance(size, bool) and 16 <= size <= 4096):
+        return f"image_size {size!r} is not a whole number of pixels in 16..4096"
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(number(x) for x in v)):
+            return f"{key} {v!r} is not three numbers"
+    if any(x <= 0 for x in meta["std"]):
+        return f"std {meta['std']!r} has a value <= 0"
+    classes = meta.get("classes")
+    if not (isinstance(classes, (list, tuple)) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        return f"classes {classes!r} is not a list of class names"
+    t = meta.get("threshold")
+    if not (number(t) and 0.0 <= t <= 1.0):
+        return f"threshold {t!r} is not a probability in [0, 1]"
+    return None
 
 
 def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:

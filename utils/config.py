@@ -25,13 +25,47 @@ class UserError(Exception):
     """A mistake the user can fix (bad path, bad option, bad file): shown as one line, never a trace."""
 
 
+def repo_root() -> Path | None:
+    """The repository checkout this package was imported from, or None (a non-editable install).
+
+    A checkout is recognised by ``pyproject.toml`` and ``notebooks/`` next to the ``utils`` package; inside
+    site-packages neither is there, so nothing is ever written next to an installed package.
+    """
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").is_file() and (here / "notebooks").is_dir() else None
+
+
 def project_root() -> Path:
-    """The repository root: ``CXR_PROJECT_ROOT`` if set, else the folder holding ``pyproject.toml``."""
+    """Where run-time outputs live (``data/``, ``model/``, ``assets/``): ``CXR_PROJECT_ROOT`` if set, else
+    the repository checkout. Without either (an installed package, no checkout) a one-line error asks for
+    ``CXR_PROJECT_ROOT``."""
     env = os.environ.get("CXR_PROJECT_ROOT")
     if env:
         return Path(env).expanduser().resolve()
-    here = Path(__file__).resolve().parent.parent
-    return here
+    repo = repo_root()
+    if repo is None:
+        raise UserError("no project folder: set CXR_PROJECT_ROOT to the folder where data/, model/ and assets/ "
+                        "should live (the package is installed without its repository).")
+    return repo
+
+
+#: Files the repository ships (found in the checkout whatever ``CXR_PROJECT_ROOT`` says).
+SHIPPED: dict[str, str] = {
+    "pretrained_backbone": "model/phantom_resnet18_pretrained.pt",
+    "vit_backbone": "model/phantom_vit_tiny_pretrained.pt",
+}
+
+
+def shipped(name: str) -> Path:
+    """Path of a file the repository ships: in the checkout, else under the project root (``model/``)."""
+    if name not in SHIPPED:
+        raise KeyError(f"unknown shipped file {name!r}; known: {', '.join(sorted(SHIPPED))}")
+    repo = repo_root()
+    if repo is not None and (repo / SHIPPED[name]).exists():
+        return repo / SHIPPED[name]
+    if os.environ.get("CXR_PROJECT_ROOT") or repo is not None:
+        return project_root() / SHIPPED[name]
+    return Path(SHIPPED[name])  # neither: a relative path that names the file in the error message
 
 
 #: File names of every artifact passed between notebooks (relative to the project root).
@@ -40,14 +74,13 @@ ARTIFACTS: dict[str, str] = {
     "phantom_dir": "data/phantom_chest_xray",
     "cache_dir": "data/cache",
     # model/
-    "pretrained_backbone": "model/phantom_resnet18_pretrained.pt",
     "phase1_last": "model/phase1_last.pt",
     "phase1_best": "model/phase1_best.pt",
     "phase2_last": "model/phase2_last.pt",
     "final_best": "model/pneumonia_final_best.pt",
-    "int8_model": "model/pneumonia_final_int8.pt",
-    "onnx_fp32": "model/pneumonia_final.onnx",
-    "onnx_int8": "model/pneumonia_final_int8.onnx",
+    "model": "model/pneumonia_model.pt",  # the shipped model: the phase chosen on validation, with its threshold
+    "int8_model": "model/pneumonia_model_int8.onnx",  # ONNX Runtime static INT8 (notebook 07)
+    "onnx_fp32": "model/pneumonia_model.onnx",  # the FP32 export it was quantised from
     # assets/
     "data_summary": "assets/data_summary.json",
     "sample_grid": "assets/sample_grid.png",
@@ -100,6 +133,7 @@ PRODUCED_BY: dict[str, str] = {
     "phase1_best": "02_phase1_warmup.ipynb",
     "phase1_last": "02_phase1_warmup.ipynb",
     "final_best": "03_phase2_finetune.ipynb",
+    "model": "04_evaluation.ipynb",
     "history_phase1": "02_phase1_warmup.ipynb",
     "history_phase2": "03_phase2_finetune.ipynb",
     "predictions": "04_evaluation.ipynb",
@@ -133,17 +167,17 @@ _DEMO: dict[str, Any] = {
     "num_workers": 0,
     "seed": 42,
     "phase1": {"epochs": 3, "lr": 1e-3, "weight_decay": 1e-4},
-    "phase2": {"epochs": 3, "lr": 1e-4, "step_size": 2, "gamma": 0.3, "weight_decay": 1e-4,
+    # lr: a fine-tuning rate for pretrained weights; lr_scratch replaces it when the start was random
+    "phase2": {"epochs": 3, "lr": 1e-4, "lr_scratch": 1e-3, "step_size": 2, "gamma": 0.3, "weight_decay": 1e-4,
                "discriminative": True, "lr_decay": 0.5},
     "target_recall": 0.98,
     "n_bootstrap": 500,
-    "gradcam_layer": "auto",  # chosen on validation in notebook 05 among layer3 / layer4
 }
 
 _FULL: dict[str, Any] = {
     "name": "full",
     "description": "real data (Kermany folder layout or PneumoniaMNIST), ImageNet weights, GPU-sized",
-    "source": "folder",  # or "medmnist"
+    "source": "folder",
     "image_size": 224,
     "weights": "imagenet",
     "phantom": _DEMO["phantom"],
@@ -152,30 +186,53 @@ _FULL: dict[str, Any] = {
     "num_workers": 2,
     "seed": 42,
     "phase1": {"epochs": 5, "lr": 1e-3, "weight_decay": 0.0},
-    "phase2": {"epochs": 10, "lr": 1e-5, "step_size": 5, "gamma": 0.1, "weight_decay": 0.0,
-               "discriminative": False, "lr_decay": 0.5},
+    "phase2": {"epochs": 10, "lr": 1e-4, "lr_scratch": 1e-3, "step_size": 5, "gamma": 0.1, "weight_decay": 0.0,
+               "discriminative": True, "lr_decay": 0.5},
     "target_recall": 0.98,
     "n_bootstrap": 1000,
-    "gradcam_layer": "layer4",
 }
 
 PROFILES: dict[str, dict[str, Any]] = {"demo": _DEMO, "full": _FULL}
 
+#: Where the data come from: ``auto`` = ``DATA_DIR`` if set, else the phantoms (with a banner).
+SOURCES = ("auto", "folder", "medmnist", "phantom")
+
+#: The named knobs of every notebook's parameters cell and the environment variables that override them.
+KNOB_ENV: dict[str, str] = {"profile": "CXR_PROFILE", "data_dir": "CXR_DATA_DIR", "source": "CXR_SOURCE",
+                            "image_size": "CXR_IMAGE_SIZE", "epochs_phase1": "CXR_EPOCHS_PHASE1",
+                            "epochs_phase2": "CXR_EPOCHS_PHASE2"}
+
+#: What to set when real data was asked for and none is there (one line, shown by every real-data error).
+REAL_DATA_HINT = ('set DATA_DIR (or CXR_DATA_DIR) to a Kermany folder ROOT/{train,test}/{NORMAL,PNEUMONIA}, '
+                  'DATA_DIR="kaggle" to download it with kagglehub (needs internet and a Kaggle token), '
+                  'or SOURCE="medmnist" for PneumoniaMNIST; SOURCE="auto" falls back to the phantoms')
+
 
 @dataclass
 class Config:
-    """A resolved run configuration: the profile's settings plus where data and artifacts live."""
+    """A resolved run configuration: the profile's settings plus where data and artifacts live.
+
+    ``knobs`` holds the values of the named knobs this run uses (profile, source, data_dir, image_size,
+    epochs_phase1, epochs_phase2); every artifact records them.
+    """
 
     profile: str
     data_dir: Path | None
     root: Path
     settings: dict[str, Any] = field(default_factory=dict)
+    knobs: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __getitem__(self, key: str) -> Any:
         return self.settings[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.settings.get(key, default)
+
+    @property
+    def source(self) -> str:
+        """``folder``, ``medmnist`` or ``phantom`` (``auto`` is resolved when the config is made)."""
+        return str(self.settings["source"])
 
     def path(self, name: str, **fmt: str) -> Path:
         """Absolute path of an artifact under this run's root."""
@@ -185,20 +242,78 @@ class Config:
         """Path of an input artifact; a one-line error names the notebook to run first."""
         return require(name, self.root, **fmt)
 
+    def describe(self) -> str:
+        """One line: profile, source, image size, epochs, data folder and project root."""
+        k = self.knobs
+        data = f" | data {self.data_dir}" if self.data_dir else ""
+        return (f"profile {k['profile']!r} | source {k['source']!r} | {k['image_size']} px | epochs "
+                f"{k['epochs_phase1']} + {k['epochs_phase2']}{data} | outputs in {self.root}")
 
-def get_config(profile: str = "demo", data_dir: str | os.PathLike | None = None,
-               **overrides: Any) -> Config:
-    """Resolve a profile. ``CXR_PROFILE`` / ``CXR_DATA_DIR`` in the environment win over arguments.
 
-    ``overrides`` replace top-level settings (e.g. ``image_size=64``) or, for nested ones, are dicts
-    merged into them (e.g. ``phase1={"epochs": 1}``).
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _whole(value: Any, name: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high]; a one-line error names the knob otherwise."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise UserError(f"{name}={value!r} is not a whole number; set it to one in {low}..{high}.") from None
+    if not low <= number <= high:
+        raise UserError(f"{name}={number} is out of range: choose a value in {low}..{high}.")
+    return number
+
+
+def get_config(profile: str = "demo", data_dir: str | os.PathLike | None = None, source: str | None = None,
+               image_size: int | None = None, epochs_phase1: int | None = None, epochs_phase2: int | None = None,
+               quiet: bool = False, **overrides: Any) -> Config:
+    """Resolve a run from the named knobs of a parameters cell; the environment wins over every argument.
+
+    ``profile`` (``CXR_PROFILE``), ``data_dir`` (``CXR_DATA_DIR``), ``source`` (``CXR_SOURCE``: auto, folder,
+    medmnist, phantom; None = the profile's, or ``folder`` when a data folder is given), ``image_size``
+    (``CXR_IMAGE_SIZE``), ``epochs_phase1`` / ``epochs_phase2`` (``CXR_EPOCHS_PHASE1`` / ``_PHASE2``); None =
+    the profile's value. ``source="auto"`` without a data folder falls back to the phantoms and the demo
+    profile, with a banner (the only fallback there is); ``folder`` without a data folder is a one-line
+    error naming what to set. ``overrides`` replace other settings (nested ones are dicts merged in, e.g.
+    ``phase1={"lr": 1e-2}``). ``quiet`` suppresses the banner.
     """
-    profile = os.environ.get("CXR_PROFILE") or profile
-    if profile not in PROFILES:
-        raise UserError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}.")
-    env_dir = os.environ.get("CXR_DATA_DIR")
-    chosen = env_dir or (str(data_dir) if data_dir else "")
-    settings = copy.deepcopy(PROFILES[profile])
+    given = {"profile": profile, "data_dir": data_dir, "source": source, "image_size": image_size,
+             "epochs_phase1": epochs_phase1, "epochs_phase2": epochs_phase2}
+    knob_from = {k: ("cell" if v not in (None, "") else "profile") for k, v in given.items()}
+    for key, var in KNOB_ENV.items():
+        if _env(var) is not None:
+            given[key], knob_from[key] = _env(var), var
+    prof = str(given["profile"] or "demo")
+    if prof not in PROFILES:
+        raise UserError(f"unknown profile {prof!r}: choose one of {', '.join(PROFILES)}.")
+    chosen_dir = str(given["data_dir"]).strip() if given["data_dir"] not in (None, "") else ""
+    src = given["source"]
+    if src is not None and str(src) not in SOURCES:
+        raise UserError(f"unknown source {src!r}: choose one of {', '.join(SOURCES)}.")
+    src = str(src) if src is not None else ("folder" if chosen_dir else PROFILES[prof]["source"])
+    notes: list[str] = []
+    if src == "auto":
+        if chosen_dir:
+            src = "folder"
+        else:
+            src = "phantom"
+            if prof != "demo":
+                notes.append(f"SOURCE='auto' found no real data (DATA_DIR is empty): the {prof!r} profile was replaced "
+                             "by the demo profile on the embedded PHANTOM images; nothing below is a real-data result")
+                prof = "demo"
+    if src == "folder" and not chosen_dir:
+        raise UserError(f"no real data: SOURCE={src!r} needs a data folder — {REAL_DATA_HINT}.")
+    if src == "phantom" and chosen_dir:
+        notes.append(f"DATA_DIR={chosen_dir!r} is not used: SOURCE is 'phantom'")
+    settings = copy.deepcopy(PROFILES[prof])
+    settings["source"] = src
+    if given["image_size"] is not None:
+        settings["image_size"] = _whole(given["image_size"], "IMAGE_SIZE", 16, 1024)
+    for phase, key in (("phase1", "epochs_phase1"), ("phase2", "epochs_phase2")):
+        if given[key] is not None:
+            settings[phase]["epochs"] = _whole(given[key], key.upper(), 1, 1000)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(settings.get(key), dict):
             settings[key].update(value)
@@ -207,5 +322,19 @@ def get_config(profile: str = "demo", data_dir: str | os.PathLike | None = None,
     root = project_root()
     for sub in ("data", "model", "assets"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    return Config(profile=profile, data_dir=Path(chosen).expanduser() if chosen else None,
-                  root=root, settings=settings)
+    knobs = {"profile": prof, "source": src, "data_dir": chosen_dir or None,
+             "image_size": int(settings["image_size"]), "epochs_phase1": int(settings["phase1"]["epochs"]),
+             "epochs_phase2": int(settings["phase2"]["epochs"]),
+             "set_by": {k: v for k, v in knob_from.items() if v != "profile"}}
+    if prof != str(given["profile"] or "demo"):
+        knobs["requested_profile"] = str(given["profile"])
+    if not quiet:
+        for note in notes:
+            print(banner(f"PHANTOM FALLBACK: {note}") if "replaced" in note else f"note: {note}")
+    return Config(profile=prof, data_dir=Path(chosen_dir).expanduser() if chosen_dir else None,
+                  root=root, settings=settings, knobs=knobs, notes=notes)
+
+
+def banner(text: str, width: int = 100) -> str:
+    """``text`` between two rules of ``=``: for what a reader must not miss."""
+    return f"{'=' * width}\n{text}\n{'=' * width}"

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the target's folder, then ``os.replace`` — never a half-written file."""
+"""Atomic file writes (a temp file in the target's folder, then ``os.replace`` — never a half-written file)
+and the one JSON writer of the project (strict JSON: numpy values become numbers, nan/inf become null)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, Iterator
+
+import math
 
 
 def _usual_mode(path: Path) -> None:
@@ -40,7 +44,46 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     return Path(path)
 
 
+def jsonable(obj: Any) -> Any:
+    """A plain-JSON copy: numpy scalars and arrays → Python numbers and lists, tuples → lists, paths →
+    strings, nan/inf → None (strict JSON has no NaN), other objects → their ``str``."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)) or type(obj).__name__ == "ndarray":
+        return [jsonable(v) for v in (obj.tolist() if hasattr(obj, "tolist") else obj)]
+    if hasattr(obj, "item") and callable(obj.item) and type(obj).__module__ == "numpy":
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> Path:
-    """Strict JSON (no NaN), atomically, with a trailing newline."""
-    return atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=indent, allow_nan=False) + "\n"),
-                        binary=False)
+    """``obj`` as strict JSON (:func:`jsonable` first), atomically, with a trailing newline."""
+    text = json.dumps(jsonable(obj), indent=indent, allow_nan=False) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text), binary=False)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from ``path`` ({} when the file does not exist); ValueError names a broken file."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): fix or delete it") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(doc).__name__}")
+    return doc
+
+
+def update_json_section(path: str | os.PathLike, key: str, record: Any) -> dict[str, Any]:
+    """Set section ``key`` of the JSON object at ``path`` to ``record``, keeping the other sections; the
+    file is rewritten atomically. Returns the whole updated document."""
+    doc = read_json(path)
+    doc[key] = jsonable(record)
+    write_json(path, doc, indent=2)
+    return doc

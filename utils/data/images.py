@@ -175,3 +175,32 @@ def _read_pil(path: Path) -> np.ndarray:
             except Exception as exc:  # noqa: BLE001 - any decoder failure means a broken file
                 raise UserError(f"{path}: truncated or corrupt image ({_first_line(exc)}); "
                                 "re-copy or re-export it.") from None
+
+
+#: The smallest side of an image still plausible as a chest radiograph (the Kermany films are ~1,000-2,900 px).
+MIN_SIDE = 64
+
+
+def image_warnings(path: str | os.PathLike) -> list[str]:
+    """Why an image that *can* be read may still not be what the model was trained on: a side under
+    :data:`MIN_SIDE` px, or real colour (an RGB file whose channels differ — a photo, a screenshot, a coloured
+    overlay; a grayscale X-ray saved as RGB has equal channels). Empty for files this cannot open (the reader
+    reports those) and for DICOM (grayscale by definition)."""
+    path = Path(path).expanduser()
+    if _is_dicom(path):
+        return []
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            out = []
+            if min(w, h) < MIN_SIDE:
+                out.append(f"{path.name} is {w}x{h} px: smaller than any chest radiograph the model was trained on "
+                           "(it is upscaled, and the result is unreliable)")
+            if im.mode in ("RGB", "RGBA", "P", "CMYK") and w * h <= MAX_PIXELS:
+                rgb = np.asarray(im.convert("RGB").resize((min(w, 256), min(h, 256))), dtype=np.int16)
+                if np.abs(rgb - rgb.mean(axis=2, keepdims=True)).max() > 12:
+                    out.append(f"{path.name} is a colour image: the model was trained on grayscale chest radiographs "
+                               "(it is converted to gray, and the result is unreliable)")
+            return out
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return []

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from utils.data.patients import patient_key
+
 SUBTYPE_KIND = {"bacteria": "consolidation", "virus": "patchy"}
 HARD_KINDS = ("faint", "small", "retrocardiac", "retrodiaphragmatic")
 
@@ -301,7 +303,7 @@ def generate_patient(rng: np.random.Generator, pid: int, label: int, spec: Phant
     subtype = ("bacteria" if rng.uniform() < spec.p_bacteria else "virus") if label else ""
     lesions = sample_lesions(rng, a, subtype, spec) if label else []
     samples: list[PhantomSample] = []
-    patient = f"person{pid}" if label else f"IM{pid:04d}"  # what utils.data parses from the file name
+    patient = patient_key(subtype, pid) if label else patient_key("IM", pid)  # what the loader parses from the name
     for k in range(n):
         img, lung, les_mask, acq = render(a, lesions, rng, spec)
         image_id = f"person{pid}_{subtype}_{k + 1}" if label else f"IM-{pid:04d}-{k + 1:04d}"

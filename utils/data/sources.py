@@ -19,192 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from utils.config import CLASSES, REAL_DATA_HINT, Config, UserError
 from utils.data import phantom
-from utils.config import CLASSES, Config, UserError
+from utils.data.bundle import SPLITS, DataBundle, Split, fingerprint
+from utils.data.patients import (patient_id_from_name, patient_key_evidence, shared_patients_by_rule,
+                                 subtype_from_name, unknown_names)
+from utils.data.splits import check_no_leaks, patient_split
 
-SPLITS = ("train", "val", "test")
-_PERSON = re.compile(r"person(\d+)_(bacteria|virus)", re.I)
-_IM = re.compile(r"(?:NORMAL2-)?IM-(\d+)-\d+", re.I)
 TINY_VAL = 100  # an official val folder smaller than this (Kermany's has 16 images) is merged into train
-
-
-class LeakageError(UserError):
-    """Two splits share a patient or an identical image."""
-
-
-# ------------------------------------------------------------------------------------------ ids
-def patient_id_from_name(name: str) -> str:
-    """Patient id from a Kermany file name: ``personN_{bacteria,virus}_M`` → ``N``;
-    ``IM-XXXX-YYYY`` and ``NORMAL2-IM-XXXX-YYYY`` → ``XXXX``. Unknown forms: the file stem itself."""
-    stem = Path(name).stem
-    if m := _PERSON.search(stem):
-        return f"person{int(m.group(1))}"
-    if m := _IM.search(stem):
-        return f"IM{int(m.group(1)):04d}"
-    return stem
-
-
-def subtype_from_name(name: str) -> str:
-    """``bacteria`` / ``virus`` from a Kermany PNEUMONIA file name, else ``''``."""
-    m = _PERSON.search(Path(name).stem)
-    return m.group(2).lower() if m else ""
-
-
-# ------------------------------------------------------------------------------------------ containers
-@dataclass
-class Split:
-    """One split: images decoded once (uint8, N×S×S) with per-image labels and metadata."""
-
-    name: str
-    images: np.ndarray
-    labels: np.ndarray
-    ids: np.ndarray
-    patient_ids: np.ndarray
-    subtypes: np.ndarray
-    hashes: np.ndarray
-    lung_masks: np.ndarray | None = None
-    lesion_masks: np.ndarray | None = None
-    info: pd.DataFrame | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, idx: np.ndarray, name: str | None = None) -> "Split":
-        """The images at ``idx`` (masks and info follow)."""
-        idx = np.asarray(idx)
-        pick = lambda a: None if a is None else a[idx]  # noqa: E731
-        info = None if self.info is None else self.info.iloc[idx].reset_index(drop=True)
-        return Split(name or self.name, self.images[idx], self.labels[idx], self.ids[idx],
-                     self.patient_ids[idx], self.subtypes[idx], self.hashes[idx],
-                     pick(self.lung_masks), pick(self.lesion_masks), info)
-
-    def summary(self) -> dict[str, Any]:
-        """Counts: images per class, patients, subtypes."""
-        return {"images": len(self), "NORMAL": int((self.labels == 0).sum()),
-                "PNEUMONIA": int((self.labels == 1).sum()),
-                "patients": int(len(np.unique(self.patient_ids))),
-                "bacteria": int((self.subtypes == "bacteria").sum()),
-                "virus": int((self.subtypes == "virus").sum())}
-
-
-@dataclass
-class DataBundle:
-    """What every source returns."""
-
-    source: str
-    image_size: int
-    splits: dict[str, Split]
-    fingerprint: str
-    classes: tuple[str, ...] = CLASSES
-    notes: list[str] = field(default_factory=list)
-    root: Path | None = None
-
-    def __getitem__(self, name: str) -> Split:
-        return self.splits[name]
-
-    def summary(self) -> pd.DataFrame:
-        """One row per split with class, patient and subtype counts."""
-        return pd.DataFrame({k: s.summary() for k, s in self.splits.items()}).T
-
-
-def fingerprint(splits: dict[str, Split]) -> str:
-    """Content fingerprint of a dataset: split, id, label and image hash of every image."""
-    h = hashlib.sha1()
-    for name in sorted(splits):
-        s = splits[name]
-        for i in np.argsort(s.ids, kind="stable"):
-            h.update(f"{name}|{s.ids[i]}|{s.labels[i]}|{s.hashes[i]}\n".encode())
-    return h.hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------------ split + leaks
-def patient_split(patient_ids: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): whole patients go to val, stratified by patient label, seeded."""
-    if not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}.")
-    df = pd.DataFrame({"pid": patient_ids, "y": labels})
-    per_patient = df.groupby("pid")["y"].max()
-    rng = np.random.default_rng(seed)
-    val_pids: list[str] = []
-    for _, pids in per_patient.groupby(per_patient):
-        pids = np.array(sorted(pids.index))
-        rng.shuffle(pids)
-        k = int(round(val_fraction * len(pids)))
-        if len(pids) >= 2:  # both classes in val (an AUC needs them), at least one patient left to train on
-            k = min(max(k, 1), len(pids) - 1)
-        val_pids.extend(pids[:k])
-    in_val = df["pid"].isin(set(val_pids)).to_numpy()
-    return np.flatnonzero(~in_val), np.flatnonzero(in_val)
-
-
-@dataclass
-class LeakReport:
-    """Patients and identical images (content hash) shared between splits."""
-
-    shared_patients: dict[str, list[str]]
-    shared_images: dict[str, list[str]]
-
-    @property
-    def ok(self) -> bool:
-        return not any(self.shared_patients.values()) and not any(self.shared_images.values())
-
-    def summary(self) -> str:
-        parts = [f"{pair}: {len(v)} patients (e.g. {', '.join(v[:3])})" for pair, v in self.shared_patients.items() if v]
-        parts += [f"{pair}: {len(v)} identical images (e.g. {', '.join(v[:3])})" for pair, v in self.shared_images.items() if v]
-        return "; ".join(parts) or "no patient or identical image is shared between splits"
-
-
-def find_leaks(splits: dict[str, Split]) -> LeakReport:
-    """Report patients and exact-duplicate images (by content hash) that appear in two splits."""
-    names = sorted(splits)
-    pats: dict[str, list[str]] = {}
-    imgs: dict[str, list[str]] = {}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            pair = f"{a}/{b}"
-            pats[pair] = sorted(set(splits[a].patient_ids) & set(splits[b].patient_ids))
-            common = set(splits[a].hashes) & set(splits[b].hashes)
-            imgs[pair] = sorted(splits[a].ids[np.isin(splits[a].hashes, list(common))]) if common else []
-    return LeakReport(pats, imgs)
-
-
-def check_no_leaks(splits: dict[str, Split]) -> LeakReport:
-    """:func:`find_leaks`, raising :class:`LeakageError` when any split pair leaks."""
-    report = find_leaks(splits)
-    if not report.ok:
-        raise LeakageError(f"leaking splits — {report.summary()}. Split by patient (utils.data.patient_split).")
-    return report
-
-
-def duplicate_groups(split: Split) -> list[list[str]]:
-    """Groups of image ids with identical content inside one split."""
-    groups = pd.Series(split.ids).groupby(split.hashes).agg(list)
-    return sorted(g for g in groups if len(g) > 1)
-
-
-def file_level_leak(split: Split, val_fraction: float, seed: int) -> dict[str, int]:
-    """What a naive file-level re-split of ``split`` would leak (patients and identical images in both parts)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(split))
-    n_val = int(round(val_fraction * len(split)))
-    a, b = split.subset(idx[n_val:], "train"), split.subset(idx[:n_val], "val")
-    rep = find_leaks({"train": a, "val": b})
-    val_leaky = np.isin(b.patient_ids, rep.shared_patients["train/val"])
-    return {"val_images": len(b), "val_images_with_patient_in_train": int(val_leaky.sum()),
-            "shared_patients": len(rep.shared_patients["train/val"]),
-            "identical_images_across": len(rep.shared_images["train/val"])}
-
-
-def duplicate_table(splits: dict[str, Split]) -> pd.DataFrame:
-    """One row per group of identical images inside a split: split, copies, ids, patients, same patient?"""
-    rows = []
-    for name, s in splits.items():
-        for group in duplicate_groups(s):
-            pids = sorted(set(s.patient_ids[np.isin(s.ids, group)]))
-            rows.append({"split": name, "copies": len(group), "ids": ", ".join(group),
-                         "patients": ", ".join(pids), "same_patient": len(pids) == 1})
-    return pd.DataFrame(rows, columns=["split", "copies", "ids", "patients", "same_patient"])
 
 
 def image_sizes(root: str | Path, require_test: bool = False) -> pd.DataFrame:
@@ -238,12 +60,18 @@ def scan_folder(root: str | Path, require_test: bool = True) -> pd.DataFrame:
     expected = f"expected {root}/{{train,test}}[/val]/{{NORMAL,PNEUMONIA}}/*.jpeg (the Kaggle chest_xray layout)"
     if not root.is_dir():
         raise UserError(f"data folder not found: {root}; {expected}.")
+    if not (root / "train").is_dir():
+        nested = sorted(p.parent for p in root.glob("*/train") if (p / "NORMAL").is_dir())
+        if nested:
+            raise UserError(f"{root} has no train/ folder, but {nested[0]} has the Kermany layout: "
+                            f"set DATA_DIR to {nested[0]}.")
     rows = []
     for split in SPLITS:
         if not (root / split).is_dir():
             if split == "val" or (split == "test" and not require_test):
                 continue
-            raise UserError(f"missing folder {root / split}; {expected}.")
+            what = " (the official test split the series evaluates on)" if split == "test" else ""
+            raise UserError(f"missing folder {root / split}{what}; {expected}.")
         for label, cls in enumerate(CLASSES):
             d = root / split / cls
             if not d.is_dir():
@@ -254,7 +82,17 @@ def scan_folder(root: str | Path, require_test: bool = True) -> pd.DataFrame:
             rows += [{"path": str(p), "split": split, "label": label, "id": p.stem,
                       "patient_id": patient_id_from_name(p.name), "subtype": subtype_from_name(p.name)}
                      for p in files]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["path", "split", "label", "id", "patient_id", "subtype"])
+
+
+def patient_key_report(root: str | Path) -> dict[str, Any]:
+    """The evidence behind the patient key, from the file names of a Kermany-layout folder (notebook 01):
+    ``evidence`` (:func:`utils.data.patients.patient_key_evidence` over the folders), ``shared`` (train/test
+    patients under each keying rule), ``unknown`` (names of no known form) and ``files``."""
+    df = scan_folder(root, require_test=False)
+    return {"evidence": patient_key_evidence(df["split"], df["id"]),
+            "shared": shared_patients_by_rule(df["split"], df["id"]),
+            "unknown": unknown_names(df["id"]), "files": len(df)}
 
 
 def _decode(paths: list[str], size: int, progress: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -352,6 +190,10 @@ def load_folder(root: str | Path, size: int, val_fraction: float, seed: int, cac
         notes.append(msg)
     ok = hashes != ""
     df, images, hashes = df[ok].reset_index(drop=True), images[ok], hashes[ok]
+    unknown = unknown_names(df["id"])
+    if unknown:
+        notes.append(f"{len(unknown)} file name(s) of no known Kermany form (e.g. {unknown[0]}): each is treated as "
+                     "its own patient, so the patient leak guard cannot protect them (the identical-image check does)")
     for folder in ("train", "test"):
         for label, cls in enumerate(CLASSES):
             if folder in df_all_splits and not ((df["split"] == folder) & (df["label"] == label)).any():
@@ -497,25 +339,31 @@ def load_medmnist(size: int, cache_dir: Path) -> DataBundle | None:
 
 
 def load_data(cfg: Config, progress: bool = True) -> DataBundle:
-    """The bundle for a resolved config; real-data sources fall back to phantoms with a clear message."""
+    """The bundle of a resolved config: exactly the source it names, or a one-line error — never another one.
+
+    ``folder``: the Kermany layout at ``cfg.data_dir`` (``"kaggle"``: downloaded with kagglehub first);
+    ``medmnist``: PneumoniaMNIST (downloaded when online and not cached); ``phantom``: the embedded phantoms,
+    generated into ``data/`` on first use. (``SOURCE="auto"`` was resolved by :func:`utils.config.get_config`,
+    which is the only place a fallback to the phantoms happens, with a banner.)
+    """
     size, seed, vf = cfg["image_size"], cfg["seed"], cfg["val_fraction"]
     cache = cfg.path("cache_dir")
-    if cfg["source"] != "phantom":
+    if cfg.source == "medmnist":
+        bundle = load_medmnist(size, cache)
+        if bundle is None:
+            raise UserError(f"no real data: PneumoniaMNIST is unavailable (see the line above) — {REAL_DATA_HINT}.")
+    elif cfg.source == "folder":
         root = cfg.data_dir
-        if root is not None and not Path(root).exists():
-            raise UserError(f"data folder not found: {root} (check DATA_DIR / CXR_DATA_DIR).")
-        if cfg["source"] == "medmnist":
-            bundle = load_medmnist(size, cache)
-            if bundle is not None:
-                return bundle
-        else:
-            root = root or download_kaggle()
-            if root is not None:
-                return load_folder(root, size, vf, seed, cache, progress,
-                                   require_test=cfg.get("require_test", True))
-        print("Falling back to the embedded phantom dataset (set DATA_DIR / CXR_DATA_DIR to real data).")
-    root = ensure_phantom_dataset(cfg.path("phantom_dir"), size, {**cfg["phantom"]}, progress)
-    bundle = load_folder(root, size, vf, seed, cache, progress, source="phantom")
-    if cfg["source"] != "phantom":
-        bundle.notes.append(f"fallback: {cfg['source']} data unavailable, phantoms used instead")
+        if root is None:
+            raise UserError(f"no real data: SOURCE='folder' needs a data folder — {REAL_DATA_HINT}.")
+        if str(root) == "kaggle":
+            root = download_kaggle()
+            if root is None:
+                raise UserError(f"no real data: the Kaggle download did not work (see the line above) — "
+                                f"{REAL_DATA_HINT}.")
+        bundle = load_folder(root, size, vf, seed, cache, progress, require_test=cfg.get("require_test", True))
+    else:
+        root = ensure_phantom_dataset(cfg.path("phantom_dir"), size, {**cfg["phantom"]}, progress)
+        bundle = load_folder(root, size, vf, seed, cache, progress, source="phantom")
+    bundle.notes.extend(cfg.notes)
     return bundle

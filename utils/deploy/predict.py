@@ -1,18 +1,19 @@
 """The inference command: diagnosis, P(pneumonia) and a Grad-CAM overlay for X-ray files.
 
-    python -m utils.deploy.predict --image_path x.jpeg [--model_path model/pneumonia_final_best.pt]
+    python -m utils.deploy.predict --image_path x.jpeg [--model_path model/pneumonia_model.pt]
     pneumonia-predict --image_path folder/ other.png --output results.csv --json
 
 The model is loaded once (``utils.train.model.load_model``: ``weights_only=True``, validated metadata); every
 image goes through :func:`utils.data.images.read_image` (the same decoding as training), then ONE forward and
-ONE backward pass (Grad-CAM explaining the PNEUMONIA class; the probability comes from the logits of
-that same forward pass). See docs/INFERENCE.md.
+ONE backward pass of the main explanation (:func:`utils.explain.selection.main_explanation`: the map notebook 05
+chose, explaining the PNEUMONIA class; the probability comes from the logits of that same forward pass). The
+threshold is the one notebook 04 chose on validation (:func:`utils.artifacts.operating_threshold`); a checkpoint
+without one needs ``--threshold``. See docs/INFERENCE.md.
 
-``--int8 [PATH]`` predicts with the INT8 model of notebook 07 instead (``utils.deploy.int8.load_int8``,
-``weights_only=True`` as well; threshold from the INT8 checkpoint). Quantised kernels have no autograd, so
-Grad-CAM cannot run on it: the overlay is computed with the FP32 checkpoint only when ``--model_path`` is
-given explicitly (and it must be the checkpoint the INT8 model was quantised from); otherwise there is no
-overlay and the output says why.
+``--int8 [PATH]`` predicts with the INT8 ONNX model of notebook 07 instead (:func:`utils.deploy.int8.load_int8`;
+threshold from its own metadata). ONNX Runtime computes no gradients, so no map can be taken from it: the
+overlay is computed with the FP32 checkpoint only when ``--model_path`` is given explicitly (and it must be the
+checkpoint the INT8 model was quantised from); otherwise there is no overlay and the output says why.
 """
 from __future__ import annotations
 
@@ -28,21 +29,21 @@ from typing import Any
 
 import numpy as np
 
+from utils.artifacts import operating_threshold
+from utils.cli import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, Parser, one_line, print_error, run_main
 from utils.config import ARTIFACTS, UserError, artifact, project_root
+from utils.data.images import IMAGE_SUFFIXES, image_warnings, list_images, read_image
 from utils.fileio import atomic_write
-from utils.data.images import IMAGE_SUFFIXES, list_images, read_image
-
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 #: Grad-CAM explains this class index (PNEUMONIA): the map shows the evidence *for* pneumonia.
 TARGET_CLASS = 1
 DEFAULT_LAYER = "layer4"
 #: Two-panel overlay figure: 10 × 5 inches at 100 dpi = a 1000 × 500 px PNG.
 FIG_SIZE, FIG_DPI = (10.0, 5.0), 100
-FIELDS = ("image", "diagnosis", "probability", "threshold", "threshold_source", "layer", "layer_source", "explained_class",
-          "overlay", "model_path", "fingerprint")
+FIELDS = ("image", "diagnosis", "probability", "threshold", "threshold_source", "explanation", "layer",
+          "layer_source", "explained_class", "overlay", "warnings", "model_path", "fingerprint")
 #: Extra columns with --int8: the precision that decided, and the FP32 checkpoint the overlay came from (or empty).
 INT8_FIELDS = ("precision", "explained_by", "overlay_note")
-INT8_NO_CAM = ("the INT8 model has no gradients, so no Grad-CAM; add --model_path FP32.pt to explain with the "
+INT8_NO_CAM = ("the INT8 model has no gradients, so no map; add --model_path FP32.pt to explain with the "
                "FP32 checkpoint it was quantised from")
 
 EPILOG = f"""\
@@ -54,16 +55,18 @@ outputs:
              (--json: a JSON list on stdout). Overlays go to X_overlays/ beside X.csv, else to --output
              when it is a folder, else to assets/predictions/. A bad file is reported on stderr in one
              line and skipped; the other images still get results.
-Grad-CAM explains the PNEUMONIA class (red = evidence for pneumonia) on --layer, by default the
-checkpoint's 'gradcam_layer', else {DEFAULT_LAYER}; on the checkpoint's layer it uses the explanation
-notebook 05 chose on validation and recorded as 'explanation' (e.g. shift-averaged XGradCAM, still one
-batched forward + backward). Diagnosis = PNEUMONIA when P(pneumonia) >= threshold
-(the checkpoint's, unless --threshold). Inputs are never overwritten; files are written atomically.
+The map is the main explanation of the series: the one notebook 05 chose on validation and recorded in the
+checkpoint as 'explanation' (without one, plain Grad-CAM on {DEFAULT_LAYER}); it explains the PNEUMONIA class
+(red = evidence for pneumonia). --layer asks for plain Grad-CAM on another layer. Diagnosis = PNEUMONIA when
+P(pneumonia) >= threshold: the one notebook 04 chose on validation and recorded in the checkpoint, unless
+--threshold (a checkpoint without a recorded threshold needs --threshold). An image that does not look like the
+grayscale radiographs the model was trained on (colour, or under 64 px) gets a warning. Inputs are never
+overwritten; files are written atomically.
 
 INT8 (--int8, the model of notebooks/07_int8_deployment.ipynb; the flag alone means {ARTIFACTS["int8_model"]}):
-  diagnosis and P(pneumonia) come from the INT8 model on the CPU, at the INT8 checkpoint's own threshold
-  (chosen on validation for it). Quantised kernels have no autograd, so Grad-CAM cannot run on the INT8
-  model: with an explicit --model_path, the overlay is the Grad-CAM of that FP32 checkpoint (it must be the
+  diagnosis and P(pneumonia) come from the INT8 ONNX model on the CPU, at its own threshold (chosen on
+  validation for it). ONNX Runtime has no autograd, so no map can be taken from the INT8 model: with an
+  explicit --model_path, the overlay is the main explanation of that FP32 checkpoint (it must be the
   one the INT8 model was quantised from; the figure says "FP32 model"); without it, no overlay is made and
   the output says why. Results then carry precision=int8, explained_by (the FP32 checkpoint, or empty) and
   overlay_note (why there is no overlay, or empty).
@@ -76,10 +79,6 @@ exit codes:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
 def default_output_dir() -> Path:
     """Where overlays go by default: ``assets/predictions/`` under the project root."""
     return project_root() / "assets" / "predictions"
@@ -99,8 +98,10 @@ def plan_overlays(images: Sequence[Path], folder: Path, protected: Iterable[Path
 
 
 def choose_layer(model, meta: dict, layer: str | None = None) -> tuple[str, str]:
-    """The Grad-CAM layer and where it came from: ``--layer``, the checkpoint's ``gradcam_layer`` or the default."""
+    """The layer of the map and where it came from: ``--layer`` (validated), else the main explanation's."""
     from torch import nn
+
+    from utils.explain.selection import main_explanation
 
     def usable(name: Any) -> bool:
         try:
@@ -115,9 +116,22 @@ def choose_layer(model, meta: dict, layer: str | None = None) -> tuple[str, str]
             raise UserError(f"--layer {layer!r} is not a convolutional layer of the model; choose one of {tops} "
                             "or a sub-block such as layer4.1.conv2.")
         return layer, "--layer"
-    if usable(meta.get("gradcam_layer")):
-        return meta["gradcam_layer"], "checkpoint"
-    return DEFAULT_LAYER, "default"
+    spec = main_explanation(meta)
+    return spec["layer"], "checkpoint (notebook 05)" if meta.get("explanation") else "default"
+
+
+def writable(path: Path, what: str) -> Path:
+    """``path`` (a file to write, or a folder to write into) can be written, or a one-line error naming it."""
+    folder = path if path.suffix == "" else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".cxr-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {what} {path}: {exc.strerror or type(exc).__name__} — choose another "
+                        "location.") from None
+    return path
 
 
 def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, probability: float,
@@ -132,7 +146,7 @@ def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, pr
     ax1.imshow(gray, cmap="gray", vmin=0, vmax=255)
     ax1.set_title(f"X-ray: {name}", fontsize=10)
     ax2.imshow(overlay(gray.astype(np.float32) / 255.0, np.clip(cam_map, 0.0, 1.0)))
-    ax2.set_title(f"Grad-CAM ({layer}): evidence for PNEUMONIA\nP(pneumonia) = {probability:.3f}", fontsize=10)
+    ax2.set_title(f"{layer}: evidence for PNEUMONIA\nP(pneumonia) = {probability:.3f}", fontsize=10)
     for ax in (ax1, ax2):
         ax.axis("off")
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.84, wspace=0.06)
@@ -159,14 +173,17 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
 
     import torch
 
-    from utils.explain.selection import Explainer, spec_from_meta
     from utils.explain.gradcam import eval_mode
+    from utils.explain.selection import Explainer, main_explanation
     from utils.train.model import preprocess
 
     paths = [Path(p) for p in paths]
     overlays = overlays or {}
-    t = float(meta["threshold"]) if threshold is None else float(threshold)
-    t_source = "checkpoint" if threshold is None else "--threshold"
+    if threshold is None:
+        t, rule = operating_threshold(meta)
+        t_source = f"checkpoint: {rule}"
+    else:
+        t, t_source = float(threshold), "--threshold"
     if model is None and (scorer is None or explain):
         raise ValueError("predict_images needs a model (a scorer alone cannot explain)")
     layer_name, layer_source = choose_layer(model, meta, layer) if explain else (None, None)
@@ -178,13 +195,16 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(paths, desc="predict", unit="img", file=sys.stderr, disable=None)
-    # the explanation chosen in notebook 05 (e.g. shift-averaged XGradCAM) when it is on this layer, else
-    # plain Grad-CAM: either way ONE batched forward and ONE backward pass per image
-    cam = Explainer(model, spec_from_meta(meta, layer_name)) if explain else None
+    # the main explanation (notebook 05's choice; plain Grad-CAM on --layer): ONE batched forward + backward
+    spec = main_explanation(meta, layer) if explain else None
+    cam = Explainer(model, spec) if spec is not None else None
     try:
         with eval_mode(model) if model is not None else nullcontext():
             for p in it:
                 try:
+                    notes = image_warnings(p)
+                    for note in notes:
+                        print(f"warning: {note}", file=sys.stderr)
                     gray = read_image(p, size)
                     x = preprocess(torch.from_numpy(gray)[None].to(device), meta["mean"], meta["std"])
                     if cam is not None:
@@ -198,15 +218,21 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
                     diagnosis = classes[TARGET_CLASS] if prob >= t else classes[1 - TARGET_CLASS]
                     out = overlays.get(p) if cam is not None else None
                     if out is not None:
-                        save_overlay_figure(out, gray, maps[0], probability=prob, diagnosis=diagnosis,
-                                            threshold=t, name=p.name,
-                                            layer=layer_name if scorer is None else f"{layer_name}, FP32 model")
+                        label = spec["name"] if scorer is None else f"{spec['name']}, FP32 model"
+                        try:
+                            save_overlay_figure(out, gray, maps[0], probability=prob, diagnosis=diagnosis,
+                                                threshold=t, name=p.name, layer=label)
+                        except OSError as exc:
+                            raise UserError(f"cannot write the overlay {out}: {exc.strerror or type(exc).__name__} "
+                                            "— choose another --output.") from None
                     results.append({"image": str(p), "diagnosis": diagnosis, "probability": prob, "threshold": t,
-                                    "threshold_source": t_source, "layer": layer_name, "layer_source": layer_source,
+                                    "threshold_source": t_source, "explanation": spec["name"] if spec else None,
+                                    "layer": layer_name, "layer_source": layer_source,
+                                    "warnings": "; ".join(notes) or None,
                                     "explained_class": classes[TARGET_CLASS] if cam is not None else None,
                                     "overlay": str(out) if out is not None else None})
                 except (UserError, OSError, RuntimeError, ValueError) as exc:
-                    msg = _one_line(exc) if isinstance(exc, UserError) else f"{p}: {type(exc).__name__}: {_one_line(exc)[:200]}"
+                    msg = one_line(exc) if isinstance(exc, UserError) else f"{p}: {type(exc).__name__}: {one_line(exc)[:200]}"
                     failures.append((p, msg))
                     if on_error is not None:
                         on_error(p, msg)
@@ -217,11 +243,6 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
 
 
 # ------------------------------------------------------------------------------------------- the CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump, exit code 2 via main()
-        raise UserError(f"{message} (see --help)")
-
-
 def _threshold(text: str) -> float:
     try:
         value = float(text)
@@ -234,30 +255,27 @@ def _threshold(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (see ``--help``)."""
-    p = _Parser(prog="pneumonia-predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = Parser(prog="pneumonia-predict", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Pneumonia diagnosis and Grad-CAM overlay for chest X-rays (a teaching model, "
                             "not a medical device).", epilog=EPILOG)
     p.add_argument("--image_path", "--image-path", nargs="+", required=True, metavar="PATH",
                    help=f"image file(s) ({', '.join(IMAGE_SUFFIXES)}) and/or folders")
     p.add_argument("--model_path", "--model-path", default=None,
-                   help=f"project checkpoint (default: {artifact('final_best')}); with --int8: the FP32 checkpoint "
+                   help=f"project checkpoint (default: {ARTIFACTS['model']}, the shipped model); with --int8: the FP32 checkpoint "
                         "whose Grad-CAM explains the INT8 decision (no default: without it, no overlay)")
     p.add_argument("--output", "-o", help="single image: overlay .png path or folder; batch: .csv path or overlay folder")
-    p.add_argument("--threshold", type=_threshold, help="decision threshold in (0, 1) (default: the checkpoint's)")
+    p.add_argument("--threshold", type=_threshold,
+                   help="decision threshold in (0, 1) (default: the one notebook 04 chose, from the checkpoint)")
     p.add_argument("--json", action="store_true", help="print JSON (an object; a list in batch mode)")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="default: %(default)s")
-    p.add_argument("--layer", help=f"Grad-CAM layer (default: checkpoint 'gradcam_layer', else {DEFAULT_LAYER})")
+    p.add_argument("--layer", help="plain Grad-CAM on this layer instead of the main explanation")
     p.add_argument("--no-overlay", "--no_overlay", dest="overlay", action="store_false",
                    help="skip Grad-CAM and the PNG (forward pass only)")
     p.add_argument("-r", "--recursive", action="store_true", help="look for images in sub-folders too")
     p.add_argument("--int8", nargs="?", const="", default=None, metavar="PATH",
                    help=f"predict with the INT8 model of notebook 07 (PATH, or the flag alone for "
-                        f"{artifact('int8_model')}); Grad-CAM: see INT8 below")
+                        f"{ARTIFACTS['int8_model']}); maps: see INT8 below")
     return p
-
-
-def _err(msg: str) -> None:
-    print(f"error: {_one_line(msg)}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -291,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
             if not found:
                 failures.append((p, f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
                                     f"{'' if args.recursive else 'use -r for sub-folders, or '}check the path."))
-                _err(failures[-1][1])
+                print_error(failures[-1][1])
             files += found
         else:
             files.append(p)
@@ -301,6 +319,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--output {csv_path} is one of the input files; it will not be overwritten.")
     if single_png is not None and single_png.resolve() in seen:
         raise UserError(f"--output {single_png} is the input image; it will not be overwritten.")
+    if csv_path is not None:
+        writable(csv_path, "the --output table")
+    if args.overlay:
+        writable(single_png if single_png is not None else overlay_dir, "the overlay")
 
     if not files:  # only empty folders: already reported
         return EXIT_USAGE
@@ -315,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
         if args.overlay and model is None:  # no FP32 checkpoint: nothing can explain the INT8 decision
             args.overlay, why_none = False, INT8_NO_CAM
     else:
-        args.model_path = args.model_path or str(artifact("final_best"))
+        args.model_path = args.model_path or str(artifact("model"))
         model, meta = load_model(args.model_path, resolve_device(args.device))
     if model is not None:
         choose_layer(model, meta, args.layer)  # a bad --layer is a usage error before any work
@@ -325,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     def report(path: Path, msg: str) -> None:  # one line per bad file, without breaking the progress bar
-        tqdm.write(f"error: {_one_line(msg)}", file=sys.stderr)
+        tqdm.write(f"error: {one_line(msg)}", file=sys.stderr)
 
     results, failed = predict_images(model, meta, files, threshold=args.threshold, layer=args.layer,
                                      overlays=overlays, explain=args.overlay, progress=batch, on_error=report,
@@ -333,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
     failures += failed
     if not results:
         if batch:
-            _err(f"no image could be processed ({len(failures)} failed).")
+            print_error(f"no image could be processed ({len(failures)} failed).")
         return EXIT_USAGE
     fields = FIELDS
     if int8_path is None:
@@ -341,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             r.update(model_path=str(args.model_path), fingerprint=fingerprint)
     else:
-        from utils.deploy.int8 import file_fingerprint
+        from utils.deploy.timing import file_fingerprint
 
         fingerprint, fields = file_fingerprint(int8_path), FIELDS + INT8_FIELDS
         for r in results:
@@ -364,8 +386,10 @@ def run(args: argparse.Namespace) -> int:
                 src = "default" if r["layer_source"] == "default" else f"from {r['layer_source']}"
                 of = f" of the FP32 checkpoint {r['explained_by']} (the INT8 model has no gradients)" \
                     if int8_path is not None else ""
-                print(f"Grad-CAM:      {r['layer']} ({src}){of}, explaining the PNEUMONIA class "
+                print(f"map:           {r['explanation']} ({src}){of}, explaining the PNEUMONIA class "
                       "(red = evidence for pneumonia)")
+            if r["warnings"]:
+                print(f"warning:       {r['warnings']}")
             print(f"overlay:       {r['overlay'] or f'(none: {why_none})'}\n"
                   "note:          a teaching model, not a medical device.")
         return EXIT_OK
@@ -375,7 +399,10 @@ def run(args: argparse.Namespace) -> int:
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in results)
     if csv_path is not None:
-        atomic_write(csv_path, lambda fh: fh.write(buf.getvalue()), binary=False)
+        try:
+            atomic_write(csv_path, lambda fh: fh.write(buf.getvalue()), binary=False)
+        except OSError as exc:
+            raise UserError(f"cannot write the --output table {csv_path}: {exc.strerror or type(exc).__name__}.") from None
     if args.json:
         print(json.dumps(results, indent=1))
     elif csv_path is None:
@@ -391,42 +418,34 @@ def run(args: argparse.Namespace) -> int:
 def _load_int8(args: argparse.Namespace):
     """``(fp32 explainer or None, INT8 metadata, INT8 scorer, INT8 path)`` for ``--int8``."""
     from utils.checkpoint import state_fingerprint
+    from utils.deploy.int8 import load_int8
     from utils.train.model import load_model, resolve_device
-    from utils.deploy.int8 import load_int8, torch_forward
 
     int8_path = Path(args.int8).expanduser() if args.int8 else artifact("int8_model")
     if not int8_path.exists():
         hint = "run notebooks/07_int8_deployment.ipynb first" if not args.int8 else "check the path"
         raise UserError(f"INT8 model not found: {int8_path} ({hint}).")
     device = resolve_device(args.device)  # a bad --device is a usage error here too
-    qmodel, meta = load_int8(int8_path)
+    int8 = load_int8(int8_path)
+    meta = int8.meta
     if args.model_path is None or not args.overlay:
         if args.layer is not None:
-            raise UserError("--layer needs Grad-CAM, which the INT8 model cannot run: add --model_path FP32.pt "
+            raise UserError("--layer needs a map, which the INT8 model cannot give: add --model_path FP32.pt "
                             "(the checkpoint it was quantised from).")
-        return None, meta, torch_forward(qmodel), int8_path
+        return None, meta, int8, int8_path
     model, fp32_meta = load_model(args.model_path, device)
     found, expected = state_fingerprint(model.state_dict()), meta.get("fp32_fingerprint")
     if found != expected:
         raise UserError(f"--model_path {args.model_path} is not the checkpoint {int8_path} was quantised from "
-                        f"(weights {found}, expected {expected}): its Grad-CAM would explain another model.")
-    if fp32_meta.get("gradcam_layer"):
-        meta = {**meta, "gradcam_layer": fp32_meta["gradcam_layer"]}
-    return model, meta, torch_forward(qmodel), int8_path
+                        f"(weights {found}, expected {expected}): its map would explain another model.")
+    if fp32_meta.get("explanation"):
+        meta = {**meta, "explanation": fp32_meta["explanation"]}
+    return model, meta, int8, int8_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``pneumonia-predict``): returns the exit code; user mistakes print one line."""
-    try:
-        return run(build_parser().parse_args(argv))
-    except SystemExit as exc:  # --help / --version
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    except UserError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        _err("interrupted.")
-        return 130
+    return run_main(lambda a: run(build_parser().parse_args(a)), argv)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ Only :func:`class_gradcams` touches a model; everything else is pure pandas/NumP
 """
 from __future__ import annotations
 
-import json
 import math
-import os
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,13 +31,12 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from utils.config import CLASSES, UserError
-from utils.explain.localisation import estimate_lung_field, outside_fraction
-from utils.evaluate.metrics import read_predictions, threshold_for_recall
+from utils.data.phantom import HARD_KINDS
 
 __all__ = ["select_false_negatives", "select_near_misses", "select_true_positives", "threshold_cost",
-           "operating_threshold", "align_to_split", "class_gradcams", "check_probabilities", "outside_lung_fractions",
+           "align_to_split", "class_gradcams", "check_probabilities",
            "compare_groups", "failure_cutoffs", "lesion_property_table", "classify_failure",
-           "classify_failures", "category_counts", "case_table", "CATEGORIES", "RULES", "DEFAULT_CUTOFFS",
+           "classify_failures", "category_counts", "case_table", "FailureStudy", "study_failures", "CATEGORIES", "RULES", "DEFAULT_CUTOFFS",
            "CASE_COLUMNS", "LESION_COLUMNS", "HIDDEN_LOCATIONS"]
 
 # ------------------------------------------------------------------------------------------ selectors
@@ -95,48 +92,6 @@ def threshold_cost(df: pd.DataFrame, threshold: float, new_threshold: float) -> 
 
 
 # ------------------------------------------------------------------------------------ the inputs
-def _metrics_threshold(path: Path) -> tuple[float, str] | None:
-    """The test-set operating threshold recorded in ``assets/metrics.json`` (section ``test`` first)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, json.JSONDecodeError):
-        return None
-    sections = [doc["test"]] if isinstance(doc.get("test"), Mapping) else []
-    sections += [v for k, v in doc.items() if k != "test" and isinstance(v, Mapping) and v.get("split") == "test"]
-    for sec in sections:
-        thr = sec.get("threshold")
-        if isinstance(thr, Mapping) and isinstance(thr.get("value"), (int, float)):
-            return float(thr["value"]), f"{path.name} ({thr.get('rule') or 'rule not recorded'})"
-    return None
-
-
-def operating_threshold(meta: Mapping[str, Any], metrics_path: str | os.PathLike | None = None,
-                        val_predictions: str | os.PathLike | None = None,
-                        target_recall: float = 0.98) -> tuple[float, str]:
-    """The operating threshold chosen on validation, and where it came from, in this order:
-
-    1. the checkpoint's ``meta["threshold"]`` when ``meta["threshold_rule"]`` says how it was chosen
-       (notebook 04 records both);
-    2. the test record of ``assets/metrics.json`` (``{"threshold": {"rule", "value"}}``);
-    3. recomputed: :func:`utils.evaluate.metrics.threshold_for_recall` on the validation predictions CSV.
-
-    A checkpoint threshold without a rule (the 0.5 every checkpoint starts with) is never used: nobody
-    chose it. Nothing usable → :class:`UserError` naming notebook 04.
-    """
-    if meta.get("threshold_rule") and meta.get("threshold") is not None:
-        return float(meta["threshold"]), f"checkpoint ({meta['threshold_rule']})"
-    if metrics_path is not None and Path(metrics_path).exists():
-        found = _metrics_threshold(Path(metrics_path))
-        if found is not None:
-            return found
-    if val_predictions is not None and Path(val_predictions).exists():
-        val = read_predictions(val_predictions)
-        thr = threshold_for_recall(val["label"], val["prob"], target_recall)
-        return thr, f"recomputed: recall>={target_recall:g} on {Path(val_predictions).name}"
-    raise UserError("no operating threshold chosen yet (checkpoint, metrics.json, validation predictions): "
-                    "run notebooks/04_evaluation.ipynb first.")
-
-
 def align_to_split(df: pd.DataFrame, ids: Sequence[str], labels: Sequence[int] | None = None) -> np.ndarray:
     """Positions in a split (``ids``) of the rows of a predictions frame, in the frame's order.
 
@@ -155,40 +110,29 @@ def align_to_split(df: pd.DataFrame, ids: Sequence[str], labels: Sequence[int] |
 
 
 # ------------------------------------------------------------------------------------ Grad-CAM
-def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], layer: str = "layer4",
-                   batch_size: int = 32, progress: bool = True, classes: Sequence[str] = CLASSES
-                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Grad-CAM maps of uint8 images ``(N, S, S)`` for each class in ``classes`` (default both), and
-    P(PNEUMONIA) from the forward pass of the CAM.
+def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], batch_size: int = 32,
+                   progress: bool = True, classes: Sequence[str] = CLASSES) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Maps of the main explanation (:func:`utils.explain.main_maps`, the one every notebook uses) of uint8
+    images ``(N, S, S)`` for each class in ``classes`` (default both), and P(PNEUMONIA) of the same pass.
 
     Returns ``({"PNEUMONIA": maps, "NORMAL": maps}, probs)``, maps float32 ``(N, S, S)`` in [0, 1]. The
     PNEUMONIA map is the evidence the model saw *for* pneumonia; the NORMAL map, what pulled it the
-    other way. One forward and backward pass per class and batch; hooks are removed after the call.
+    other way.
     """
-    import torch
-
-    from utils.explain.selection import Explainer, spec_from_meta
-    from utils.train.model import preprocess
+    from utils.explain.selection import main_maps
 
     images = np.asarray(images)
-    n = len(images)
     unknown = [c for c in classes if c not in CLASSES]
     if unknown or not classes:
         raise ValueError(f"classes must be a non-empty subset of {CLASSES}, got {list(classes)}")
-    maps = {c: np.zeros(images.shape, np.float32) for c in classes}
-    probs = np.zeros(n, np.float64)
-    device = next(model.parameters()).device
-    starts = range(0, n, batch_size)
+    maps: dict[str, np.ndarray] = {}
+    probs = np.zeros(len(images), np.float64)
+    names = list(classes)
     if progress:
         from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="Grad-CAM", unit="batch", leave=False)
-    with Explainer(model, spec_from_meta(meta, layer)) as cam:  # notebook 05's explanation on this layer
-        for i in starts:
-            x = preprocess(torch.as_tensor(images[i:i + batch_size]).to(device), meta["mean"], meta["std"])
-            for name in classes:
-                m, logits = cam(x, targets=CLASSES.index(name))
-                maps[name][i:i + len(x)] = m
-            probs[i:i + len(x)] = torch.softmax(logits.float(), 1)[:, 1].cpu().numpy()
+        names = tqdm(names, desc="maps per class", unit="class", leave=False)
+    for name in names:
+        maps[name], probs = main_maps(model, meta, images, targets=CLASSES.index(name), batch_size=batch_size)
     return maps, probs
 
 
@@ -200,36 +144,6 @@ def check_probabilities(recorded: Sequence[float], recomputed: Sequence[float], 
         raise UserError(f"the predictions file disagrees with the checkpoint (max |Δp| = {diff:.3f}): "
                         "the model or data changed since; run notebooks/04_evaluation.ipynb again.")
     return diff
-
-
-# ------------------------------------------------------------------------- attention outside the lungs
-def outside_lung_fractions(cams: np.ndarray, lung_masks: np.ndarray | None = None,
-                           images: np.ndarray | None = None, progress: bool = False
-                           ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Fraction of each map's mass outside the lung fields.
-
-    Uses ``lung_masks`` (ground truth, phantoms) when given, else :func:`estimate_lung_field` of each
-    image (real data; biased upwards on pneumonia, see its docstring). Returns ``(fractions, masks,
-    source)`` with ``source`` = ``"ground truth"`` or ``"estimated"``.
-    """
-    cams = np.asarray(cams)
-    if lung_masks is None:
-        if images is None:
-            raise ValueError("give lung_masks or the images to estimate them from")
-        it = images
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(images, desc="lung fields", unit="image", leave=False)
-        masks = np.zeros(cams.shape, bool)
-        for k, im in enumerate(it):
-            masks[k] = estimate_lung_field(im)
-        source = "estimated"
-    else:
-        masks, source = np.asarray(lung_masks, bool), "ground truth"
-    if masks.shape != cams.shape:
-        raise ValueError(f"maps {cams.shape} and lung masks {masks.shape} differ in shape")
-    fractions = np.array([outside_fraction(c, m) for c, m in zip(cams, masks)], dtype=np.float64)
-    return fractions, masks, source
 
 
 def compare_groups(a: Sequence[float], b: Sequence[float], names: tuple[str, str] = ("FN", "TP"),
@@ -260,7 +174,6 @@ def compare_groups(a: Sequence[float], b: Sequence[float], names: tuple[str, str
 LESION_COLUMNS: tuple[str, ...] = ("kind", "n_lesions", "lesion_area_frac", "contrast", "lesion_radius",
                                    "location", "hard")
 HIDDEN_LOCATIONS: tuple[str, ...] = ("retrocardiac", "retrodiaphragmatic")
-_HARD_KINDS: tuple[str, ...] = ("faint", "small", "retrocardiac", "retrodiaphragmatic")
 
 
 def _text(value: Any) -> str:
@@ -325,7 +238,7 @@ def lesion_property_table(info: pd.DataFrame, is_fn: Sequence[bool],
                 row[f"median_{col}"] = float(g[col].median()) if len(g) and col in g else float("nan")
             row["hard_fraction"] = float((g["hard"] != "").mean()) if len(g) else float("nan")
             row["hidden_fraction"] = float(hidden.mean()) if len(g) else float("nan")
-            row.update({f"n_{h}": int((g["hard"] == h).sum()) for h in _HARD_KINDS})
+            row.update({f"n_{h}": int((g["hard"] == h).sum()) for h in HARD_KINDS})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -444,3 +357,94 @@ def case_table(cases: pd.DataFrame, threshold: float, outside: Sequence[float],
     out["category"] = classify_failures(out, cutoffs).to_numpy()
     lesion = [c for c in LESION_COLUMNS if c in out.columns]
     return out[list(CASE_COLUMNS) + lesion]
+
+
+# ------------------------------------------------------------------------------------ the study
+@dataclass
+class FailureStudy:
+    """The bookkeeping of notebook 06 in one place: which images are misses, near misses and detections, where
+    each sits in the split, and its map, masks, lesion record and outside-lung fraction — looked up by id.
+
+    Built by :func:`study_failures`. ``focus`` is the false negatives, or the near misses when there is none;
+    ``rest`` the detections it is compared with (without the near misses in the second case).
+    """
+
+    threshold: float
+    fn: pd.DataFrame
+    tp: pd.DataFrame
+    near: pd.DataFrame
+    positives: pd.DataFrame  # every pneumonia image: the misses first, with its row in the split
+    maps: np.ndarray  # PNEUMONIA maps of ``positives`` (main explanation)
+    probs: np.ndarray  # P(PNEUMONIA) recomputed in the same pass
+    outside: np.ndarray  # share of each map outside the lung fields
+    lung_masks: np.ndarray
+    lung_source: str  # "ground truth" or "estimated"
+    images_all: np.ndarray
+    lesion_masks_all: np.ndarray | None
+    info_all: pd.DataFrame | None
+
+    @property
+    def has_fn(self) -> bool:
+        return not self.fn.empty
+
+    @property
+    def focus(self) -> pd.DataFrame:
+        return self.fn if self.has_fn else self.near
+
+    @property
+    def rest(self) -> pd.DataFrame:
+        return self.tp if self.has_fn else self.tp[~self.tp["id"].isin(self.near["id"])]
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """Display names of (focus, rest)."""
+        return ("FN", "TP") if self.has_fn else ("near miss", "other TP")
+
+    def _pos(self, ids: Sequence[str]) -> np.ndarray:
+        at = {i: k for k, i in enumerate(self.positives["id"])}
+        return np.array([at[i] for i in ids], dtype=np.int64)
+
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Positions of ``ids`` in the split."""
+        return self.positives["row"].to_numpy()[self._pos(ids)]
+
+    def images(self, ids: Sequence[str]) -> np.ndarray:
+        return self.images_all[self.rows(ids)]
+
+    def cams(self, ids: Sequence[str]) -> np.ndarray:
+        return self.maps[self._pos(ids)]
+
+    def lungs(self, ids: Sequence[str]) -> np.ndarray:
+        return self.lung_masks[self._pos(ids)]
+
+    def lesions(self, ids: Sequence[str]) -> np.ndarray | None:
+        return None if self.lesion_masks_all is None else self.lesion_masks_all[self.rows(ids)]
+
+    def info(self, ids: Sequence[str]) -> pd.DataFrame | None:
+        return None if self.info_all is None else self.info_all.iloc[self.rows(ids)].reset_index(drop=True)
+
+    def outside_of(self, ids: Sequence[str]) -> np.ndarray:
+        return self.outside[self._pos(ids)]
+
+
+def study_failures(model: Any, meta: Mapping[str, Any], split: Any, predictions: pd.DataFrame, threshold: float,
+                   n_near: int = 6, progress: bool = True) -> FailureStudy:
+    """Align the predictions with the split, select the misses, near misses and detections, compute the main
+    explanation's PNEUMONIA map of every pneumonia image (checking its probabilities against the predictions
+    file) and the share of each map outside the lung fields (true lung masks when the data have them, else
+    the estimate)."""
+    from utils.explain.localisation import outside_lung_fractions
+
+    frame = predictions.copy()
+    frame["row"] = align_to_split(frame, split.ids, split.labels)
+    fn = select_false_negatives(frame, threshold)
+    tp = select_true_positives(frame, threshold)
+    near = select_near_misses(frame, threshold, n_near)
+    pos = pd.concat([fn, tp]).reset_index(drop=True)
+    rows = pos["row"].to_numpy()
+    maps, probs = class_gradcams(model, split.images[rows], meta, progress=progress, classes=["PNEUMONIA"])
+    check_probabilities(pos["prob"], probs)
+    lungs = None if split.lung_masks is None else split.lung_masks[rows]
+    outside, masks, source = outside_lung_fractions(maps["PNEUMONIA"], lungs, split.images[rows], progress)
+    return FailureStudy(float(threshold), fn, tp, near, pos, maps["PNEUMONIA"], probs, outside, masks, source,
+                        split.images, split.lesion_masks, split.info)

@@ -2,9 +2,9 @@
 
 Conventions: ``y_true`` holds 0 = NORMAL, 1 = PNEUMONIA; ``prob`` is P(PNEUMONIA); an image is called
 positive when ``prob >= threshold``. Thresholds are chosen on *validation* predictions only and then
-applied, frozen, to the test set. Every function is pure (no global state, no file access except the
-two prediction/metrics-file helpers at the end); scikit-learn does the ranking metrics and the
-confusion matrices. This module imports nothing from ``utils``.
+applied, frozen, to the test set; the operating rule itself is :func:`utils.artifacts.threshold_for_recall`.
+Every function is pure (no global state, no file access); scikit-learn does the ranking metrics and the
+confusion matrices.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from scipy.stats import binomtest
 from sklearn.metrics import (average_precision_score, brier_score_loss, confusion_matrix,
                              roc_auc_score, roc_curve)
 
-from utils.fileio import write_json
+from utils.artifacts import threshold_for_recall
+from utils.fileio import jsonable
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -32,9 +33,6 @@ ArrayLike = Sequence[float] | np.ndarray
 THRESHOLD_METRICS: tuple[str, ...] = ("sensitivity", "specificity", "precision", "npv", "f1", "accuracy")
 THRESHOLD_FREE_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "brier", "ece")
 HEADLINE_METRICS: tuple[str, ...] = THRESHOLD_METRICS + THRESHOLD_FREE_METRICS
-
-#: Columns of ``assets/predictions_{split}.csv`` (see :func:`predictions_frame`).
-PREDICTION_COLUMNS: tuple[str, ...] = ("id", "label", "prob", "patient_id", "subtype", "split")
 
 _EPS = 1e-7  # probability clip before taking logits
 
@@ -60,25 +58,6 @@ def _both_classes(y: np.ndarray) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ thresholds
-def threshold_for_recall(y_true: ArrayLike, prob: ArrayLike, target_recall: float = 0.98) -> float:
-    """Highest threshold whose recall on *these* data (validation) is at least ``target_recall``.
-
-    Recall falls as the threshold rises, so this is the most specific operating point that still meets
-    the target. Ties are safe: all images scoring exactly the threshold are called positive. With
-    ``target_recall=1.0`` the result is the lowest positive's probability.
-    """
-    y, p = _arrays(y_true, prob)
-    if not 0.0 < target_recall <= 1.0:
-        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
-    if not y.any():
-        raise ValueError("threshold_for_recall needs at least one positive (PNEUMONIA) example")
-    # roc_curve thresholds: every distinct score, decreasing; tpr[i] = recall of prob >= thresholds[i].
-    # It needs both classes, so a dummy negative scoring below every image (never chosen) is appended.
-    _, tpr, thr = roc_curve(np.r_[y, 0], np.r_[p, p.min() - 1.0], drop_intermediate=False)
-    ok = (tpr >= target_recall - 1e-12) & np.isfinite(thr)
-    return float(thr[ok].max())
-
-
 def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1 (first, i.e. highest, on ties)."""
     y, p = _arrays(y_true, prob)
@@ -297,6 +276,97 @@ def evaluate_predictions(y_true: ArrayLike, prob: ArrayLike, threshold: float,
     }
 
 
+#: Metrics of :func:`operating_point_bootstrap` (threshold-dependent ones are at the re-chosen threshold).
+OPERATING_METRICS: tuple[str, ...] = ("sensitivity", "specificity", "precision", "roc_auc")
+
+
+def _interval(values: np.ndarray, alpha: float) -> dict[str, float]:
+    ok = values[np.isfinite(values)]
+    if not ok.size:
+        return {"ci_low": math.nan, "ci_high": math.nan}
+    lo, hi = np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {"ci_low": float(lo), "ci_high": float(hi)}
+
+
+def operating_point_bootstrap(y_val: ArrayLike, val_probs: Mapping[str, ArrayLike], y_test: ArrayLike,
+                              test_probs: Mapping[str, ArrayLike], target_recall: float,
+                              groups_val: ArrayLike | None = None, groups_test: ArrayLike | None = None,
+                              n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                              metrics: Sequence[str] = OPERATING_METRICS) -> dict[str, Any]:
+    """Test metrics whose uncertainty **includes the choice of the threshold**, for one or more models, paired.
+
+    Each resample draws validation patients *and* test patients with replacement (whole patients, when
+    ``groups_*`` are given), re-chooses every model's threshold on the validation resample with the operating
+    rule (:func:`utils.artifacts.threshold_for_recall`), and scores each model on the *same* test resample at
+    its own re-chosen threshold. A threshold fixed at the full-validation value would hide the fact that it
+    was itself estimated from a few validation positives. Because all models share every resample, the
+    differences between them are paired: the interval of ``a - b`` is the interval of the difference, not a
+    comparison of two separate intervals.
+
+    ``val_probs`` / ``test_probs`` map a model name to its probabilities on the same validation / test images.
+    Returns ``{"models": {name: {"threshold": {value, ci_low, ci_high}, metric: {value, ci_low, ci_high}}},
+    "differences": {"a - b": {metric: {value, ci_low, ci_high, p_le_0}}}, "bootstrap": {...}}``, where point
+    values use the full validation threshold on the full test set and ``p_le_0`` is the share of resamples
+    in which ``a - b <= 0``.
+    """
+    yv = np.asarray(y_val).astype(np.int64).ravel()
+    yt = np.asarray(y_test).astype(np.int64).ravel()
+    names = list(val_probs)
+    pv = {k: np.asarray(val_probs[k], dtype=np.float64).ravel() for k in names}
+    pt = {k: np.asarray(test_probs[k], dtype=np.float64).ravel() for k in names}
+
+    def score(k: str, idx_v: np.ndarray, idx_t: np.ndarray) -> list[float]:
+        yv_, yt_ = yv[idx_v], yt[idx_t]
+        if not yv_.any():
+            return [math.nan] * (len(metrics) + 1)
+        t = threshold_for_recall(yv_, pv[k][idx_v], target_recall)
+        vals = _headline_fast(yt_, pt[k][idx_t], t)
+        named = dict(zip(HEADLINE_METRICS, vals))
+        return [t] + [named[m] for m in metrics]
+
+    full_v, full_t = np.arange(yv.size), np.arange(yt.size)
+    point = {k: score(k, full_v, full_t) for k in names}
+    draws = {k: [] for k in names}
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, 2**31, size=2)
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        for idx_v, idx_t in zip(bootstrap_indices(yv.size, groups_val, n_boot, int(seeds[0])),
+                                bootstrap_indices(yt.size, groups_test, n_boot, int(seeds[1]))):
+            for k in names:
+                draws[k].append(score(k, idx_v, idx_t))
+    arr = {k: np.asarray(v, dtype=np.float64).reshape(n_boot, len(metrics) + 1) for k, v in draws.items()}
+    cols = ["threshold", *metrics]
+    out: dict[str, Any] = {"models": {}, "differences": {}}
+    for k in names:
+        out["models"][k] = {c: {"value": float(point[k][i]), **_interval(arr[k][:, i], alpha)}
+                            for i, c in enumerate(cols)}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diff = arr[a] - arr[b]
+            out["differences"][f"{a} - {b}"] = {
+                c: {"value": float(point[a][j] - point[b][j]), **_interval(diff[:, j], alpha),
+                    "p_le_0": float(np.mean(diff[np.isfinite(diff[:, j]), j] <= 0)) if np.isfinite(diff[:, j]).any()
+                    else math.nan}
+                for j, c in enumerate(cols) if c != "threshold"}
+    out["bootstrap"] = {"n_boot": int(n_boot), "seed": seed, "alpha": alpha, "target_recall": float(target_recall),
+                        "unit": "patient" if groups_test is not None else "image",
+                        "threshold": "re-chosen on each validation resample"}
+    return out
+
+
+def paired_difference_ci(a: ArrayLike, b: ArrayLike, groups: ArrayLike | None = None, n_boot: int = 1000,
+                         seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+    """Mean of ``a - b`` over paired per-image scores (e.g. a map's hit vs a baseline's on the same images)
+    with a bootstrap interval that resamples whole patients (``groups``) or images; ``p_le_0`` is the share of
+    resamples in which the mean difference is ``<= 0``."""
+    d = np.asarray(a, dtype=np.float64).ravel() - np.asarray(b, dtype=np.float64).ravel()
+    if d.size == 0:
+        return {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_le_0": math.nan, "n": 0}
+    means = np.array([d[idx].mean() for idx in bootstrap_indices(d.size, groups, n_boot, seed)])
+    return {"value": float(d.mean()), **_interval(means, alpha), "p_le_0": float(np.mean(means <= 0)),
+            "n": int(d.size)}
+
+
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (nan, nan when ``n == 0``)."""
     if n == 0:
@@ -370,28 +440,6 @@ def nll(y_true: ArrayLike, prob: ArrayLike) -> float:
     return _nll(prob_to_logit(p), y, 1.0)
 
 
-# --------------------------------------------------------------------------------- predictions files
-def predictions_frame(ids: ArrayLike, labels: ArrayLike, probs: ArrayLike, patient_ids: ArrayLike,
-                      subtypes: ArrayLike, split: str) -> pd.DataFrame:
-    """One row per image with the columns of ``assets/predictions_{split}.csv`` (:data:`PREDICTION_COLUMNS`)."""
-    y, p = _arrays(labels, probs)
-    frame = pd.DataFrame({"id": np.asarray(ids).astype(str), "label": y, "prob": p,
-                          "patient_id": np.asarray(patient_ids).astype(str),
-                          "subtype": np.asarray(subtypes).astype(str)})  # raises on unequal lengths
-    frame["split"] = split
-    return frame
-
-
-def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a predictions CSV written from :func:`predictions_frame`; ValueError names missing columns."""
-    frame = pd.read_csv(path, dtype={"id": str, "patient_id": str, "subtype": str, "split": str})
-    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} "
-                         f"(expected {', '.join(PREDICTION_COLUMNS)})")
-    return frame
-
-
 # -------------------------------------------------------------------------------- reporting and JSON
 def format_ci(entry: Mapping[str, float], digits: int = 3) -> str:
     """``{"value", "ci_low", "ci_high"}`` as ``"0.950 [0.920, 0.970]"``."""
@@ -409,19 +457,6 @@ def compare_models(results: Mapping[str, Mapping[str, Any]], metrics: Sequence[s
     return pd.DataFrame(table, index=list(metrics))
 
 
-def _jsonable(obj: Any) -> Any:
-    """Plain-JSON copy: numpy scalars/arrays to Python, nan/inf to None (strict JSON has no NaN)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def metrics_record(evaluation: Mapping[str, Any], split: str, threshold_rule: str, model_fingerprint: str,
                    data_fingerprint: str, **extra: Any) -> dict[str, Any]:
     """JSON-ready record for ``assets/metrics.json`` built from an :func:`evaluate_predictions` result.
@@ -436,25 +471,4 @@ def metrics_record(evaluation: Mapping[str, Any], split: str, threshold_rule: st
               "metrics": evaluation["metrics"], "counts": evaluation["counts"],
               "bootstrap": evaluation["bootstrap"], "model_fingerprint": model_fingerprint,
               "data_fingerprint": data_fingerprint, **extra}
-    return _jsonable(record)
-
-
-def update_metrics_json(path: str | os.PathLike, key: str, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Set section ``key`` of the JSON file at ``path`` to ``record``, keeping every other section.
-
-    The file is rewritten atomically (temp file in the same folder, then ``os.replace``), so a crash
-    never leaves half a file. Returns the whole updated document.
-    """
-    path = Path(path)
-    doc: dict[str, Any] = {}
-    if path.exists():
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): "
-                             "fix or delete it") from None
-        if not isinstance(doc, dict):
-            raise ValueError(f"{path} must hold a JSON object, found {type(doc).__name__}")
-    doc[key] = _jsonable(record)
-    write_json(path, doc, indent=2)
-    return doc
+    return jsonable(record)

@@ -9,9 +9,15 @@ same shape. Scores, for one image:
 * **energy inside**: the fraction of the map's mass inside the mask (a uniform map scores the mask's
   area fraction, the chance level); **outside fraction**: the mass outside the lung fields.
 
-A score means little without a baseline, so :func:`localisation_table` always adds two maps that see
-no image at all: a Gaussian *centre prior* (lesions sit in the lungs, near the middle of the image)
-and *smoothed random noise*. A method that cannot beat the centre prior does not localise.
+A score means little without a baseline that could win. :func:`localisation_table` always adds maps that
+see no image at all: a Gaussian *centre prior* and *smoothed random noise* — easy to beat, since lesions are
+never on the mediastinum — and, given the training split's masks, the two that are hard to beat:
+
+* the **mean-lesion prior**: the average training lesion mask, lightly smoothed — where lesions usually are;
+* the **lung-field prior**: the average training lung mask — "somewhere in the lungs".
+
+Both are built from the *training* split only and are the same map for every image. A saliency method that
+cannot beat the best of them has shown nothing about the image it explains.
 """
 from __future__ import annotations
 
@@ -22,8 +28,10 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 __all__ = ["argmax_point", "pointing_game", "distance_to_mask", "near_pointing", "energy_inside",
-           "outside_fraction", "centre_prior", "random_map", "localisation_scores", "localisation_table",
-           "estimate_lung_field", "otsu_threshold", "dice", "iou"]
+           "outside_fraction", "centre_prior", "random_map", "mean_mask_prior", "prior_maps", "per_image_scores",
+           "localisation_scores", "localisation_table",
+           "estimate_lung_field", "estimate_lung_fields", "outside_lung_fractions", "outside_lung_summary", "otsu_threshold", "dice", "iou", "random_maps",
+           "baseline_per_image"]
 
 
 def _check(cam: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -105,7 +113,49 @@ def random_map(rng: np.random.Generator, h: int, w: int, smooth_px: float | None
     return (m / m.max() if m.max() > 0 else m).astype(np.float32)
 
 
+def mean_mask_prior(masks: np.ndarray, smooth_px: float | None = None) -> np.ndarray:
+    """The average of boolean masks (N, H, W) — images with an empty mask left out — lightly smoothed
+    (sigma ``smooth_px``, default side / 64) and scaled to [0, 1]: an image-blind "where it usually is" map."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    has = masks.reshape(len(masks), -1).any(axis=1)
+    if not has.any():
+        raise ValueError("a mean-mask prior needs at least one non-empty mask")
+    m = masks[has].mean(axis=0)
+    m = ndi.gaussian_filter(m, max(masks.shape[1:]) / 64 if smooth_px is None else smooth_px)
+    return (m / m.max()).astype(np.float32)
+
+
+def prior_maps(train_lesion_masks: np.ndarray | None = None, train_lung_masks: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
+    """The two hard image-blind baselines, from the *training* split's masks: ``mean-lesion prior`` and
+    ``lung-field prior`` (each one (H, W) map used for every image); empty when no masks are given."""
+    out = {}
+    if train_lesion_masks is not None and np.asarray(train_lesion_masks).any():
+        out["mean-lesion prior"] = mean_mask_prior(train_lesion_masks)
+    if train_lung_masks is not None and np.asarray(train_lung_masks).any():
+        out["lung-field prior"] = mean_mask_prior(train_lung_masks, smooth_px=0.0)
+    return out
+
+
 # ------------------------------------------------------------------------------------ aggregates
+def per_image_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac: float = 0.05) -> pd.DataFrame:
+    """One row per image: ``pointing``, ``near`` (0/1), ``energy`` and ``has_lesion`` (images with an empty
+    mask get nan scores). ``cams`` may be one (H, W) map used for every image."""
+    masks = np.asarray(lesion_masks, dtype=bool)
+    cams = np.asarray(cams)
+    if cams.ndim == 2:
+        cams = np.broadcast_to(cams, masks.shape)
+    if cams.shape != masks.shape or cams.ndim != 3:
+        raise ValueError(f"cams {cams.shape} and lesion_masks {masks.shape} must both be (N, H, W)")
+    has = masks.reshape(len(masks), -1).any(axis=1)
+    rows = [{"pointing": float(pointing_game(c, m)), "near": float(near_pointing(c, m, tolerance_frac)),
+             "energy": energy_inside(c, m)} if h else {"pointing": np.nan, "near": np.nan, "energy": np.nan}
+            for c, m, h in zip(cams, masks, has)]
+    return pd.DataFrame(rows, columns=["pointing", "near", "energy"]).assign(has_lesion=has)
+
+
 def localisation_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac: float = 0.05,
                         lung_masks: np.ndarray | None = None) -> dict[str, float]:
     """Mean scores over images that have a lesion (images with an empty mask are skipped and counted).
@@ -114,48 +164,70 @@ def localisation_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_fr
     a uniform map), ``n`` (images scored), ``n_pointing``, ``n_near`` (hit counts), ``n_skipped``; with
     ``lung_masks``, also ``outside_lung`` (mean outside fraction over *all* images).
     """
-    cams, masks = np.asarray(cams), np.asarray(lesion_masks, dtype=bool)
-    if cams.shape != masks.shape or cams.ndim != 3:
-        raise ValueError(f"cams {cams.shape} and lesion_masks {masks.shape} must both be (N, H, W)")
-    has = masks.reshape(len(masks), -1).any(axis=1)
-    point = [pointing_game(c, m) for c, m in zip(cams[has], masks[has])]
-    near = [near_pointing(c, m, tolerance_frac) for c, m in zip(cams[has], masks[has])]
-    energy = [energy_inside(c, m) for c, m in zip(cams[has], masks[has])]
-    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
-    out = {"pointing": mean(point), "near": mean(near), "energy": mean(energy),
-           "area": mean(masks[has].reshape(int(has.sum()), -1).mean(axis=1)) if has.any() else float("nan"),
-           "n": int(has.sum()), "n_pointing": int(np.sum(point)), "n_near": int(np.sum(near)),
+    masks = np.asarray(lesion_masks, dtype=bool)
+    per = per_image_scores(cams, masks, tolerance_frac)
+    has = per["has_lesion"].to_numpy()
+    scored = per[has]
+    mean = lambda col: float(scored[col].mean()) if len(scored) else float("nan")  # noqa: E731
+    out = {"pointing": mean("pointing"), "near": mean("near"), "energy": mean("energy"),
+           "area": float(masks[has].reshape(int(has.sum()), -1).mean(axis=1).mean()) if has.any() else float("nan"),
+           "n": int(has.sum()), "n_pointing": int(scored["pointing"].sum()), "n_near": int(scored["near"].sum()),
            "n_skipped": int((~has).sum())}
     if lung_masks is not None:
-        out["outside_lung"] = mean([outside_fraction(c, m) for c, m in zip(cams, np.asarray(lung_masks, bool))])
+        c = np.broadcast_to(np.asarray(cams), masks.shape)
+        out["outside_lung"] = float(np.mean([outside_fraction(a, m) for a, m in zip(c, np.asarray(lung_masks, bool))]))
+    return out
+
+
+def random_maps(n: int, h: int, w: int, seed: int = 0, run: int = 0, smooth_px: float | None = None) -> np.ndarray:
+    """``n`` smoothed-noise maps (one per image) of random run ``run`` (seeded by ``(seed, run)``)."""
+    rng = np.random.default_rng([seed, run])
+    return np.stack([random_map(rng, h, w, smooth_px) for _ in range(n)]) if n else np.zeros((0, h, w), np.float32)
+
+
+def baseline_per_image(lesion_masks: np.ndarray, priors: Mapping[str, np.ndarray] | None = None,
+                       tolerance_frac: float = 0.05, n_random: int = 10, seed: int = 0,
+                       smooth_px: float | None = None) -> dict[str, pd.DataFrame]:
+    """Per-image scores (:func:`per_image_scores`) of every image-blind baseline: ``centre prior``,
+    ``random (mean of n)`` (each image's scores averaged over ``n_random`` seeds) and the ``priors``."""
+    masks = np.asarray(lesion_masks, dtype=bool)
+    n, h, w = masks.shape
+    out = {"centre prior": per_image_scores(centre_prior(h, w), masks, tolerance_frac)}
+    runs = [per_image_scores(random_maps(n, h, w, seed, r, smooth_px), masks, tolerance_frac) for r in range(n_random)]
+    rand = runs[0].copy()
+    for col in ("pointing", "near", "energy"):
+        rand[col] = np.mean([r[col].to_numpy() for r in runs], axis=0)
+    out[f"random (mean of {n_random})"] = rand
+    for name, prior in (priors or {}).items():
+        out[name] = per_image_scores(prior, masks, tolerance_frac)
     return out
 
 
 def localisation_table(cams: np.ndarray | Mapping[str, np.ndarray], lesion_masks: np.ndarray,
                        tolerance_frac: float = 0.05, lung_masks: np.ndarray | None = None,
                        name: str = "Grad-CAM", n_random: int = 10, seed: int = 0,
-                       smooth_px: float | None = None) -> pd.DataFrame:
-    """One row per method (``cams`` as one array or ``{name: array}``) plus the two image-blind baselines.
+                       smooth_px: float | None = None, priors: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """One row per method (``cams`` as one array or ``{name: array}``) plus the image-blind baselines.
 
-    ``centre prior`` uses the same Gaussian for every image; ``random (mean of n)`` averages the scores
-    of ``n_random`` seeds of smoothed noise. Columns as in :func:`localisation_scores`, plus ``method``
-    and ``baseline`` (bool).
+    ``centre prior`` uses the same Gaussian for every image; ``random (mean of n)`` averages the scores of
+    ``n_random`` seeds of smoothed noise; ``priors`` (:func:`prior_maps`: the mean-lesion and lung-field
+    priors from the training masks) add one row each. Columns as in :func:`localisation_scores`, plus
+    ``method`` and ``baseline`` (bool).
     """
     named = dict(cams) if isinstance(cams, Mapping) else {name: np.asarray(cams)}
     masks = np.asarray(lesion_masks, dtype=bool)
     n, h, w = masks.shape
     rows = [{"method": k, "baseline": False, **localisation_scores(v, masks, tolerance_frac, lung_masks)}
             for k, v in named.items()]
-    prior = np.broadcast_to(centre_prior(h, w), (n, h, w))
     rows.append({"method": "centre prior", "baseline": True,
-                 **localisation_scores(prior, masks, tolerance_frac, lung_masks)})
-    runs = []
-    for s in range(n_random):
-        rng = np.random.default_rng([seed, s])
-        rand = np.stack([random_map(rng, h, w, smooth_px) for _ in range(n)])
-        runs.append(localisation_scores(rand, masks, tolerance_frac, lung_masks))
+                 **localisation_scores(centre_prior(h, w), masks, tolerance_frac, lung_masks)})
+    runs = [localisation_scores(random_maps(n, h, w, seed, r, smooth_px), masks, tolerance_frac, lung_masks)
+            for r in range(n_random)]
     rows.append({"method": f"random (mean of {n_random})", "baseline": True,
                  **{k: float(np.mean([r[k] for r in runs])) for k in runs[0]}})
+    for prior_name, prior in (priors or {}).items():
+        rows.append({"method": prior_name, "baseline": True,
+                     **localisation_scores(prior, masks, tolerance_frac, lung_masks)})
     df = pd.DataFrame(rows)
     return df.astype({k: int for k in ("n", "n_skipped")})
 
@@ -216,6 +288,51 @@ def estimate_lung_field(image_uint8: np.ndarray) -> np.ndarray:
     lungs = _largest(dark, k=2, exclude_border=True)
     lungs = ndi.binary_closing(lungs, iterations=2 * step)
     return ndi.binary_fill_holes(lungs)
+
+
+def estimate_lung_fields(images: np.ndarray, progress: bool = False) -> np.ndarray:
+    """:func:`estimate_lung_field` of every uint8 image of ``images`` (N, H, W): bool masks (N, H, W)."""
+    it = images
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(images, desc="lung fields", unit="img", leave=False)
+    return np.stack([estimate_lung_field(im) for im in it]) if len(images) else np.zeros((0, *images.shape[1:]), bool)
+
+
+def outside_lung_fractions(cams: np.ndarray, lung_masks: np.ndarray | None = None,
+                           images: np.ndarray | None = None, progress: bool = False
+                           ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Fraction of each map's mass outside the lung fields, and the masks used.
+
+    Uses ``lung_masks`` (ground truth, phantoms) when given, else :func:`estimate_lung_field` of each
+    image (real data; biased upwards on pneumonia, see its docstring). Returns ``(fractions, masks,
+    source)`` with ``source`` = ``"ground truth"`` or ``"estimated"``.
+    """
+    cams = np.asarray(cams)
+    if lung_masks is None:
+        if images is None:
+            raise ValueError("give lung_masks or the images to estimate them from")
+        masks, source = estimate_lung_fields(np.asarray(images), progress), "estimated"
+    else:
+        masks, source = np.asarray(lung_masks, bool), "ground truth"
+    if masks.shape != cams.shape:
+        raise ValueError(f"maps {cams.shape} and lung masks {masks.shape} differ in shape")
+    fractions = np.array([outside_fraction(c, m) for c, m in zip(cams, masks)], dtype=np.float64)
+    return fractions, masks, source
+
+
+def outside_lung_summary(fractions: np.ndarray, groups: np.ndarray, lung_masks: np.ndarray) -> pd.DataFrame:
+    """Median and quartiles of the outside-lung fraction per group (e.g. TP, FN), next to the chance level:
+    the fraction a map spread evenly over the image would score (``1 - lung area``, median over the group)."""
+    fractions, groups = np.asarray(fractions, dtype=np.float64), np.asarray(groups).astype(str)
+    area = np.asarray(lung_masks, bool).reshape(len(fractions), -1).mean(axis=1)
+    rows = []
+    for g in dict.fromkeys(groups):
+        sel = groups == g
+        q1, med, q3 = np.percentile(fractions[sel], [25, 50, 75]) if sel.any() else (np.nan,) * 3
+        rows.append({"group": g, "n": int(sel.sum()), "median": float(med), "q25": float(q1), "q75": float(q3),
+                     "chance (uniform map)": float(np.median(1 - area[sel])) if sel.any() else np.nan})
+    return pd.DataFrame(rows)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

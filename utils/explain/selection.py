@@ -33,6 +33,7 @@ from torch import nn
 from utils.explain import localisation as loc
 from utils.explain.gradcam import (WEIGHTINGS, GradCAM, average_unshifted, channel_weights, normalise_maps, resolve_layer,
                            shift_grid)
+from utils.artifacts import recorded_explanation
 from utils.train.model import preprocess
 
 __all__ = ["make_spec", "check_spec", "spec_from_meta", "EXPLANATION_CANDIDATES", "DEFAULT_EXPLANATION",
@@ -86,22 +87,36 @@ EXPLANATION_CANDIDATES: tuple[Spec, ...] = (
 DEFAULT_EXPLANATION: Spec = make_spec("xgradcam", "layer3", (0, 8))
 
 
-def spec_from_meta(meta: Mapping[str, Any], layer: str | None = None) -> Spec:
-    """The explanation a checkpoint asks for: ``meta["explanation"]`` (written by notebook 05) when it is
-    usable and its layer is ``layer`` (or ``layer`` is None), else plain Grad-CAM on ``layer``
-    (default ``meta["gradcam_layer"]``, else ``layer4``)."""
-    spec = meta.get("explanation")
-    if isinstance(spec, Mapping):
+#: The explanation without lesion masks to choose by (real data), and when none was recorded: plain Grad-CAM on
+#: ``layer4``, the textbook choice — nothing measured here says another one localises better on real X-rays.
+UNMEASURED_EXPLANATION: Spec = make_spec("gradcam", "layer4")
+
+
+def main_explanation(meta: Mapping[str, Any], layer: str | None = None) -> Spec:
+    """THE explanation of a checkpoint, used for every map of the series (notebooks 05–09, the inference
+    command): the spec notebook 05 recorded (:func:`utils.artifacts.recorded_explanation`) when it is usable
+    and on ``layer`` (or ``layer`` is None); else plain Grad-CAM on ``layer``, or
+    :data:`UNMEASURED_EXPLANATION` when no layer is asked for."""
+    spec = recorded_explanation(meta)
+    if spec is not None:
         try:
-            spec = check_spec(spec)
+            checked = check_spec(spec)
         except ValueError:
-            spec = None
-        if spec is not None and (layer is None or spec["layer"] == layer):
-            return spec
-    if layer is not None:
-        return make_spec("gradcam", layer)
-    chosen = meta.get("gradcam_layer")
-    return make_spec("gradcam", chosen if isinstance(chosen, str) and chosen and chosen != "auto" else "layer4")
+            checked = None
+        if checked is not None and (layer is None or checked["layer"] == layer):
+            return checked
+    return make_spec("gradcam", layer) if layer is not None else dict(UNMEASURED_EXPLANATION)
+
+
+def main_maps(model: nn.Module, meta: Mapping[str, Any], images: np.ndarray, targets: int | Sequence[int] | None = 1,
+              batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Maps of the main explanation for uint8 images (N, S, S): ``(maps (N, S, S), P(PNEUMONIA) (N,))``.
+
+    The one function every notebook and the inference command call for "the map of this image"."""
+    x = preprocess(torch.as_tensor(np.asarray(images)), meta["mean"], meta["std"])
+    maps, logits = explain(model, x, main_explanation(meta), targets, batch_size)
+    probs = torch.softmax(logits.float(), dim=1)[:, 1].numpy() if len(logits) else np.zeros(0)
+    return maps, probs
 
 
 # ----------------------------------------------------------------------------------------- computing maps
@@ -271,13 +286,14 @@ def true_positive_index(labels: np.ndarray, probs: np.ndarray, threshold: float)
 def score_explanations(model: nn.Module, images: np.ndarray, lesion_masks: np.ndarray, labels: np.ndarray,
                        meta: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]] = EXPLANATION_CANDIDATES,
                        tolerance_frac: float = 0.05, batch_size: int = 64, progress: bool = False,
-                       return_maps: bool = False):
+                       return_maps: bool = False, priors: Mapping[str, np.ndarray] | None = None):
     """Localisation of every candidate on the true positives of one split (uint8 ``images`` (N, S, S)).
 
     The PNEUMONIA images are explained for the PNEUMONIA class in one shared pass per layer; the true
     positives (``prob >= meta["threshold"]``, probability from that same pass) with a non-empty lesion
-    mask are scored with :func:`utils.localisation.localisation_table` (pointing, near within
-    ``tolerance_frac`` × image side, energy), image-blind baselines included. Returns the table sorted
+    mask are scored with :func:`utils.explain.localisation.localisation_table` (pointing, near within
+    ``tolerance_frac`` × image side, energy), image-blind baselines included (``priors``: the mean-lesion and
+    lung-field priors of the training masks, :func:`utils.explain.localisation.prior_maps`). Returns the table sorted
     best first (near, then pointing, then energy; baselines last) and, with ``return_maps``, also
     ``(maps {name: (n_tp, H, W)}, tp_index)`` with ``tp_index`` into ``images``.
     """
@@ -295,7 +311,8 @@ def score_explanations(model: nn.Module, images: np.ndarray, lesion_masks: np.nd
     tp = probs >= float(meta["threshold"])
     if not tp.any():
         raise ValueError("no true positive to score: the model detects none of these pneumonia images")
-    table = loc.localisation_table({s["name"]: maps[s["name"]][tp] for s in specs}, masks[pos][tp], tolerance_frac)
+    table = loc.localisation_table({s["name"]: maps[s["name"]][tp] for s in specs}, masks[pos][tp], tolerance_frac,
+                                   priors=priors)
     by_name = {s["name"]: s for s in specs}
     table["weighting"] = table["method"].map(lambda n: by_name[n]["method"] if n in by_name else "")
     table["layer"] = table["method"].map(lambda n: by_name[n]["layer"] if n in by_name else "")
@@ -315,8 +332,8 @@ def score_explanations(model: nn.Module, images: np.ndarray, lesion_masks: np.nd
 def choose_explanation(model: nn.Module, val_images: np.ndarray, val_lesion_masks: np.ndarray,
                        val_labels: np.ndarray, meta: Mapping[str, Any],
                        candidates: Sequence[Mapping[str, Any]] = EXPLANATION_CANDIDATES,
-                       tolerance_frac: float = 0.05, batch_size: int = 64, progress: bool = False
-                       ) -> tuple[Spec, pd.DataFrame]:
+                       tolerance_frac: float = 0.05, batch_size: int = 64, progress: bool = False,
+                       priors: Mapping[str, np.ndarray] | None = None) -> tuple[Spec, pd.DataFrame]:
     """Pick the explanation on **validation** data: the candidate with the best near-pointing on the
     validation true positives (ties: pointing, then energy; then the earlier candidate).
 
@@ -325,7 +342,7 @@ def choose_explanation(model: nn.Module, val_images: np.ndarray, val_lesion_mask
     Returns ``(best spec, table)`` (:func:`score_explanations`' table).
     """
     table = score_explanations(model, val_images, val_lesion_masks, val_labels, meta, candidates,
-                               tolerance_frac, batch_size, progress)
+                               tolerance_frac, batch_size, progress, priors=priors)
     by_name = {check_spec(c)["name"]: check_spec(c) for c in candidates}
     best_name = table.loc[~table["baseline"], "method"].iloc[0]
     return dict(by_name[best_name]), table

@@ -24,6 +24,7 @@ from torch import nn
 
 from utils.data.augment import AugmentSpec, augment
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.fileio import jsonable
 from utils.train.model import freeze_backbone, param_groups, preprocess, set_backbone_bn_eval, unfreeze_all
 
 
@@ -152,11 +153,6 @@ def setup_phase(model: nn.Module, phase: dict) -> tuple[torch.optim.Optimizer, t
     return opt, sched
 
 
-def _plain(obj: Any) -> Any:
-    """Settings as plain JSON types (numpy scalars → numbers, tuples → lists): safe for weights_only loading."""
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
 #: A "last" checkpoint is resumed only when these metadata match (same data, phase and start weights).
 RESUME_KEYS = ("data_fingerprint", "phase", "init", "image_size")
 
@@ -195,7 +191,7 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, phase: dict, meta:
     if ck is not None and any(ck["meta"].get(k) != meta.get(k) for k in RESUME_KEYS):
         print(f"{last_path.name} is from another run (data, phase or start weights differ): starting over.")
         ck = None
-    settings = _plain({k: v for k, v in phase.items() if k != "epochs"})
+    settings = jsonable({k: v for k, v in phase.items() if k != "epochs"})
     if ck is not None and ck.get("settings", settings) != settings:
         changed = sorted(k for k in set(settings) | set(ck["settings"]) if settings.get(k) != ck["settings"].get(k))
         print(f"{last_path.name} was trained with other settings ({', '.join(changed)} changed): starting over.")

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision import models
 
 from utils.checkpoint import load_checkpoint
-from utils.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, artifact
+from utils.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, shipped
 
 WEIGHT_CHOICES = ("imagenet", "phantom", "none")
 #: Layer groups from input to output (used for freezing and discriminative learning rates).
@@ -63,7 +63,7 @@ def build_model(weights: str = "none", num_classes: int = len(CLASSES), seed: in
             return model, "random initialisation (ImageNet weights unavailable offline)"
         desc = "ImageNet (torchvision IMAGENET1K_V1)"
     else:
-        path = artifact("pretrained_backbone") if weights == "phantom" else Path(weights)
+        path = shipped("pretrained_backbone") if weights == "phantom" else Path(weights)
         if weights not in WEIGHT_CHOICES and not path.exists():
             raise UserError(f"unknown weights {weights!r}: choose {', '.join(WEIGHT_CHOICES)} or a checkpoint path.")
         if weights == "phantom" and not path.exists():

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from utils.artifacts import data_mismatch
 from utils.checkpoint import make_meta, state_fingerprint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, Config, UserError, get_config
 from utils.data import DataBundle, load_data
@@ -24,17 +25,37 @@ from utils.train.model import build_model, layer_groups, load_model, param_group
 from utils.train.engine import DeviceData, FitResult, fit
 
 
-def phase_settings(cfg: Config, name: str) -> dict[str, Any]:
-    """The profile's settings for ``phase1`` / ``phase2`` with batch size, seed and freezing filled in."""
-    return {"batch_size": cfg["batch_size"], "seed": cfg["seed"], "freeze_backbone": name == "phase1",
-            **cfg[name]}
+def is_pretrained(weights: str) -> bool:
+    """Whether a weights description (:func:`utils.train.model.build_model`'s) means pretrained features."""
+    return not weights.startswith("random")
+
+
+def phase_settings(cfg: Config, name: str, pretrained: bool = True) -> dict[str, Any]:
+    """The settings of ``phase1`` / ``phase2``: the profile's, with batch size, seed and freezing filled in.
+
+    Phase 2's ``lr`` is a *fine-tuning* rate (1e-4): right for weights that already know images. When the
+    backbone started from random weights (offline, ImageNet unavailable) there is nothing to protect, so
+    phase 2 uses the from-scratch rate ``lr_scratch`` (1e-3) instead, with one rate for every layer (layer-wise
+    rates exist to keep pretrained early layers; random ones must all learn). ``recipe`` says which.
+    """
+    settings = {"batch_size": cfg["batch_size"], "seed": cfg["seed"], "freeze_backbone": name == "phase1",
+                **cfg[name]}
+    if name == "phase2":
+        if pretrained:
+            settings["recipe"] = "fine-tuning (pretrained start): lr {lr:g}, layer-wise".format(**settings)
+        else:
+            settings.update(lr=settings["lr_scratch"], discriminative=False,
+                            recipe="from scratch (random start): lr {lr_scratch:g}, one rate for all layers"
+                            .format(**settings))
+    return settings
 
 
 def base_meta(cfg: Config, bundle: DataBundle, weights: str, phase: str, init: str) -> dict[str, Any]:
-    """Checkpoint metadata shared by both phases."""
+    """Checkpoint metadata shared by both phases: what the weights were trained on and with which knobs."""
     return make_meta(image_size=bundle.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
                      classes=bundle.classes, profile=cfg.profile, data_fingerprint=bundle.fingerprint,
-                     data_source=bundle.source, weights=weights, phase=phase, init=init)
+                     data_source=bundle.source, trained_on=bundle.describe(), weights=weights,
+                     pretrained=is_pretrained(weights), phase=phase, init=init, run=cfg.knobs)
 
 
 def _device_data(bundle: DataBundle, device: torch.device) -> tuple[DeviceData, DeviceData]:
@@ -48,7 +69,8 @@ def run_phase1(cfg: Config, bundle: DataBundle, device: str = "auto", restart: b
     model, weights = build_model(cfg["weights"], seed=cfg["seed"])
     meta = base_meta(cfg, bundle, weights, "phase1", init=weights)
     train, val = _device_data(bundle, dev)
-    res = fit(model.to(dev), train, val, phase_settings(cfg, "phase1"), meta, cfg.path("phase1_last"),
+    res = fit(model.to(dev), train, val, phase_settings(cfg, "phase1", is_pretrained(weights)), meta,
+              cfg.path("phase1_last"),
               cfg.path("phase1_best"), cfg.path("history_phase1"), restart=restart, progress=progress)
     return res, weights
 
@@ -58,13 +80,15 @@ def run_phase2(cfg: Config, bundle: DataBundle, device: str = "auto", restart: b
     """Phase 2: start from the phase-1 best, unfreeze everything, low LR + StepLR."""
     dev = resolve_device(device)
     model, meta1 = load_model(cfg.require("phase1_best"), dev)
-    if meta1.get("data_fingerprint") != bundle.fingerprint or meta1.get("image_size") != bundle.image_size:
-        raise UserError(f"model/phase1_best.pt was trained on other data (fingerprint {meta1.get('data_fingerprint')} "
-                        f"at {meta1.get('image_size')} px, this data: {bundle.fingerprint} at {bundle.image_size} px): "
-                        "re-run notebooks/02_phase1_warmup.ipynb with the same profile.")
+    reason = data_mismatch(meta1, bundle)
+    if reason:
+        raise UserError(f"model/phase1_best.pt cannot start phase 2: {reason}; re-run "
+                        "notebooks/02_phase1_warmup.ipynb with these settings.")
+    settings = phase_settings(cfg, "phase2", bool(meta1.get("pretrained", is_pretrained(meta1["weights"]))))
     meta = base_meta(cfg, bundle, meta1["weights"], "phase2", init=state_fingerprint(model.state_dict()))
+    meta["recipe"] = settings["recipe"]
     train, val = _device_data(bundle, dev)
-    res = fit(model, train, val, phase_settings(cfg, "phase2"), meta, cfg.path("phase2_last"),
+    res = fit(model, train, val, settings, meta, cfg.path("phase2_last"),
               cfg.path("final_best"), cfg.path("history_phase2"), restart=restart, progress=progress)
     return res, meta1["weights"]
 

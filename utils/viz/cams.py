@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -18,16 +17,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-
-DPI = 120
-CMAP = "jet"
+from utils.viz.common import CMAP, finish
 
 
-def _finish(fig: Figure, save_to: str | os.PathLike | None) -> Figure:
-    if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_to, dpi=DPI, bbox_inches="tight")
-    return fig
+
 
 
 def _gray(ax: Axes, img: np.ndarray) -> None:
@@ -89,16 +82,16 @@ def plot_gradcam_steps(image: np.ndarray, cam: Any, index: int = 0, n_channels: 
     axes[1, 3].set_title("upsampled, scaled to [0, 1]", fontsize=9)
     _cam_on(axes[1, 4], image, cam.maps[index])
     axes[1, 4].set_title("overlay", fontsize=9)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_cam_grid(images: np.ndarray, cams: np.ndarray, titles: Sequence[str] | None = None,
                   lesion_masks: np.ndarray | None = None, lung_masks: np.ndarray | None = None,
-                  ncols: int = 4, alpha: float = 0.45, show_image: bool = False,
+                  ncols: int = 4, alpha: float = 0.45, show_image: bool = False, suptitle: str | None = None,
                   save_to: str | os.PathLike | None = None) -> Figure:
     """Overlays for a set of images (lesion contours white, lung contours cyan, peak as +).
 
-    With ``show_image`` each overlay is preceded by the plain image.
+    With ``show_image`` each overlay is preceded by the plain image; ``suptitle`` goes above the grid.
     """
     n = len(images)
     per = 2 if show_image else 1
@@ -117,10 +110,12 @@ def plot_cam_grid(images: np.ndarray, cams: np.ndarray, titles: Sequence[str] | 
                 None if lung_masks is None else lung_masks[i])
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
-    return _finish(fig, save_to)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return finish(fig, save_to)
 
 
-def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0,
+def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0, threshold: float | None = None,
                        save_to: str | os.PathLike | None = None) -> Figure:
     """Cascading randomisation (from :func:`utils.explain.checks.cascading_randomisation`): the maps of one
     image as blocks are re-initialised from the top, and the mean Spearman correlation per step."""
@@ -136,32 +131,35 @@ def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0,
         ax.set_title("trained" if row.step == 0 else f"+{row.randomised}", fontsize=9)
     ax = fig.add_subplot(grid[1, :])
     labels = ["trained"] + [f"+{b}" for b in table["randomised"].iloc[1:]]
-    ax.errorbar(np.arange(steps), table["spearman"], yerr=table["spearman_std"], marker="o", capsize=3)
-    ax.axhline(0, color="gray", lw=0.6)
+    spread = [np.abs(np.asarray(r, dtype=float))[np.isfinite(np.asarray(r, dtype=float))] for r in table["rho"]]
+    ax.boxplot(spread, positions=np.arange(steps), widths=0.5, showfliers=True,
+               flierprops={"markersize": 3, "alpha": 0.6})
+    ax.plot(np.arange(steps), table["abs_spearman"], "o-", color="C3", lw=1, ms=4, label="mean |ρ|")
+    if threshold is not None:
+        ax.axhline(threshold, color="C3", ls="--", lw=0.8, label=f"pass rule: |ρ| < {threshold:g}")
     ax.set_xticks(np.arange(steps), labels)
-    ax.set(ylim=(-1.05, 1.05), ylabel="Spearman ρ vs trained",
-           title="cascading randomisation: maps that do not change are not explaining the model")
-    return _finish(fig, save_to)
+    ax.set(ylim=(-0.03, 1.05), ylabel="|Spearman ρ| vs trained maps",
+           title=f"cascading randomisation on {len(spread[0])} images: maps that keep |ρ| high explain the image, "
+                 "not the model")
+    ax.legend(fontsize=8, loc="upper right")
+    return finish(fig, save_to)
 
 
-def plot_deletion_insertion(result: Mapping[str, Any], title: str | None = None,
-                            save_to: str | os.PathLike | None = None) -> Figure:
-    """Mean deletion and insertion curves (from :func:`utils.explain.checks.deletion_insertion`), CAM vs random."""
-    f = result["fractions"]
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), layout="constrained", sharey=True)
-    for ax, mode, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
-        for key, style in (("cam", "-"), ("random", "--")):
-            curve = result[key][mode]
-            auc = result[key][f"{mode}_auc"].mean()
-            ax.plot(f, curve.mean(0), style, label=f"{key} (AUC {auc:.3f})")
-            ax.fill_between(f, np.percentile(curve, 25, 0), np.percentile(curve, 75, 0), alpha=0.15)
-        ax.set(xlabel="fraction of pixels " + ("removed" if mode == "deletion" else "inserted"),
-               title=f"{mode} ({better} AUC is better)", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("target-class probability")
-    if title:
-        fig.suptitle(title)
-    return _finish(fig, save_to)
+def plot_road(result: Mapping[str, Any], title: str | None = None,
+              save_to: str | os.PathLike | None = None) -> Figure:
+    """ROAD curves (:func:`utils.explain.checks.road`): the target probability as the most relevant pixels of
+    the map — or of a random map — are removed and imputed; mean and interquartile band over the images."""
+    f = 100 * np.asarray(result["fractions"])
+    f0 = np.r_[0.0, f]
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
+    for key, label, style in (("map", "the map's most relevant first", "-"), ("random", "random map", "--")):
+        curve = np.c_[result["p0"], result[key]["probs"]]
+        ax.plot(f0, curve.mean(0), style, label=f"{label} (mean drop {result[key]['drop'].mean():.3f})")
+        ax.fill_between(f0, np.percentile(curve, 25, 0), np.percentile(curve, 75, 0), alpha=0.15)
+    ax.set(xlabel="% of pixels removed and imputed (ROAD, most relevant first)", ylabel="P(target class)",
+           ylim=(-0.02, 1.02), title=title or "faster fall = more faithful map")
+    ax.legend(fontsize=8)
+    return finish(fig, save_to)
 
 
 def plot_method_comparison(images: np.ndarray, maps: Mapping[str, np.ndarray],
@@ -178,7 +176,7 @@ def plot_method_comparison(images: np.ndarray, maps: Mapping[str, np.ndarray],
             if i == 0:
                 axes[i, j].set_title(name, fontsize=9)
     axes[0, 0].set_title("input", fontsize=9)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_localisation_bars(table: pd.DataFrame, metrics: Sequence[str] = ("pointing", "near", "energy"),
@@ -200,7 +198,7 @@ def plot_localisation_bars(table: pd.DataFrame, metrics: Sequence[str] = ("point
     ax.set_xticks(x, table["method"], rotation=20, ha="right")
     ax.set(ylim=(0, 1.05), ylabel="score", title=title or "localisation vs image-blind baselines")
     ax.legend(fontsize=8, ncols=2)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 # ------------------------------------------------------------------------ notebook 06: the failures
@@ -243,7 +241,7 @@ def plot_case_sheet(images: np.ndarray, cams_pneumonia: np.ndarray, cams_normal:
         _cam_on(axes[r, c0 + 2], images[i], cams_normal[i], lesion=lesion, lung=lung)
         axes[r, c0 + 2].set_title("Grad-CAM: NORMAL", fontsize=8)
     _drop_ticks(fig)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_group_strip(groups: Mapping[str, np.ndarray], ylabel: str = "fraction of map outside the lungs",
@@ -268,7 +266,7 @@ def plot_group_strip(groups: Mapping[str, np.ndarray], ylabel: str = "fraction o
     if reference is not None:
         ax.axhline(reference, color="gray", ls=":", lw=1)
     ax.set(xlim=(-0.6, len(names) - 0.4), ylabel=ylabel, title=title or "")
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_failure_gallery(images: np.ndarray, cams: np.ndarray, categories: Sequence[str],
@@ -299,4 +297,4 @@ def plot_failure_gallery(images: np.ndarray, cams: np.ndarray, categories: Seque
     if title:
         fig.suptitle(title, fontsize=10)
     _drop_ticks(fig)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)

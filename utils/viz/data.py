@@ -1,4 +1,4 @@
-"""Data and training figures for notebooks 01–03: samples, class balance, patients, intensities, curves.
+"""Data figures for notebook 01: samples, class balance, patients, image sizes, intensities, lesions.
 
 Every function builds its own figure, returns the :class:`~matplotlib.figure.Figure` and, when
 ``save_to`` is given, writes a PNG (dpi 120, tight box); none calls ``plt.show()`` (the notebook does).
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,23 +16,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from utils.viz.common import CLASS_COLORS, CLASS_NAMES, LESION_COLOR, LUNG_COLOR, finish
 
-CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
-CLASS_COLORS: tuple[str, str] = ("C0", "C1")
-LESION_COLOR = "red"
-LUNG_COLOR = "cyan"
-DPI = 120
 #: Columns a training history needs (what :func:`utils.train.engine.fit` writes per epoch).
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_recall", "val_specificity",
-                   "images_per_s")
 
 
-def _finish(fig: Figure, save_to: str | os.PathLike | None) -> Figure:
-    """Save ``fig`` as PNG when asked (creating the folder) and return it."""
-    if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_to, dpi=DPI, bbox_inches="tight")
-    return fig
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -50,12 +37,13 @@ def sample_indices(labels: Sequence[int] | np.ndarray, per_class: int = 6, seed:
 
 def plot_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray, titles: Sequence[str] | None = None,
                      lesion_masks: np.ndarray | None = None, lung_masks: np.ndarray | None = None,
-                     n_cols: int = 6, class_names: Sequence[str] = CLASS_NAMES,
-                     save_to: str | os.PathLike | None = None) -> Figure:
+                     n_cols: int = 6, class_names: Sequence[str] = CLASS_NAMES, lung_label: str = "lung",
+                     title: str | None = None, save_to: str | os.PathLike | None = None) -> Figure:
     """Grid of gray images titled by class (coloured), with lesion (red) and lung (cyan) outlines.
 
     ``images`` is ``(N, S, S)`` uint8 or float in [0, 1]; masks, when given, are boolean ``(N, S, S)``.
-    ``titles`` (one per image) are added under the class name.
+    ``titles`` (one per image) are added under the class name; ``lung_label`` names the cyan outline in the
+    legend (say "estimated" when it is); ``title`` goes above the grid.
     """
     images = np.asarray(images)
     labels = np.asarray(labels)
@@ -85,10 +73,12 @@ def plot_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray, tit
     if lesion_masks is not None:
         handles.append(Line2D([], [], color=LESION_COLOR, label="lesion (ground truth)"))
     if lung_masks is not None:
-        handles.append(Line2D([], [], color=LUNG_COLOR, label="lung"))
+        handles.append(Line2D([], [], color=LUNG_COLOR, label=lung_label))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
-    return _finish(fig, save_to)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return finish(fig, save_to)
 
 
 # ------------------------------------------------------------------------------------------ counts
@@ -128,7 +118,7 @@ def plot_class_balance(counts: pd.DataFrame, save_to: str | os.PathLike | None =
         ax.set_xticks(x, list(counts.index))
         ax.set(ylabel="PNEUMONIA images", title="Pneumonia subtypes per split")
         ax.legend(fontsize=8)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_images_per_patient(patient_ids: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray] | None = None,
@@ -155,7 +145,7 @@ def plot_images_per_patient(patient_ids: Mapping[str, np.ndarray], labels: Mappi
         ax.title.set_fontsize(9)
         ax.set_xticks(ks if top <= 15 else np.unique(np.linspace(1, top, 8).round().astype(int)))
         ax.legend(fontsize=8)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_image_sizes(widths: Sequence[int] | np.ndarray, heights: Sequence[int] | np.ndarray,
@@ -183,7 +173,7 @@ def plot_image_sizes(widths: Sequence[int] | np.ndarray, heights: Sequence[int] 
     for ax in (ax_wh, ax_ar):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_intensity_histograms(images: np.ndarray, labels: Sequence[int] | np.ndarray,
@@ -212,7 +202,7 @@ def plot_intensity_histograms(images: np.ndarray, labels: Sequence[int] | np.nda
     for ax in (ax_px, ax_mean):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_lesion_properties(info: pd.DataFrame, save_to: str | os.PathLike | None = None) -> Figure:
@@ -247,68 +237,4 @@ def plot_lesion_properties(info: pd.DataFrame, save_to: str | os.PathLike | None
     ax_con.set(xlabel="lesion contrast (attenuation amplitude)", ylabel="images", title="Lesion contrast")
     for ax in (ax_n, ax_area, ax_con):
         ax.legend(fontsize=8)
-    return _finish(fig, save_to)
-
-
-# ------------------------------------------------------------------------------------------ training
-def plot_training_curves(histories: pd.DataFrame | Sequence[pd.DataFrame], best_epochs: Sequence[int] | None = None,
-                         names: Sequence[str] | None = None, title: str | None = None,
-                         save_to: str | os.PathLike | None = None) -> Figure:
-    """Loss, validation AUC, recall/specificity at 0.5 and throughput per epoch, for one or more phases.
-
-    ``histories`` are per-epoch tables as :func:`utils.train.engine.fit` writes them (columns
-    :data:`HISTORY_COLUMNS`); phases are drawn one after the other with a dashed boundary between them.
-    ``best_epochs`` (the phase's own epoch numbers, one per history) are marked with a star: the epoch
-    whose checkpoint was kept. ``names`` default to each history's ``phase`` column.
-    """
-    hs = [histories] if isinstance(histories, pd.DataFrame) else list(histories)
-    if not hs or any(h.empty for h in hs):
-        raise ValueError("plot_training_curves needs at least one non-empty history")
-    for h in hs:
-        missing = [c for c in HISTORY_COLUMNS if c not in h.columns]
-        if missing:
-            raise ValueError(f"history lacks the column(s) {missing}")
-    if best_epochs is not None and len(best_epochs) != len(hs):
-        raise ValueError("give one best epoch per history")
-    if names is None:
-        names = [str(h["phase"].iloc[0]) if "phase" in h.columns else f"phase {i + 1}" for i, h in enumerate(hs)]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, layout="constrained")
-    ax_loss, ax_auc, ax_rs, ax_ips = axes.flat
-    offset = 0
-    for i, h in enumerate(hs):
-        x = h["epoch"].to_numpy() + offset
-        c = f"C{i}"
-        ax_loss.plot(x, h["train_loss"], "o-", color=c, label=f"{names[i]} train")
-        ax_loss.plot(x, h["val_loss"], "s--", color=c, label=f"{names[i]} val")
-        ax_auc.plot(x, h["val_auc"], "o-", color=c, label=names[i])
-        ax_rs.plot(x, h["val_recall"], "o-", color=c, label=f"{names[i]} recall")
-        ax_rs.plot(x, h["val_specificity"], "s--", color=c, label=f"{names[i]} specificity")
-        ax_ips.plot(x, h["images_per_s"], "o-", color=c, label=names[i])
-        if best_epochs is not None:
-            row = h[h["epoch"] == best_epochs[i]]
-            if not row.empty:
-                ax_auc.plot(best_epochs[i] + offset, row["val_auc"].iloc[0], "*", ms=16, color=c, mec="k",
-                            label=f"{names[i]} kept (epoch {best_epochs[i]})")
-        last = int(h["epoch"].max()) + offset
-        if i < len(hs) - 1:
-            for ax in axes.flat:
-                ax.axvline(last + 0.5, ls=":", color="grey", lw=1.2)
-            ax_ips.annotate(f"{names[i]} | {names[i + 1]}", (last + 0.5, 0.03), xycoords=("data", "axes fraction"),
-                            ha="center", va="bottom", fontsize=8, color="grey",
-                            bbox={"boxstyle": "round", "fc": "white", "ec": "none", "alpha": 0.8})
-        offset = last
-    ax_loss.set(ylabel="loss (class-weighted CE)", title="Loss")
-    ax_auc.set(ylabel="ROC AUC", title="Validation AUC")
-    lo, hi = ax_auc.get_ylim()
-    ax_auc.set_ylim(lo, min(hi, 1.002))  # an AUC never exceeds 1 (flat curves would get ticks above it)
-    ax_rs.set(ylabel="rate", title="Validation recall / specificity at 0.5", ylim=(-0.02, 1.02))
-    ax_ips.set(ylabel="images / s", title="Training throughput", ylim=(0, None))
-    for ax in axes.flat:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in axes[1]:
-        ax.set_xlabel("epoch (phases one after the other)" if len(hs) > 1 else "epoch")
-    ax_ips.xaxis.get_major_locator().set_params(integer=True)
-    if title:
-        fig.suptitle(title)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -19,18 +18,11 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from utils.evaluate.metrics import (ArrayLike, expected_calibration_error, reliability_curve, threshold_free_metrics,
-                           threshold_metrics)
-
-CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
-DPI = 120
+                                    threshold_metrics)
+from utils.viz.common import CLASS_NAMES, finish
 
 
-def _finish(fig: Figure, save_to: str | os.PathLike | None) -> Figure:
-    """Save ``fig`` as PNG when asked (creating the folder) and return it."""
-    if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_to, dpi=DPI, bbox_inches="tight")
-    return fig
+
 
 
 def plot_confusion_matrix(y_true: ArrayLike, prob: ArrayLike, threshold: float, title: str | None = None,
@@ -50,7 +42,7 @@ def plot_confusion_matrix(y_true: ArrayLike, prob: ArrayLike, threshold: float, 
                 xticklabels=class_names, yticklabels=class_names, ax=ax, annot_kws={"fontsize": 11})
     ax.set(xlabel="predicted", ylabel="true")
     ax.set_title(f"{title + ' — ' if title else ''}threshold {threshold:.3f}")
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_roc_pr(y_true: ArrayLike, prob: ArrayLike, thresholds: Mapping[str, float] | None = None,
@@ -85,7 +77,7 @@ def plot_roc_pr(y_true: ArrayLike, prob: ArrayLike, thresholds: Mapping[str, flo
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_reliability(y_true: ArrayLike, probs: ArrayLike | Mapping[str, ArrayLike], n_bins: int = 10,
@@ -110,7 +102,7 @@ def plot_reliability(y_true: ArrayLike, probs: ArrayLike | Mapping[str, ArrayLik
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     ax_hist.set(xlabel="predicted P(PNEUMONIA)", ylabel="images")
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_subtype_recall(table: pd.DataFrame, target_recall: float | None = None, title: str | None = None,
@@ -125,7 +117,7 @@ def plot_subtype_recall(table: pd.DataFrame, target_recall: float | None = None,
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xticks(x, [f"{r.group}\n{r.detected}/{r.n_positive} found" for r in table.itertuples()])
     ax.set(ylabel="recall (95% Wilson CI)", ylim=(0, 1.05), title=title or "Recall by subtype")
-    return _finish(fig, save_to)
+    return finish(fig, save_to)
 
 
 def plot_model_comparison(results: Mapping[str, Mapping[str, Any]],
@@ -154,4 +146,4 @@ def plot_model_comparison(results: Mapping[str, Mapping[str, Any]],
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _finish(fig, save_to)
+    return finish(fig, save_to)

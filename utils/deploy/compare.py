@@ -1,0 +1,68 @@
+"""FP32 against INT8 (notebook 07): decisions that flip, the comparison table, the cases to look at."""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.deploy.timing import file_size_mb
+
+
+def flips(p_ref: np.ndarray, t_ref: float, p_new: np.ndarray, t_new: float) -> np.ndarray:
+    """Indices where the decisions ``p >= t`` of two models disagree (each at its own threshold)."""
+    p_ref, p_new = np.asarray(p_ref, dtype=np.float64), np.asarray(p_new, dtype=np.float64)
+    if p_ref.shape != p_new.shape:
+        raise ValueError(f"{p_ref.shape} vs {p_new.shape}: predictions of the same images are needed")
+    return np.flatnonzero((p_ref >= t_ref) != (p_new >= t_new))
+
+
+def variant_row(name: str, *, file: str | os.PathLike | None, timing: Mapping[str, float], threshold: float,
+                y_test: np.ndarray, p_test: np.ndarray, n_flips: int | None) -> dict[str, Any]:
+    """One row of the FP32-vs-INT8 table: size, speed, and test metrics at the validation-chosen threshold."""
+    from utils.evaluate.metrics import threshold_free_metrics, threshold_metrics
+
+    tm = threshold_metrics(y_test, p_test, threshold)
+    return {"model": name, "file_mb": file_size_mb(file) if file else math.nan,
+            "latency_ms": timing["latency_ms_median"], "throughput_img_s": timing["throughput_img_s"],
+            "threshold": float(threshold), "test_auc": threshold_free_metrics(y_test, p_test)["roc_auc"],
+            "test_recall": tm["sensitivity"], "test_specificity": tm["specificity"],
+            "flips_vs_fp32": n_flips}
+
+
+def closest_to_threshold(prob: np.ndarray, threshold: float, k: int = 4) -> np.ndarray:
+    """The near-flips: the ``k // 2`` images just below ``threshold`` and the ``k - k // 2`` just above it
+    (fewer on a side that has fewer), closest first."""
+    p = np.asarray(prob, dtype=np.float64)
+    dist = np.abs(p - threshold)
+    below, above = np.flatnonzero(p < threshold), np.flatnonzero(p >= threshold)
+    below, above = below[np.argsort(dist[below], kind="stable")], above[np.argsort(dist[above], kind="stable")]
+    n_below = min(len(below), max(k // 2, k - len(above)))
+    return np.concatenate([below[:n_below], above[:k - n_below]]).astype(np.int64)
+
+
+def decision_titles(ids: Sequence[str], labels: Sequence[int], p_fp32: np.ndarray, t_fp32: float,
+                    p_int8: np.ndarray, t_int8: float, classes: Sequence[str] = ("NORMAL", "PNEUMONIA")
+                    ) -> list[str]:
+    """Figure titles: id and true class, then each model's probability and decision at its own threshold."""
+    def call(p: float, t: float) -> str:
+        return classes[1] if p >= t else classes[0]
+    return [f"{i} (truth: {classes[int(y)]})\nFP32 {a:.3g} → {call(a, t_fp32)}\nINT8 {b:.3g} → {call(b, t_int8)}"
+            for i, y, a, b in zip(ids, labels, p_fp32, p_int8)]
+
+
+def proba_with(forward: Callable[[torch.Tensor], Any], images_uint8: np.ndarray, meta: Mapping[str, Any],
+               batch_size: int = 64) -> np.ndarray:
+    """P(PNEUMONIA) for uint8 images through any ``forward`` (PyTorch or ONNX Runtime)."""
+    from utils.train.model import preprocess
+
+    images = torch.as_tensor(np.asarray(images_uint8))
+    out = [torch.as_tensor(np.asarray(forward(preprocess(images[i:i + batch_size], meta["mean"], meta["std"]))))
+           for i in range(0, len(images), batch_size)]
+    logits = torch.cat(out).float() if out else torch.zeros(0, len(meta["classes"]))
+    return torch.softmax(logits, dim=1)[:, 1].numpy()
+
+
