@@ -2,7 +2,10 @@
 #
 #   make demo   build .venv if missing, then run notebooks 01..NN offline (demo profile) with papermill;
 #               executed copies go to notebooks/executed/ (git-ignored), the sources stay output-free
-#   make test   build .venv if missing, then pytest tests/ and nbval (--nbval-lax) over the notebooks
+#   make test   build .venv if missing, then lint (ruff, mypy), the unit tests, and the notebook tests: every
+#               notebook alone in a fresh temporary project root (nbval, demo profile shrunk by TEST_KNOBS) and
+#               the whole series on the official Kaggle layout (full profile). Nothing is written into data/,
+#               model/ or assets/ (conftest.py).
 #
 # Variables (override on the command line, e.g. `make env TORCH_PIN="torch==2.9.1 torchvision==0.24.1"`):
 SHELL := /bin/bash
@@ -21,6 +24,8 @@ KERNEL ?= python3
 PAPERMILL_ARGS ?=
 # extra pytest arguments for `make test`, e.g. PYTEST_ARGS="-x -k structure"
 PYTEST_ARGS ?=
+# the knobs the notebook tests run with (CPU minutes, not the demo's scale; `make demo` runs the real thing)
+TEST_KNOBS ?= CXR_IMAGE_SIZE=64 CXR_EPOCHS_PHASE1=1 CXR_EPOCHS_PHASE2=1
 
 NB_DIR := notebooks
 EXEC_DIR := $(NB_DIR)/executed
@@ -31,7 +36,7 @@ ENV := $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help env demo test nav strip bench lab clean distclean
+.PHONY: help env demo test test-unit test-notebooks lint nav strip bench lab clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,7 +47,7 @@ env: $(STAMP) ## create .venv (if missing) with the pinned torch pair and the pr
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/python -m pip install $(TORCH_PIN)
-	$(VENV)/bin/python -m pip install -e ".[onnx]"
+	$(VENV)/bin/python -m pip install -e ".[dev]"
 	$(VENV)/bin/python -m ipykernel install --sys-prefix --name $(KERNEL)
 	@touch $@
 
@@ -57,8 +62,17 @@ demo: $(ENV) ## run the whole series on the default (demo) profile; executed cop
 	  echo "    ok in $$(( $$(date +%s) - start )) s -> $$out"; \
 	done
 
-test: $(ENV) ## unit tests (tests/) and nbval over notebooks 01..NN, in order
-	$(PY) -m pytest tests $(if $(NOTEBOOKS),--nbval-lax --nbval-current-env $(NOTEBOOKS)) $(PYTEST_ARGS)
+test: lint test-unit test-notebooks ## lint, unit tests, then the notebook tests (what CI runs)
+
+lint: $(ENV) ## ruff (lint + import order, notebooks included) and mypy on utils/
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test-unit: $(ENV) ## the unit tests (tests/, without tests/notebooks/)
+	$(PY) -m pytest tests --ignore=tests/notebooks $(PYTEST_ARGS)
+
+test-notebooks: $(ENV) ## every notebook alone in a fresh root (nbval), and the series on the official layout
+	$(TEST_KNOBS) $(PY) -m pytest tests/notebooks $(if $(NOTEBOOKS),--nbval-lax --nbval-current-env $(NOTEBOOKS)) $(PYTEST_ARGS)
 
 nav: $(ENV) ## refresh navigation cells, Colab links and the notebook tables
 	$(PY) scripts/nav.py
@@ -66,7 +80,7 @@ nav: $(ENV) ## refresh navigation cells, Colab links and the notebook tables
 strip: $(ENV) ## clear outputs of the source notebooks
 	$(PY) scripts/nav.py --strip-only
 
-bench: $(ENV) ## inference benchmark (python -m benchmarks.bench)
+bench: $(ENV) ## training, data, Grad-CAM and inference benchmark (python -m benchmarks.bench)
 	$(PY) -m benchmarks.bench
 
 lab: $(ENV) ## open JupyterLab at the index notebook

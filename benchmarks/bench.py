@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.cli import EXIT_OK, Parser, run_main
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, artifact, project_root
 from utils.fileio import write_json
 
-EXIT_OK, EXIT_USAGE = 0, 2
 #: Kermany's chest_xray: 5,216 train + 16 val images, pooled; the full profile carves 15 % of them (by
 #: patient) for validation. Used for the full-profile wall-time *estimate* only.
 KERMANY_TRAIN, FULL_VAL_FRACTION = 5232, 0.15
@@ -166,7 +166,7 @@ class _TightLoop:
                 p.requires_grad = name.startswith("fc.")
         model.train()
         if frozen:
-            for name, m in model.named_modules():
+            for m in model.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.eval()
         self.channels_last = device.type == "cuda"
@@ -237,10 +237,10 @@ def bench_train(device: torch.device, s: dict, compile_: bool, progress: bool, p
                 ) -> tuple[dict[str, Any], nn.Module, dict]:
     """Tight reference (frozen and full) and the project's loop (phase 1, phase 2); returns the
     report section, the project model (trained a little) and its metadata."""
-    from utils.data.augment import AugmentSpec
     from utils.checkpoint import make_meta
-    from utils.train.model import build_model
+    from utils.data.augment import AugmentSpec
     from utils.train.engine import DeviceData, autocast_for, class_weights, setup_phase, train_one_epoch
+    from utils.train.model import build_model
 
     size, batch, iters, warmup = s["size"], s["batch"], s["iters"], s["warmup"]
     pool = _random_data(max(iters, warmup) * batch, size, device)
@@ -423,37 +423,37 @@ def bench_eval(model: nn.Module, meta: dict, device: torch.device, s: dict, peak
 
 
 def bench_latency(ckpt: Path, image: Path, s: dict, progress: bool, threads: int | None = None) -> dict[str, Any]:
-    """Single-image CPU latency: decode + preprocess + Grad-CAM (one forward + backward) + softmax."""
-    from utils.explain.gradcam import GradCAM
-    from utils.data.images import read_image
-    from utils.train.model import cpu_threads, load_model, preprocess
+    """Single-image CPU latency of exactly what the inference command runs per image:
+    :func:`utils.deploy.predict.predict_images` on an already loaded model (decode, preprocess, the main
+    explanation's one forward + backward, softmax, decision), without writing the overlay PNG; and the same call
+    with ``explain=False`` (forward only) to show what the map costs."""
+    from utils.deploy.predict import predict_images
+    from utils.train.model import cpu_threads, load_model
 
     threads = threads or _cpu_threads()
     runs = max(20, s["latency_runs"])
     with cpu_threads(threads):
         model, meta = load_model(ckpt, "cpu")
         size = int(meta["image_size"])
-        e2e, model_only = [], []
-        with GradCAM(model, "layer4") as cam:
-            def once() -> tuple[float, float]:
-                t0 = time.perf_counter()
-                gray = read_image(image, size)
-                x = preprocess(torch.from_numpy(gray)[None], meta["mean"], meta["std"])
-                t1 = time.perf_counter()
-                _, logits = cam(x, targets=1)
-                float(torch.softmax(logits.float(), dim=1)[0, 1])
-                t2 = time.perf_counter()
-                return (t2 - t0) * 1e3, (t2 - t1) * 1e3
 
-            for _ in range(3):
-                once()
-            for _ in _progress(range(runs), progress, desc="CPU latency", unit="img"):
-                a, b = once()
-                e2e.append(a)
-                model_only.append(b)
+        def once(explain: bool) -> float:
+            t0 = time.perf_counter()
+            _, failures = predict_images(model, meta, [image], threshold=float(meta["threshold"]),
+                                               explain=explain)
+            if failures:
+                raise UserError(f"latency image failed: {failures[0][1]}")
+            return (time.perf_counter() - t0) * 1e3
+
+        for _ in range(3):
+            once(True)
+        e2e, forward = [], []
+        for _ in _progress(range(runs), progress, desc="CPU latency", unit="img"):
+            e2e.append(once(True))
+            forward.append(once(False))
     return {"device": "cpu", "threads": threads, "runs": runs, "size": size, "image": image.name,
+            "path": "utils.deploy.predict.predict_images (what pneumonia-predict runs per image)",
             "predict_gradcam_ms_median": float(np.median(e2e)), "predict_gradcam_ms_p90": _pct(e2e, 90),
-            "model_gradcam_ms_median": float(np.median(model_only)), "model_gradcam_ms_p90": _pct(model_only, 90)}
+            "predict_forward_ms_median": float(np.median(forward)), "predict_forward_ms_p90": _pct(forward, 90)}
 
 
 def bench_predict_command(ckpt: Path, image: Path, tmp: Path, threads: int | None = None) -> dict[str, Any]:
@@ -548,7 +548,7 @@ def format_table(rep: dict) -> str:
         ("eval", "evaluate (img/s)", e.get("img_s")),
         ("latency", f"CPU predict+Grad-CAM median (ms, {lat.get('threads')} thr)", lat.get("predict_gradcam_ms_median")),
         ("latency", "CPU predict+Grad-CAM p90 (ms)", lat.get("predict_gradcam_ms_p90")),
-        ("latency", "CPU model+Grad-CAM median (ms)", lat.get("model_gradcam_ms_median")),
+        ("latency", "CPU predict, forward only, median (ms)", lat.get("predict_forward_ms_median")),
         ("latency", "predict command, whole process (s)", lat.get("predict_cmd_wall_s")),
     ]
     rows += [("gradcam", f"batch {b} (maps/s)", cam.get(f"b{b}_maps_s")) for b in cam.get("batches", [])]
@@ -564,28 +564,21 @@ def format_table(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def _clean(obj: Any) -> Any:
-    """Round floats and make the report plain JSON."""
+def _rounded(obj: Any) -> Any:
+    """The report with its floats rounded (4 digits under 10, else 2); ``write_json`` does the rest."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: _rounded(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [_rounded(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         v = float(obj)
         return _r(v, 4 if abs(v) < 10 else 2)
-    if isinstance(obj, np.integer):
-        return int(obj)
     return obj
 
 
 # ---------------------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Unset sizes take the --smoke values, else full values (fewer timed iterations on a CPU). "
                        "See docs/BENCHMARKS.md.")
@@ -698,29 +691,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mem.update({f"gpu_{k}_mib": v for k, v in peaks.peaks.items()})
     rep["memory"] = mem
     rep["wall_s"] = time.perf_counter() - t_start
-    rep = _clean(rep)
+    rep = _rounded(rep)
     write_json(out_path, rep)
     rep["_path"] = str(out_path)
     return rep
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: returns the exit code; user mistakes (e.g. ``--device cuda`` without a GPU) print one line, exit 2."""
-    try:
-        args = build_parser().parse_args(argv)
-        rep = run(args)
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    except UserError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("error: interrupted.", file=sys.stderr)
-        return 130
+def _cli(argv: Sequence[str] | None) -> int:
+    rep = run(build_parser().parse_args(argv))
     path = rep.pop("_path")
     print(format_table(rep))
     print(f"report: {path}")
     return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: returns the exit code; user mistakes (e.g. ``--device cuda`` without a GPU) print one line, exit 2."""
+    return run_main(_cli, argv)
 
 
 if __name__ == "__main__":

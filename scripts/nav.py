@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # running as `python scripts/nav.py` before `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from utils.config import GITHUB_BRANCH, GITHUB_REPO  # noqa: E402
+from utils.config import GITHUB_BRANCH, GITHUB_REPO
 
 NB_DIR = ROOT / "notebooks"
 README = ROOT / "README.md"

@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import nbformat
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-import nav  # noqa: E402  (scripts/nav.py)
+import nav
 
-Exercise = Union[str, tuple[str, str]]
+Exercise = str | tuple[str, str]
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 

@@ -1,4 +1,5 @@
-"""Pretrain the phantom ResNet-18 backbone shipped as ``model/phantom_resnet18_pretrained.pt``.
+"""Pretrain the phantom backbones the demo ships: ``model/phantom_resnet18_pretrained.pt`` (``--arch resnet18``)
+and ``model/phantom_vit_tiny_pretrained.pt`` (``--arch vit_tiny``, notebook 09).
 
 Why: offline there are no ImageNet weights, and a ResNet-18 trained from scratch on a CPU-sized phantom
 set classifies well while its Grad-CAM points at lesions no better than chance (see the README). This
@@ -19,6 +20,7 @@ measured on held-out phantoms (their masks score the maps; they are never traine
 
 Usage (GPU recommended; CPU works at reduced size):
     python scripts/pretrain_phantom_backbone.py --patients 7000 --epochs 6 --batch 64   # CPU, about an hour
+    python scripts/pretrain_phantom_backbone.py --arch vit_tiny --patients 7000 --epochs 6 --batch 64
     python scripts/pretrain_phantom_backbone.py --smoke          # tiny CPU run to check the script
 """
 from __future__ import annotations
@@ -36,14 +38,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.data import phantom  # noqa: E402
-from utils.data.augment import AugmentSpec, augment_pair  # noqa: E402
-from utils.checkpoint import make_meta, save_checkpoint  # noqa: E402
-from utils.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from utils.train.model import build_model, preprocess  # noqa: E402
-from utils.train.engine import autocast_for, class_weights  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from utils.checkpoint import make_meta, save_checkpoint
+from utils.config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SHIPPED,
+)
+from utils.data import phantom
+from utils.data.augment import AugmentSpec, augment_pair
+from utils.train.engine import autocast_for, class_weights
+from utils.train.model import build_model, preprocess
+from utils.train.vit import build_vit
 
 PRETEXTS = ("label", "label+lesion-map")
 
@@ -75,6 +82,17 @@ def make_corpus(n_patients: int, seed: int, size: int, workers: int, legacy: boo
     return tuple(np.concatenate(p) for p in zip(*parts))
 
 
+class LabelOnly(nn.Module):
+    """A classifier in the training loop's shape: ``(logits, None, None)`` (no auxiliary maps)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x), None, None
+
+
 class Pretext(nn.Module):
     """ResNet-18 + 1×1 lesion-map heads on layer3 and layer4."""
 
@@ -93,12 +111,30 @@ class Pretext(nn.Module):
         return logits, self.aux3(f3), self.aux4(f4)
 
 
+def _explainers(model: nn.Module) -> dict:
+    """The maps measured after pretraining: Grad-CAM on layer3 / layer4 (ResNet), or Grad-CAM on the last
+    block's norm1 and attention rollout (ViT)."""
+    from utils.explain.gradcam import GradCAM
+    from utils.explain.vit import attention_rollout, vit_gradcam_layer, vit_reshape
+    from utils.train.vit import is_vit
+
+    def cam(layer, reshape=None):
+        def run(xb):
+            with GradCAM(model, layer, reshape=reshape) as c:
+                return c(xb, targets=[1] * len(xb))[0]
+        return run
+
+    if is_vit(model):
+        return {"gradcam_norm1": cam(vit_gradcam_layer(model), vit_reshape(model)),
+                "rollout": lambda xb: attention_rollout(model, xb)[0]}
+    return {"layer3": cam("layer3"), "layer4": cam("layer4")}
+
+
 @torch.no_grad()
 def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, batch: int = 256) -> dict:
-    """Val AUC and Grad-CAM localisation (layer3 / layer4) on true-pneumonia images."""
+    """Val AUC and localisation of the maps (:func:`_explainers`) on true-pneumonia images (masks score only)."""
     from sklearn.metrics import roc_auc_score
 
-    from utils.explain.gradcam import GradCAM
     from utils.explain.localisation import localisation_scores
 
     model.eval()
@@ -114,14 +150,10 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Ten
     if len(pos) == 0:  # e.g. a smoke run that detects nothing yet: measure on every pneumonia image
         pos, out["localised_on"] = np.flatnonzero(yn == 1)[:400], "all pneumonia images (no true positive)"
     with torch.enable_grad():
-        for layer in ("layer3", "layer4"):
-            maps = []
-            with GradCAM(model, layer) as cam:
-                for i in range(0, len(pos), 64):
-                    xb = preprocess(x[pos[i:i + 64]], IMAGENET_MEAN, IMAGENET_STD)
-                    maps.append(cam(xb, targets=[1] * len(xb))[0])
+        for name, explain in _explainers(model).items():
+            maps = [explain(preprocess(x[pos[i:i + 64]], IMAGENET_MEAN, IMAGENET_STD)) for i in range(0, len(pos), 64)]
             sc = localisation_scores(np.concatenate(maps), masks[pos].cpu().numpy())
-            out.update({f"{layer}_{k}": v for k, v in sc.items() if isinstance(v, (int, float))})
+            out.update({f"{name}_{k}": v for k, v in sc.items() if isinstance(v, (int, float))})
     return out
 
 
@@ -132,13 +164,15 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--arch", choices=("resnet18", "vit_tiny"), default="resnet18")
+    p.add_argument("--lr", type=float, default=None, help="default: 2e-3 (ResNet), 1e-3 (ViT)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: 5e-4 (ResNet), 0.05 (ViT)")
     p.add_argument("--pretext", choices=PRETEXTS, default="label",
                    help="label: labels only (the shipped default); label+lesion-map: the mask-supervised ablation")
     p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the lesion-map loss (ablation only)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=max(1, mp.cpu_count()))
-    p.add_argument("--out", default="model/phantom_resnet18_pretrained.pt")
+    p.add_argument("--out", default=None, help="default: the shipped file of --arch under model/")
     p.add_argument("--report", default="", help="also write the measurements to this JSON file")
     p.add_argument("--legacy-spec", action="store_true",
                    help="the phantom spec the shipped backbone was trained with (docs/PHANTOM_BACKBONE.md)")
@@ -146,6 +180,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.smoke:
         a.patients, a.val_patients, a.epochs, a.batch = 24, 16, 1, 16
+    vit = a.arch == "vit_tiny"
+    if vit and a.pretext != "label":
+        p.error("the ViT is pretrained with labels only (--pretext label)")
+    a.lr = a.lr if a.lr is not None else (1e-3 if vit else 2e-3)
+    a.weight_decay = a.weight_decay if a.weight_decay is not None else (0.05 if vit else 5e-4)
+    a.out = a.out or str(ROOT / SHIPPED["vit_backbone" if vit else "pretrained_backbone"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(a.seed)
     t0 = time.time()
@@ -160,12 +200,16 @@ def main(argv=None) -> int:
     Y = torch.from_numpy(yi).to(device)
     Xv, Yv, Mv = torch.from_numpy(xv).unsqueeze(1).to(device), torch.from_numpy(yv).to(device), torch.from_numpy(mv)
 
-    net, _ = build_model("none", seed=a.seed)
-    model = Pretext(net).to(device)
+    if vit:
+        net, _ = build_vit("none", image_size=a.size, seed=a.seed)
+        model = LabelOnly(net).to(device)
+    else:
+        net, _ = build_model("none", seed=a.seed)
+        model = Pretext(net).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     steps = a.epochs * ((len(Y) + a.batch - 1) // a.batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=5e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps, pct_start=0.15)
     ce = nn.CrossEntropyLoss(weight=class_weights(yi).to(device))
     ctx, _ = autocast_for(device)
@@ -199,22 +243,24 @@ def main(argv=None) -> int:
               f"{epoch * len(Y) / (time.time() - t1):.0f} img/s)", flush=True)
     net = model.net.float().to(memory_format=torch.contiguous_format)
     res = measure(net, Xv, Yv, Mv)
-    res.update({"train_images": int(len(Y)), "val_images": int(len(Yv)), "epochs": a.epochs, "size": a.size,
-                "seconds": round(time.time() - t0, 1), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"})
+    res.update({"train_images": len(Y), "val_images": len(Yv), "epochs": a.epochs, "size": a.size,
+                "seconds": round(time.time() - t0, 1),
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"})
     print(json.dumps(res, indent=1), flush=True)
     state = {k: v.detach().cpu().half() for k, v in net.state_dict().items()
              if not k.endswith("num_batches_tracked")}
     from dataclasses import asdict
-    meta = make_meta(image_size=a.size, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
+    meta = make_meta(image_size=a.size, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5, arch=a.arch,
                      profile="pretrain", weights="phantom-pretrained", phase="pretrain",
                      pretext=("labels only (class-weighted cross-entropy)" if not uses_masks else
                               "label + layer3/layer4 lesion-fraction maps (BCE)"),
                      uses_lesion_masks=uses_masks,
-                     corpus={"train": {"patients": a.patients, "seed": a.seed, "images": int(len(Y))},
-                             "val": {"patients": a.val_patients, "seed": a.seed + 1000, "images": int(len(Yv))},
+                     corpus={"train": {"patients": a.patients, "seed": a.seed, "images": len(Y)},
+                             "val": {"patients": a.val_patients, "seed": a.seed + 1000, "images": len(Yv)},
                              "phantom_spec": asdict(corpus_spec(a.size, a.legacy_spec)),
                              "legacy_spec": bool(a.legacy_spec)},
-                     recipe={"epochs": a.epochs, "batch": a.batch, "lr": a.lr, "optimiser": "AdamW, one-cycle",
+                     recipe={"epochs": a.epochs, "batch": a.batch, "lr": a.lr, "weight_decay": a.weight_decay,
+                             "optimiser": "AdamW, one-cycle",
                              "aux_weight": a.aux_weight if uses_masks else 0.0},
                      script="scripts/pretrain_phantom_backbone.py", measured=res)
     save_checkpoint(a.out, {"model": state, "meta": meta})

@@ -113,17 +113,23 @@ def write_bad_checkpoints(folder: Path) -> dict[str, Path]:
     out["wrong_shapes"] = save_checkpoint(folder / "wrong_shapes.pt", {"model": r18.state_dict(), "meta": make_meta(**meta)})
     out["no_meta"] = save_checkpoint(folder / "no_meta.pt", {"model": {"fc.weight": torch.zeros(2, 512)}})
     out["bare_state_dict"] = save_checkpoint(folder / "bare.pt", {"fc.weight": torch.zeros(2, 512)})
+    good18 = models.resnet18(weights=None, num_classes=2).state_dict()
+    out["bad_image_size"] = save_checkpoint(folder / "bad_size.pt", {"model": good18,
+                                                                    "meta": make_meta(**{**meta, "image_size": 0})})
     out["pickled_object"] = folder / "pickled.pt"
     torch.save({"model": NotAStateDict(), "meta": make_meta(**meta)}, out["pickled_object"])
     return out
 
 
-def write_tiny_checkpoint(path: Path, threshold: float = 0.4, **extra) -> Path:
-    """A valid project checkpoint: random ResNet-18 (seed 0), 64 px, ImageNet normalisation."""
+def write_tiny_checkpoint(path: Path, threshold: float = 0.4, threshold_rule: str | None = "test rule", **extra) -> Path:
+    """A valid project checkpoint: random ResNet-18 (seed 0), 64 px, ImageNet normalisation, with a recorded
+    operating threshold (``threshold_rule=None``: only the default, unchosen one)."""
     from utils.checkpoint import make_meta, save_checkpoint
     from utils.config import IMAGENET_MEAN, IMAGENET_STD
     from utils.train.model import build_model
 
     model, _ = build_model("none", seed=0)
+    if threshold_rule is not None:
+        extra["threshold_rule"] = threshold_rule
     meta = make_meta(image_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=threshold, profile="test", **extra)
     return save_checkpoint(path, {"model": model.state_dict(), "meta": meta})

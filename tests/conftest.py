@@ -1,6 +1,10 @@
-"""Shared test settings."""
+"""Shared unit-test settings (the repository's conftest.py keeps every test out of data/, model/, assets/)."""
+import os
+
 import pytest
 import torch
+
+from utils.config import KNOB_ENV
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -14,9 +18,11 @@ def one_thread():
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    """Tests see the repository's own settings: no CXR_* overrides from the caller's shell."""
-    for var in ("CXR_PROFILE", "CXR_DATA_DIR", "CXR_PROJECT_ROOT"):
+    """Tests see the repository's own settings: no CXR_* knob from the caller's shell, and outputs in the
+    session's temporary project root."""
+    for var in KNOB_ENV.values():
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CXR_PROJECT_ROOT", os.environ["CXR_PROJECT_ROOT"])
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,8 @@
 """Small assertions and runners shared by several test files (tests/ is on sys.path under pytest)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,20 +6,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import nn  # noqa: E402
-from torchvision.models import resnet18  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from torchvision.models import resnet18
 
-from utils.explain import checks as cam_eval  # noqa: E402
-
-from utils.viz import cams as cam_plots  # noqa: E402
-from utils.explain.gradcam import GradCAM, gradcam  # noqa: E402
-from utils.explain.localisation import localisation_table  # noqa: E402
-
+from utils.explain import checks as cam_eval
+from utils.explain.gradcam import GradCAM, gradcam
+from utils.explain.localisation import localisation_table
+from utils.viz import cams as cam_plots
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +64,37 @@ def test_cascading_randomisation_changes_maps(model, x):
     np.testing.assert_allclose(again["spearman"], df["spearman"])  # seeded
 
 
+def test_randomisation_reaches_the_stem_including_batchnorm_statistics(model, x):
+    df = cam_eval.cascading_randomisation(model, x[:2], 1, "layer3", seed=0)
+    assert list(df["randomised"]) == ["", *cam_eval.RANDOMISATION_ORDER] and df["randomised"].iloc[-1] == "stem"
+    assert {"rho", "abs_spearman", "q25", "q75"} <= set(df.columns) and len(df["rho"].iloc[1]) == 2
+    work = __import__("copy").deepcopy(model)
+    work.bn1.running_mean.fill_(3.0)
+    cam_eval._reset_block(work, "stem")
+    assert torch.equal(work.bn1.running_mean, torch.zeros_like(work.bn1.running_mean))  # statistics reset too
+    assert not torch.equal(work.conv1.weight, model.conv1.weight)
+
+
+def _table(abs_rho: list[float]):
+    import pandas as pd
+
+    names = ["", *cam_eval.RANDOMISATION_ORDER]
+    return pd.DataFrame({"step": range(len(names)), "randomised": names,
+                         "abs_spearman": [1.0, *abs_rho], "rho": [np.ones(16)] * len(names)})
+
+
+def test_sanity_rule_is_on_the_absolute_correlation():
+    assert cam_eval.sanity_verdict(_table([0.9, 0.3, 0.2, 0.1, 0.1, 0.05]))["passes"]
+    # an inverted map (rho = -0.8, |rho| = 0.8) reproduces the image's structure: it fails like rho = +0.8
+    assert not cam_eval.sanity_verdict(_table([0.9, 0.8, 0.2, 0.1, 0.1, 0.05]))["passes"]
+    # a map that recovers its structure when a lower block is randomised fails too
+    v = cam_eval.sanity_verdict(_table([0.9, 0.3, 0.2, 0.6, 0.1, 0.05]))
+    assert not v["passes"] and v["worst_after"] == 0.6 and v["n_images"] == 16
+    assert cam_eval.sanity_verdict(_table([0.9, 0.3, 0.2, 0.1, 0.1, 0.05]), after="fc")["passes"] is False
+    with pytest.raises(ValueError, match="not one of the randomised blocks"):
+        cam_eval.sanity_verdict(_table([0.1] * 6), after="layer9")
+
+
 def test_spearman_maps_flat_cases():
     a = np.random.default_rng(0).random((3, 5, 5))
     flat = np.zeros((3, 5, 5))
@@ -86,54 +115,74 @@ class RegionModel(nn.Module):
         return torch.stack([-s, s], dim=1)
 
 
-def test_deletion_insertion_on_a_model_with_known_evidence():
-    model = RegionModel()
-    x = torch.ones(2, 3, 16, 16)
+def _patterned(n: int = 2, size: int = 16) -> torch.Tensor:
+    """Images with texture everywhere: a linear imputation cannot restore a removed patch exactly."""
+    g = torch.Generator().manual_seed(5)
+    return (torch.rand(n, 1, size, size, generator=g) * 2 + 1).expand(-1, 3, -1, -1).contiguous()
+
+
+def test_linear_imputation_matches_pytorch_grad_cam():
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    rng = np.random.default_rng(3)
+    img = rng.random((24, 24))
+    keep = rng.random((24, 24)) > 0.15
+    keep[:2] = False  # border rows: fewer neighbours
+    ours = cam_eval.linear_impute(img, keep, noise=0.0)
+    theirs = NoisyLinearImputer(noise=0.0)(torch.from_numpy(img[None]).float(),
+                                           torch.from_numpy(keep.astype(np.float32)))[0].numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert np.array_equal(ours[keep], img[keep])  # kept pixels are never touched
+
+
+class SpotModel(nn.Module):
+    """P(class 1) = sigmoid(10 · (mean of the 4×4 block at rows/cols 4..7 − 0.6)): the evidence is one spot."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = 10.0 * (x[:, 0, 4:8, 4:8].mean(dim=(1, 2)) - 0.6)
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def test_road_ranks_the_map_that_points_at_the_evidence_above_random():
+    x = 0.2 * _patterned(2, 16) / 3  # dim texture everywhere
+    x[:, :, 4:8, 4:8] = 1.0  # the bright spot the model reads
     good = np.zeros((2, 16, 16), np.float32)
-    good[:, :8, :8] = 1.0
-    bad = good[:, ::-1, ::-1].copy()
-    r_good = cam_eval.deletion_insertion(model, x, good, 1, steps=8, baseline="zero")
-    r_bad = cam_eval.deletion_insertion(model, x, bad, 1, steps=8, baseline="zero")
-    p1 = torch.sigmoid(torch.tensor(8.0)).item()
-    d, i = r_good["cam"]["deletion"], r_good["cam"]["insertion"]
-    assert d.shape == i.shape == (2, 9) and r_good["fractions"][[0, -1]].tolist() == [0.0, 1.0]
-    np.testing.assert_allclose(d[:, 0], p1, atol=1e-6)   # nothing deleted
-    np.testing.assert_allclose(d[:, -1], 0.5, atol=1e-6)  # everything deleted: the baseline's probability
-    np.testing.assert_allclose(i[:, 0], 0.5, atol=1e-6)
-    np.testing.assert_allclose(i[:, -1], p1, atol=1e-6)
-    np.testing.assert_allclose(d[:, 2:], 0.5, atol=1e-6)  # evidence gone after 25 % of the pixels
-    g, b = r_good["summary"], r_bad["summary"]
-    assert g.loc["cam", "deletion_auc"] < b.loc["cam", "deletion_auc"]
-    assert g.loc["cam", "insertion_auc"] > b.loc["cam", "insertion_auc"]
-    assert g.loc["cam", "deletion_auc"] < g.loc["random", "deletion_auc"]
-    assert set(g.columns) == {"deletion_auc", "insertion_auc", "n"}
+    good[:, 4:8, 4:8] = 1.0  # points at the spot
+    bad = np.zeros((2, 16, 16), np.float32)
+    bad[:, 10:14, 10:14] = 1.0  # points at texture the model ignores
+    fr = (16 / 256, 0.1, 0.2)
+    model = SpotModel()
+    r_good = cam_eval.road(model, x, good, target=1, fractions=fr, seed=0)
+    r_bad = cam_eval.road(model, x, bad, target=1, fractions=fr, seed=0)
+    assert r_good["map"]["probs"].shape == (2, 3) and r_good["fractions"].tolist() == list(fr)
+    assert r_good["p0"] == pytest.approx(1 / (1 + np.exp(-4.0)))
+    assert (r_good["map"]["probs"][:, 0] < 0.05).all()  # the spot imputed from its dim neighbours: evidence gone
+    np.testing.assert_allclose(r_bad["map"]["probs"][:, 0], r_bad["p0"], atol=1e-6)  # removing texture: no change
+    assert (r_good["difference"] > 0.5).all() and (r_good["difference"] > r_bad["difference"]).all()
+    assert np.allclose(r_good["random"]["drop"], r_bad["random"]["drop"])  # the same random maps for both
 
 
-def test_baselines():
-    x = torch.randn(2, 3, 16, 16)
-    assert torch.equal(cam_eval._baseline(x, "zero"), torch.zeros_like(x))
-    assert torch.equal(cam_eval._baseline(x, 0.5), torch.full_like(x, 0.5))
-    mean = cam_eval._baseline(x, "mean")
-    assert mean.shape == x.shape and torch.allclose(mean[:, :, 0, 0], x.mean(dim=(2, 3)))
-    blur = cam_eval._baseline(x, "blur")
-    assert blur.shape == x.shape and blur.std() < x.std()
-    assert cam_eval._baseline(x, torch.zeros(3, 1, 1)).shape == x.shape
-    with pytest.raises(ValueError, match="baseline"):
-        cam_eval._baseline(x, "noise")
+def test_road_images_remove_the_right_pixels_and_copy_channels():
+    x = _patterned(1, 12)
+    maps = np.zeros((1, 12, 12), np.float32)
+    maps[0, 0, :6] = 1.0  # the 6 most relevant pixels: first row, left half
+    out = cam_eval.road_images(x, maps, fractions=(6 / 144,), noise=0.0)
+    assert out.shape == (1, 3, 12, 12) and torch.equal(out[0, 0], out[0, 2])
+    changed = (out[0, 0] != x[0, 0]).numpy()
+    assert changed[0, :6].all() and changed.sum() == 6
+    least = cam_eval.road_images(x, maps, fractions=(6 / 144,), most_relevant_first=False, noise=0.0)
+    assert not (least[0, 0] != x[0, 0]).numpy()[0, :6].any()  # least relevant first leaves the top row alone
 
 
-def test_deletion_insertion_on_resnet(model, x):
+def test_road_on_resnet_leaves_the_model_untouched(model, x):
     before = fingerprint(model)
     maps, logits = gradcam(model, x[:2], "layer3")
-    r = cam_eval.deletion_insertion(model, x[:2], maps, None, steps=4)
-    probs = logits.softmax(1).max(1).values.numpy()
-    np.testing.assert_allclose(r["cam"]["deletion"][:, 0], probs, atol=1e-5)
-    np.testing.assert_allclose(r["cam"]["insertion"][:, -1], probs, atol=1e-5)
-    for key in ("cam", "random"):
-        assert np.all((r[key]["deletion_auc"] >= 0) & (r[key]["deletion_auc"] <= 1))
+    r = cam_eval.road(model, x[:2], maps, None, fractions=(0.01, 0.02))
+    np.testing.assert_allclose(r["p0"], logits.softmax(1).max(1).values.numpy(), atol=1e-5)
+    assert np.isfinite(r["difference"]).all()
     assert_untouched(model, before)
     with pytest.raises(ValueError):
-        cam_eval.deletion_insertion(model, x[:2], maps[:1], None)
+        cam_eval.road(model, x[:2], maps[:1], None)
 
 
 def test_compare_methods(model):
@@ -166,9 +215,9 @@ def test_cam_plots_smoke(model, x, tmp_path):
     figs["grid"] = cam_plots.plot_cam_grid(images, maps, titles=list("abcd"), lesion_masks=masks,
                                            lung_masks=masks, show_image=True)
     df = cam_eval.cascading_randomisation(model, x[:2], None, "layer3", order=("fc",))
-    figs["rand"] = cam_plots.plot_randomisation(df, images[0])
-    r = cam_eval.deletion_insertion(model, x[:2], maps[:2], None, steps=2)
-    figs["di"] = cam_plots.plot_deletion_insertion(r, title="t")
+    figs["rand"] = cam_plots.plot_randomisation(df, images[0], threshold=0.5, save_to=tmp_path / "rand.png")
+    r = cam_eval.road(model, x[:2], maps[:2], None, fractions=(0.01, 0.02))
+    figs["road"] = cam_plots.plot_road(r, title="t", save_to=tmp_path / "road.png")
     maps_by = {"a": maps, "b": maps[::-1]}
     figs["cmp"] = cam_plots.plot_method_comparison(images, maps_by, masks, n_images=2)
     figs["bars"] = cam_plots.plot_localisation_bars(localisation_table(maps_by, masks, n_random=2))

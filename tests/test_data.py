@@ -11,10 +11,21 @@ import pytest
 from PIL import Image
 
 from utils import data as D
-from utils.data import images as I
 from utils.config import UserError
-from utils.data import (LeakageError, patient_key_evidence, shared_patients_by_rule, Split, check_no_leaks, duplicate_groups, find_leaks, load_folder,
-                        patient_id_from_name, patient_split, subtype_from_name)
+from utils.data import (
+    LeakageError,
+    Split,
+    check_no_leaks,
+    duplicate_groups,
+    find_leaks,
+    load_folder,
+    patient_id_from_name,
+    patient_key_evidence,
+    patient_split,
+    shared_patients_by_rule,
+    subtype_from_name,
+)
+from utils.data import images as I
 
 
 # ------------------------------------------------------------------------------------------ ids

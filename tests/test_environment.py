@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 # conda package names that differ from PyPI's
@@ -75,19 +76,26 @@ def test_parser_reads_the_subset():
     assert pip == ["torch>=2.2", "-e ."]
 
 
+def declared() -> list[str]:
+    """Core dependencies plus the ``dev`` extra: what environment.yml must list."""
+    project = pyproject()["project"]
+    return list(project["dependencies"]) + list(project["optional-dependencies"]["dev"])
+
+
 def test_environment_yml_names_the_same_dependencies_as_pyproject():
-    core = {req_name(r) for r in pyproject()["project"]["dependencies"]}
+    core = {req_name(r) for r in declared()}
     yml = yml_names()
     assert core - yml == set(), f"in pyproject.toml but not environment.yml: {sorted(core - yml)}"
     assert yml - core == set(), f"in environment.yml but not pyproject.toml: {sorted(yml - core)}"
 
 
 def test_environment_yml_pip_requirements_match_pyproject_exactly():
-    core = {req_name(r): r.replace(" ", "") for r in pyproject()["project"]["dependencies"]}
+    core = {req_name(r): r.replace(" ", "") for r in declared()}
     _, pip = environment_yml()
     for req in pip:
         if not req.startswith("-"):
-            assert req.replace(" ", "") == core[req_name(req)], f"environment.yml {req!r} != pyproject {core[req_name(req)]!r}"
+            want = core[req_name(req)]
+            assert req.replace(" ", "") == want, f"environment.yml {req!r} != pyproject {want!r}"
     assert "-e ." in pip, "environment.yml should install the project itself (- -e .)"
 
 
@@ -98,6 +106,43 @@ def test_online_extras_stay_out_of_the_core():
     core = {req_name(r) for r in project["dependencies"]}
     assert online & core == set(), f"online extras in the core dependencies: {sorted(online & core)}"
     assert online & yml_names() == set(), f"online extras in environment.yml: {sorted(online & yml_names())}"
+
+
+def test_development_tools_stay_out_of_the_core():
+    project = pyproject()["project"]
+    core = {req_name(r) for r in project["dependencies"]}
+    dev = {req_name(r) for r in project["optional-dependencies"]["dev"]}
+    assert {"jupyterlab", "nbval", "papermill", "pytest", "ruff", "mypy"} <= dev
+    assert dev & core == set(), f"development tools in the core dependencies: {sorted(dev & core)}"
+
+
+def _imports(text: str) -> set[str]:
+    return {m.group(1) for m in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", text, re.MULTILINE)}
+
+
+def test_what_the_notebooks_and_utils_import_is_declared_in_the_core():
+    import json
+    import sys
+
+    names = set()
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text(encoding="utf-8"))["cells"]:
+            if cell["cell_type"] == "code" and "colab-setup" not in cell.get("metadata", {}).get("tags", []):
+                names |= _imports("".join(cell["source"]))
+    for py in (ROOT / "utils").rglob("*.py"):
+        names |= _imports(py.read_text(encoding="utf-8"))
+    third_party = {n for n in names if n not in sys.stdlib_module_names and n not in ("utils", "__future__")}
+    distributions = {"sklearn": "scikit-learn", "PIL": "pillow", "pytorch_grad_cam": "grad-cam", "IPython": "ipywidgets",
+                     "onnxruntime": "onnxruntime", "pydicom": "pydicom", "medmnist": "medmnist", "kagglehub": "kagglehub",
+                     "google": None}  # google.colab: only inside the Colab-only setup cell
+    project = pyproject()["project"]
+    allowed = {req_name(r) for r in project["dependencies"]}
+    allowed |= {req_name(r) for r in project["optional-dependencies"]["online"]}
+    allowed |= {req_name(r) for r in project["optional-dependencies"]["dicom"]}
+    missing = sorted(n for n in third_party
+                     if distributions.get(n, n) is not None and norm(distributions.get(n, n)) not in allowed)
+    assert not missing, f"imported at run time but not declared in the core dependencies: {missing}"
+    assert "cv2" not in third_party  # OpenCV is not imported (grad-cam brings it; the series does not use it)
 
 
 def test_makefile_pins_the_torch_pair():

@@ -5,13 +5,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from helpers import assert_png  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pytest
+from helpers import assert_png
+from matplotlib.figure import Figure
 
-from utils.viz import evaluation as EP  # noqa: E402
-from utils.evaluate import metrics as M  # noqa: E402
+from utils.evaluate import metrics as M
+from utils.viz import evaluation as EP
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.explain import checks as cam_eval
 from utils.explain import selection as E
-from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.explain.gradcam import GradCAM, average_unshifted, gradcam, shift_averaged_gradcam, shift_grid, shift_images
 from utils.explain.localisation import argmax_point, distance_to_mask
+from utils.train.model import preprocess
 
 META = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "threshold": 0.5}
 
@@ -172,14 +173,24 @@ def test_specs_validate_and_round_trip():
         E.check_spec({"method": "gradcam"})
 
 
-def test_spec_from_meta():
+def test_main_explanation_is_the_recorded_one_or_an_unmeasured_default():
     chosen = E.make_spec("xgradcam", "layer3", (0, 8))
-    assert E.spec_from_meta({"gradcam_layer": "layer3", "explanation": chosen}) == chosen
-    assert E.spec_from_meta({"explanation": chosen}, layer="layer3") == chosen
-    assert E.spec_from_meta({"explanation": chosen}, layer="layer4") == E.make_spec("gradcam", "layer4")  # --layer wins
-    assert E.spec_from_meta({"gradcam_layer": "layer3"}) == E.make_spec("gradcam", "layer3")
-    assert E.spec_from_meta({"gradcam_layer": "auto", "explanation": {"junk": 1}}) == E.make_spec("gradcam", "layer4")
-    assert E.spec_from_meta({"explanation": chosen}, layer="layer2.1") == E.make_spec("gradcam", "layer2.1")
+    assert E.main_explanation({"gradcam_layer": "layer3", "explanation": chosen}) == chosen
+    assert E.main_explanation({"explanation": chosen}, layer="layer3") == chosen
+    assert E.main_explanation({"explanation": chosen}, layer="layer4") == E.make_spec("gradcam", "layer4")  # --layer wins
+    assert E.main_explanation({}) == E.UNMEASURED_EXPLANATION == E.make_spec("gradcam", "layer4")
+    assert E.main_explanation({"explanation": {"junk": 1}}) == E.UNMEASURED_EXPLANATION
+    assert E.main_explanation({"explanation": chosen}, layer="layer2.1") == E.make_spec("gradcam", "layer2.1")
+
+
+def test_main_maps_is_explain_of_the_main_explanation(resnet):
+    images = np.random.default_rng(4).integers(0, 256, (3, 64, 64)).astype(np.uint8)
+    meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "explanation": E.make_spec("gradcam", "layer3")}
+    maps, probs = E.main_maps(resnet, meta, images, targets=1)
+    x = preprocess(torch.from_numpy(images), meta["mean"], meta["std"])
+    ref, logits = E.explain(resnet, x, meta["explanation"], targets=1)
+    np.testing.assert_allclose(maps, ref, atol=1e-6)
+    np.testing.assert_allclose(probs, torch.softmax(logits, 1)[:, 1].numpy(), atol=1e-6)
 
 
 def test_explainer_and_explain_match_the_functions(resnet, x):
@@ -233,7 +244,7 @@ def test_choose_explanation_picks_the_best_from_the_data_passed(monkeypatch):
     assert top["method"] == fine["name"] and top["near"] == 1.0 and top["pointing"] == 1.0
     assert table.loc[table["method"] == coarse["name"], "near"].item() < 1.0
     assert set(table["n"]) == {10}  # the 10 true positives of the arrays passed in
-    assert table["baseline"].tolist() == [False, False, True, True]
+    assert table["baseline"].tolist() == [False, False, True, True]  # centre prior and random maps
     # other masks, other scores: the lesion masks passed are the ones used
     _, shuffled = E.choose_explanation(model, imgs, np.roll(masks, 1, axis=0), labels, META, [coarse, fine])
     assert shuffled.loc[shuffled["method"] == fine["name"], "near"].item() < 0.5
@@ -257,15 +268,15 @@ def test_predict_uses_the_checkpoint_explanation_in_one_pass(resnet, tmp_path, m
     """The inference command shows the explanation notebook 05 wrote into the checkpoint, in ONE batched pass."""
     from PIL import Image
 
-    from utils.deploy import predict
     from utils.checkpoint import make_meta
     from utils.data.images import read_image
+    from utils.deploy import predict
     from utils.train.model import preprocess
 
     png = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 80)).astype(np.uint8)).save(png)
     meta = make_meta(image_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
-                     gradcam_layer="layer3", explanation=E.DEFAULT_EXPLANATION)
+                     threshold_rule="test rule", gradcam_layer="layer3", explanation=E.DEFAULT_EXPLANATION)
     seen = {}
     monkeypatch.setattr(predict, "save_overlay_figure", lambda out, gray, cam_map, **kw: seen.update(cam=cam_map))
     sizes, handle = count_forwards(resnet)
@@ -274,6 +285,7 @@ def test_predict_uses_the_checkpoint_explanation_in_one_pass(resnet, tmp_path, m
     finally:
         handle.remove()
     assert not failures and results[0]["layer"] == "layer3"
+    assert results[0]["explanation"] == E.DEFAULT_EXPLANATION["name"]
     assert sizes == [4]  # the 4 shifted copies of the one image, one forward
     x = preprocess(torch.from_numpy(read_image(png, 64))[None], meta["mean"], meta["std"])
     expected, logits = E.explain(resnet, x, E.DEFAULT_EXPLANATION, targets=1)

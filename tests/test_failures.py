@@ -1,22 +1,21 @@
 """utils.evaluate.failures (notebook 06): selectors, outside-lung fraction, lesion table, taxonomy, case table."""
 from __future__ import annotations
 
-import json
-
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
 
-from utils.viz import cams as cam_plots  # noqa: E402
-from utils.evaluate import failures as F  # noqa: E402
-from utils.explain import localisation as loc  # noqa: E402
-from utils.data import phantom  # noqa: E402
-from utils.config import UserError  # noqa: E402
+from utils.config import UserError
+from utils.data import phantom
+from utils.evaluate import failures as F
+from utils.explain import localisation as loc
+from utils.viz import cams as cam_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -100,10 +99,10 @@ def test_outside_fraction_inside_and_outside_the_mask():
     outside[0:3, 10:16] = 0.7
     assert loc.outside_fraction(inside, lung) == 0.0
     assert loc.outside_fraction(outside, lung) == 1.0
-    fr, masks, source = F.outside_lung_fractions(np.stack([inside, outside]), np.stack([lung, lung]))
+    fr, masks, source = loc.outside_lung_fractions(np.stack([inside, outside]), np.stack([lung, lung]))
     assert np.allclose(fr, [0.0, 1.0]) and source == "ground truth" and masks.dtype == bool
     with pytest.raises(ValueError):
-        F.outside_lung_fractions(np.stack([inside]))  # neither masks nor images
+        loc.outside_lung_fractions(np.stack([inside]))  # neither masks nor images
 
 
 #: Stated bound for the lung-field estimate on *pneumonia* phantoms (consolidation can bite into the
@@ -124,8 +123,8 @@ def test_lung_field_estimate_is_plausible_on_pneumonia_phantoms(pneumonia_phanto
     truth = np.stack([s.lung_mask for s in pneumonia_phantoms])
     # a map equal to the true lung mask: outside fraction 0 with ground truth, small with the estimate
     cams = truth.astype(np.float32)
-    fr_true, _, src_true = F.outside_lung_fractions(cams, truth)
-    fr_est, est, src_est = F.outside_lung_fractions(cams, images=images, progress=False)
+    fr_true, _, src_true = loc.outside_lung_fractions(cams, truth)
+    fr_est, est, src_est = loc.outside_lung_fractions(cams, images=images, progress=False)
     assert src_true == "ground truth" and src_est == "estimated"
     assert np.allclose(fr_true, 0.0)
     ious = [loc.iou(e, t) for e, t in zip(est, truth)]
@@ -266,23 +265,6 @@ def test_case_table_columns_and_categories(preds):
 
 
 # ------------------------------------------------------------------------------------ the inputs
-def test_operating_threshold_sources_in_order(tmp_path, preds):
-    metrics = tmp_path / "metrics.json"
-    val = tmp_path / "predictions_val.csv"
-    chosen = {"threshold": 0.2, "threshold_rule": "recall>=0.98"}
-    assert F.operating_threshold(chosen, metrics, val) == (0.2, "checkpoint (recall>=0.98)")
-    unchosen = {"threshold": 0.5}  # the default every checkpoint starts with: never used
-    with pytest.raises(UserError, match="04_evaluation"):
-        F.operating_threshold(unchosen, metrics, val)
-    preds.to_csv(val, index=False)
-    thr, src = F.operating_threshold(unchosen, metrics, val, target_recall=0.5)
-    assert src.startswith("recomputed") and thr == 0.5  # 4 of 7 positives have prob >= 0.5
-    metrics.write_text(json.dumps({"val": {"split": "val", "threshold": {"rule": "r", "value": 0.9}},
-                                   "test": {"split": "test", "threshold": {"rule": "recall>=0.98",
-                                                                           "value": 0.3}}}))
-    assert F.operating_threshold(unchosen, metrics, val) == (0.3, "metrics.json (recall>=0.98)")
-
-
 def test_align_to_split(preds):
     ids = np.array(preds["id"][::-1])
     idx = F.align_to_split(preds, ids, preds["label"].to_numpy()[::-1])
@@ -304,18 +286,22 @@ def test_class_gradcams_on_a_tiny_model():
 
     model, _ = build_model("none", seed=0)
     model.eval()
-    meta = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "classes": ["NORMAL", "PNEUMONIA"]}
+    meta = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "classes": ["NORMAL", "PNEUMONIA"],
+            "explanation": {"name": "Grad-CAM @ layer3", "method": "gradcam", "layer": "layer3", "shifts": [0]}}
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
-    maps, probs = F.class_gradcams(model, images, meta, "layer3", batch_size=2, progress=False)
+    maps, probs = F.class_gradcams(model, images, meta, batch_size=2, progress=False)
     assert set(maps) == {"NORMAL", "PNEUMONIA"}
     assert all(m.shape == (3, 32, 32) and m.min() >= 0 and m.max() <= 1 for m in maps.values())
     assert np.allclose(probs, predict_proba(model, images, meta), atol=1e-5)
     assert not any(m._forward_hooks for m in model.modules())  # hooks removed
-    only, probs1 = F.class_gradcams(model, images, meta, "layer3", progress=False, classes=["NORMAL"])
+    from utils.explain.selection import main_maps
+
+    np.testing.assert_allclose(maps["PNEUMONIA"], main_maps(model, meta, images, 1)[0], atol=1e-6)  # one function
+    only, probs1 = F.class_gradcams(model, images, meta, progress=False, classes=["NORMAL"])
     assert list(only) == ["NORMAL"] and np.allclose(only["NORMAL"], maps["NORMAL"], atol=1e-6)
     assert np.allclose(probs1, probs, atol=1e-6)
     with pytest.raises(ValueError, match="subset"):
-        F.class_gradcams(model, images, meta, "layer3", progress=False, classes=["COVID"])
+        F.class_gradcams(model, images, meta, progress=False, classes=["COVID"])
 
 
 # ---------------------------------------------------------------------------------------- figures
@@ -347,3 +333,38 @@ def test_failure_figures_write_pngs(tmp_path, pneumonia_phantoms):
     assert len(gallery_rows) == len(present)  # one row per category present, in CATEGORIES order
     labels = [t.get_text() for ax in figs["gallery"].axes for t in ax.texts]
     assert labels[0].startswith(F.HIDDEN) and any(lbl.startswith(F.FAINT) and "n=" in lbl for lbl in labels)
+
+
+def test_study_failures_bookkeeping_by_id(pneumonia_phantoms):
+    from utils.artifacts import predictions_frame
+    from utils.data.bundle import Split
+    from utils.train.model import build_model, predict_proba
+
+    torch.manual_seed(0)
+    model, _ = build_model("none", seed=0)
+    model.eval()
+    samples = phantom.generate(6, seed=11, spec=phantom.PhantomSpec(image_size=32))
+    arr = phantom.stack(samples)
+    split = Split("test", arr["images"], arr["labels"], arr["ids"], arr["patient_ids"], arr["subtypes"],
+                  arr["ids"], arr["lung_masks"], arr["lesion_masks"], arr["info"])
+    meta = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "classes": ["NORMAL", "PNEUMONIA"]}
+    probs = predict_proba(model, split.images, meta)
+    order = np.random.default_rng(1).permutation(len(split))  # the file's order need not be the split's
+    preds = predictions_frame(split.ids[order], split.labels[order], probs[order], split.patient_ids[order],
+                              split.subtypes[order], "test")
+    pos_probs = probs[split.labels == 1]
+    t = float(np.median(pos_probs))
+    study = F.study_failures(model, meta, split, preds, t, n_near=2, progress=False)
+    assert len(study.fn) + len(study.tp) == int(split.labels.sum()) and study.has_fn
+    assert (study.fn["prob"] < t).all() and (study.tp["prob"] >= t).all()
+    ids = list(study.fn["id"])
+    rows = study.rows(ids)
+    assert list(split.ids[rows]) == ids  # looked up by id, whatever the order of the file
+    assert np.array_equal(study.images(ids), split.images[rows])
+    assert np.array_equal(study.lungs(ids), split.lung_masks[rows]) and study.lung_source == "ground truth"
+    assert list(study.info(ids)["id"]) == ids and study.cams(ids).shape == (len(ids), 32, 32)
+    assert study.focus is study.fn and study.names == ("FN", "TP")
+    bad = preds.copy()
+    bad.loc[0, "prob"] = 1.0 - bad.loc[0, "prob"]  # a file the model no longer agrees with
+    with pytest.raises(UserError, match="disagrees"):
+        F.study_failures(model, meta, split, bad, t, progress=False)

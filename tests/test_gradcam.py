@@ -14,8 +14,6 @@ from torchvision.models import resnet18
 from utils.explain.gradcam import GradCAM, gradcam, gray_to_float, normalise_maps, overlay, resize_map
 
 
-
-
 @pytest.fixture(scope="module")
 def base_model() -> torch.nn.Module:
     torch.manual_seed(0)
@@ -68,17 +66,14 @@ def test_hooks_registered_then_released(model, x):
 
 def test_hooks_released_and_exception_propagates(model, x):
     before = snapshot(model)
-    with pytest.raises(ZeroDivisionError):
-        with GradCAM(model, "layer3") as cam:
-            cam(x)
-            1 / 0
-    with pytest.raises(ValueError, match="targets"):
-        with GradCAM(model, "layer3") as cam:
-            cam(x, targets=[0, 1])  # wrong length: raised inside the call, after the forward
+    with pytest.raises(ZeroDivisionError), GradCAM(model, "layer3") as cam:
+        cam(x)
+        1 / 0  # noqa: B018 - an error inside the block
+    with pytest.raises(ValueError, match="targets"), GradCAM(model, "layer3") as cam:
+        cam(x, targets=[0, 1])  # wrong length: raised inside the call, after the forward
     model.train()
-    with pytest.raises(ValueError):
-        with GradCAM(model, "layer3") as cam:
-            cam(x, targets=5)  # out of range
+    with pytest.raises(ValueError), GradCAM(model, "layer3") as cam:
+        cam(x, targets=5)  # out of range
     assert model.training  # restored even though the call failed
     model.eval()
     assert_same_state(model, before)
@@ -237,7 +232,7 @@ def test_resize_map():
     m = np.zeros((4, 4), np.float32)
     m[1, 1] = 1
     big = resize_map(m, (16, 16))
-    assert big.shape == (16, 16) and 0 <= big.min() and big.max() <= 1
+    assert big.shape == (16, 16) and big.min() >= 0 and big.max() <= 1
     assert resize_map(np.stack([m, m]), (8, 8)).shape == (2, 8, 8)
 
 
@@ -247,7 +242,7 @@ def test_overlay_colours_are_rgb():
     cam = np.zeros((4, 4), np.float32)
     cam[0, 0] = 1.0
     out = overlay(gray, cam)
-    assert out.shape == (4, 4, 3) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    assert out.shape == (4, 4, 3) and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
     hot, cold = out[0, 0], out[3, 3]
     assert hot[0] > hot[1] and hot[0] > hot[2], f"hot pixel not red-dominant: {hot}"
     assert cold[2] > cold[0] and cold[2] > cold[1], f"cold pixel not blue-dominant: {cold}"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from utils.data import images
 from utils.config import UserError
+from utils.data import images
 from utils.data.images import IMAGE_SUFFIXES, MAX_PIXELS, list_images, read_image
 
 try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.explain import localisation as loc
 from utils.data import phantom
+from utils.explain import localisation as loc
 
 H = W = 64
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from utils.data import phantom
 from utils.checkpoint import load_checkpoint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, shipped
+from utils.data import phantom
 from utils.explain.selection import DEFAULT_EXPLANATION, score_explanations
 
 BAR = 0.80  # near-pointing: the map's maximum within 5 % of the image size of a lesion

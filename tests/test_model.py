@@ -11,9 +11,19 @@ from torchvision import models
 
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, project_root
-from utils.train.model import (LAYER_GROUPS, build_model, freeze_backbone, layer_groups, load_model, param_groups,
-                         predict_proba, preprocess, resolve_device, set_backbone_bn_eval)
 from utils.train.engine import DeviceData, class_weights, setup_phase, train_one_epoch
+from utils.train.model import (
+    LAYER_GROUPS,
+    build_model,
+    freeze_backbone,
+    layer_groups,
+    load_model,
+    param_groups,
+    predict_proba,
+    preprocess,
+    resolve_device,
+    set_backbone_bn_eval,
+)
 
 S = 32
 META = make_meta(image_size=S, mean=IMAGENET_MEAN, std=IMAGENET_STD)

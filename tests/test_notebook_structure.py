@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import nav  # noqa: E402
-import nbtemplate  # noqa: E402
+import nav
+import nbtemplate
 
 LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]+\.ipynb)\)")
 

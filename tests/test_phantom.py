@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.data import phantom
-from utils.data import duplicate_groups, load_folder, patient_id_from_name, subtype_from_name
+from utils.data import duplicate_groups, load_folder, patient_id_from_name, phantom, subtype_from_name
 
 SIZE = 32
 

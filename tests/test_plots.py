@@ -5,12 +5,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from helpers import assert_png  # noqa: E402
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import assert_png
 
-from utils.viz import data as P  # noqa: E402
+from utils.viz import data as P
+from utils.viz import training as T
+
 S = 24
 
 
@@ -143,7 +145,7 @@ def test_lesion_properties(tmp_path):
 # ------------------------------------------------------------------------------------------ training
 def test_training_curves_one_phase(tmp_path):
     h = history("phase1", 3)
-    fig = P.plot_training_curves(h, best_epochs=[2], save_to=tmp_path / "p1.png")
+    fig = T.plot_training_curves(h, best_epochs=[2], save_to=tmp_path / "p1.png")
     assert_png(fig, tmp_path / "p1.png")
     ax_auc = fig.axes[1]
     star = [ln for ln in ax_auc.get_lines() if ln.get_marker() == "*"]
@@ -153,7 +155,7 @@ def test_training_curves_one_phase(tmp_path):
 
 def test_training_curves_two_phases_with_boundary(tmp_path):
     h1, h2 = history("phase1", 3), history("phase2", 4, seed=1)
-    fig = P.plot_training_curves([h1, h2], best_epochs=[3, 2], save_to=tmp_path / "both.png")
+    fig = T.plot_training_curves([h1, h2], best_epochs=[3, 2], save_to=tmp_path / "both.png")
     assert_png(fig, tmp_path / "both.png")
     for ax in fig.axes:
         bounds = [ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_linestyle() == ":"]
@@ -167,8 +169,8 @@ def test_training_curves_two_phases_with_boundary(tmp_path):
 
 def test_training_curves_reject_bad_histories():
     with pytest.raises(ValueError, match="val_auc"):
-        P.plot_training_curves(history("p", 2).drop(columns="val_auc"))
+        T.plot_training_curves(history("p", 2).drop(columns="val_auc"))
     with pytest.raises(ValueError, match="non-empty"):
-        P.plot_training_curves([])
+        T.plot_training_curves([])
     with pytest.raises(ValueError, match="one best epoch per history"):
-        P.plot_training_curves([history("a", 2), history("b", 2)], best_epochs=[1])
+        T.plot_training_curves([history("a", 2), history("b", 2)], best_epochs=[1])

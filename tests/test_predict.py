@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from PIL import Image
 
-from utils.deploy import predict
 from utils.config import project_root
 from utils.data.images import read_image
-from utils.train.model import load_model, predict_proba
-from helpers import run_cli
+from utils.deploy import predict
 from utils.deploy.predict import FIG_DPI, FIG_SIZE, main, predict_images
+from utils.train.model import load_model, predict_proba
 
 try:
     from tests import bad_inputs
@@ -67,7 +67,7 @@ def _no_hooks(model) -> bool:
 
 
 def test_single_image_json_matches_notebook_path(corpus, loaded, capsys, tmp_path):
-    img, out = corpus["good"]["rgb.png"], tmp_path / "figs" / "x.png"
+    img, out = corpus["good"]["gray_L.jpeg"], tmp_path / "figs" / "x.png"
     code, stdout, err = _run(capsys, "--image_path", img, "--model_path", corpus["ckpt"], "--json", "--output", out,
                              "--device", "cpu")
     assert code == 0 and not err
@@ -76,7 +76,9 @@ def test_single_image_json_matches_notebook_path(corpus, loaded, capsys, tmp_pat
     ref = float(predict_proba(model, read_image(img, meta["image_size"])[None], meta)[0])
     assert abs(r["probability"] - ref) < 1e-5
     assert r["diagnosis"] == ("PNEUMONIA" if ref >= 0.4 else "NORMAL")
-    assert (r["threshold"], r["threshold_source"], r["layer"], r["explained_class"]) == (0.4, "checkpoint", "layer4", "PNEUMONIA")
+    assert (r["threshold"], r["threshold_source"], r["layer"], r["explained_class"]) == (
+        0.4, "checkpoint: test rule", "layer4", "PNEUMONIA")
+    assert r["explanation"] == "Grad-CAM @ layer4" and r["warnings"] is None
     assert r["overlay"] == str(out) and r["model_path"] == str(corpus["ckpt"]) and len(r["fingerprint"]) == 16
     _assert_png(out)
 
@@ -110,16 +112,48 @@ def test_layer_and_no_overlay(corpus, capsys, tmp_path):
 
 def test_choose_layer_from_checkpoint_meta(loaded):
     model, meta = loaded
-    assert predict.choose_layer(model, {**meta, "gradcam_layer": "layer3"}) == ("layer3", "checkpoint")
-    assert predict.choose_layer(model, {**meta, "gradcam_layer": "auto"}) == ("layer4", "default")
+    spec = {"name": "Grad-CAM @ layer3", "method": "gradcam", "layer": "layer3", "shifts": [0]}
+    assert predict.choose_layer(model, {**meta, "explanation": spec}) == ("layer3", "checkpoint (notebook 05)")
+    assert predict.choose_layer(model, meta) == ("layer4", "default")
     assert predict.choose_layer(model, meta, "layer2") == ("layer2", "--layer")
+
+
+def test_a_checkpoint_without_a_chosen_threshold_needs_one(corpus, capsys, tmp_path):
+    unchosen = bad_inputs.write_tiny_checkpoint(tmp_path / "unchosen.pt", threshold=0.5, threshold_rule=None)
+    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["gray_L.jpeg"], "--model_path", unchosen,
+                             "--no-overlay")
+    assert code == 2 and stdout == "" and len(err) == 1 and "no operating threshold chosen on validation" in err[0]
+    code, stdout, _ = _run(capsys, "--image_path", corpus["good"]["gray_L.jpeg"], "--model_path", unchosen,
+                           "--no-overlay", "--threshold", "0.3", "--json")
+    assert code == 0 and json.loads(stdout)["threshold_source"] == "--threshold"
+
+
+def test_images_unlike_the_training_data_get_a_warning(corpus, capsys, tmp_path):
+    small = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40)).astype(np.uint8)).save(small)
+    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["rgb.png"], small, "--model_path", corpus["ckpt"],
+                             "--no-overlay", "--json")
+    rows = {Path(r["image"]).name: r for r in json.loads(stdout)}
+    assert code == 0 and "colour image" in rows["rgb.png"]["warnings"] and "40x30 px" in rows["small.png"]["warnings"]
+    assert sum("warning:" in line for line in err) == 2
+
+
+def test_unwritable_output_names_the_output(corpus, capsys, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where a folder is needed: nothing can be written below it, not even by root\n")
+    for out in (blocker / "x.png", blocker / "table.csv"):
+        extra = [corpus["good"]["la.png"]] if out.suffix == ".csv" else []
+        code, stdout, err = _run(capsys, "--image_path", corpus["good"]["gray_L.jpeg"], *extra, "--model_path",
+                                 corpus["ckpt"], "--output", out)
+        assert code == 2 and stdout == "" and len(err) == 1 and "cannot write" in err[0] and str(out) in err[0]
+        assert str(corpus["good"]["gray_L.jpeg"]) not in err[0]  # the output is to blame, not the input image
 
 
 def test_batch_with_a_bad_file(corpus, loaded, capsys, tmp_path):
     folder = tmp_path / "in"
     (folder / "NORMAL").mkdir(parents=True)
     (folder / "PNEUMONIA").mkdir()
-    shutil.copy(corpus["good"]["rgb.png"], folder / "NORMAL" / "p1.png")
+    shutil.copy(corpus["good"]["gray_L.jpeg"], folder / "NORMAL" / "p1.png")
     shutil.copy(corpus["good"]["cmyk.jpeg"], folder / "PNEUMONIA" / "p1.jpeg")  # same stem: no overlay clash
     shutil.copy(corpus["bad"]["truncated_jpeg"], folder / "PNEUMONIA" / "broken.jpeg")
     out = tmp_path / "res" / "table.csv"
@@ -173,12 +207,14 @@ def test_bad_images(corpus, capsys, case, words):
 
 
 @pytest.mark.parametrize("case, words", [
-    ("missing", "not found"), ("folder", "folder"), ("empty", "empty"), ("text", ("cannot read checkpoint", "refused to load")),
+    ("missing", "not found"), ("folder", "folder"), ("empty", "empty"),
+    ("text", ("cannot read checkpoint", "refused to load")),
     ("resnet34", "'resnet34' model"), ("wrong_shapes", "do not match"), ("no_meta", "no usable metadata"),
     ("bare_state_dict", "not a project checkpoint"), ("pickled_object", "weights_only=True rejected"),
+    ("bad_image_size", "image_size 0 is not a whole number"),
 ])
 def test_bad_checkpoints(corpus, bad_ckpts, capsys, case, words):
-    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["rgb.png"], "--model_path", bad_ckpts[case])
+    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["gray_L.jpeg"], "--model_path", bad_ckpts[case])
     words = (words,) if isinstance(words, str) else words  # a text file reads as a refused legacy pickle
     assert code == 2 and stdout == "" and len(err) == 1 and err[0].startswith("error:")
     assert str(bad_ckpts[case]) in err[0] and any(w in err[0] for w in words)
@@ -192,7 +228,7 @@ def test_bad_checkpoints(corpus, bad_ckpts, capsys, case, words):
     (["-o", "x.txt"], ".png path"),
 ])
 def test_usage_errors(corpus, capsys, args, words):
-    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["rgb.png"], "--model_path", corpus["ckpt"], *args)
+    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["gray_L.jpeg"], "--model_path", corpus["ckpt"], *args)
     assert code == 2 and stdout == "" and len(err) == 1 and err[0].startswith("error:") and words in err[0]
 
 
@@ -201,7 +237,7 @@ def test_required_argument_help_and_cuda(corpus, capsys):
     assert code == 2 and len(err) == 1 and "--image_path" in err[0]
     code, stdout, _ = _run(capsys, "--help")
     assert code == 0 and "exit codes:" in stdout and "assets/predictions" in stdout
-    code, _, err = _run(capsys, "--image_path", corpus["good"]["rgb.png"], "--model_path", corpus["ckpt"],
+    code, _, err = _run(capsys, "--image_path", corpus["good"]["gray_L.jpeg"], "--model_path", corpus["ckpt"],
                         "--device", "cuda", "--no-overlay")
     assert code == (0 if torch.cuda.is_available() else 2)
     if code:
@@ -210,12 +246,12 @@ def test_required_argument_help_and_cuda(corpus, capsys):
 
 def test_never_overwrites_inputs(corpus, capsys, tmp_path):
     img = tmp_path / "x.png"
-    shutil.copy(corpus["good"]["rgb.png"], img)
+    shutil.copy(corpus["good"]["gray_L.jpeg"], img)
     before = img.read_bytes()
     code, _, err = _run(capsys, "--image_path", img, "--model_path", corpus["ckpt"], "--output", img)
     assert code == 2 and "will not be overwritten" in err[0] and img.read_bytes() == before
     victim = tmp_path / "x_gradcam.png"  # an input that has an overlay's name
-    shutil.copy(corpus["good"]["rgb.png"], victim)
+    shutil.copy(corpus["good"]["gray_L.jpeg"], victim)
     code, stdout, _ = _run(capsys, "--image_path", img, victim, "--model_path", corpus["ckpt"], "-o", tmp_path)
     assert code == 0 and victim.read_bytes() == before
     assert {r["overlay"] for r in csv.DictReader(io.StringIO(stdout))} == {
@@ -226,7 +262,7 @@ def test_never_overwrites_inputs(corpus, capsys, tmp_path):
 def test_predict_images_releases_hooks(corpus, loaded, tmp_path, monkeypatch):
     model, meta = loaded
     model.train()  # mode flags are restored too
-    paths = [corpus["good"]["rgb.png"], corpus["bad"]["empty"]]
+    paths = [corpus["good"]["gray_L.jpeg"], corpus["bad"]["empty"]]
     results, failures = predict_images(model, meta, paths, overlays={paths[0]: tmp_path / "o.png"})
     assert len(results) == 1 and len(failures) == 1 and "empty" in failures[0][1]
     assert _no_hooks(model) and model.training and all(p.grad is None for p in model.parameters())

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
-from utils.data import phantom
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint, state_fingerprint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, shipped
+from utils.data import phantom
 from utils.data.images import read_image
-from utils.train.model import predict_proba
-from helpers import run_cli
+from utils.deploy.int8 import int8_meta, load_int8, quantize_int8, write_int8_meta
 from utils.deploy.predict import FIELDS, INT8_FIELDS, main
-from utils.deploy.int8 import int8_meta, load_int8, quantize_int8, save_int8
+from utils.train.model import predict_proba
 
 SIZE = 128
 INT8_THRESHOLD = 0.37  # distinct from the FP32 checkpoint's, to see which one is used
@@ -35,16 +35,18 @@ def files(tmp_path_factory):
     model = resnet18(num_classes=2)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.eval()
-    meta = make_meta(image_size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.6, gradcam_layer="layer3")
+    spec = {"name": "Grad-CAM @ layer3", "method": "gradcam", "layer": "layer3", "shifts": [0]}
+    meta = make_meta(image_size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.6, threshold_rule="fp32 rule",
+                     explanation=spec, gradcam_layer="layer3")
     fp32 = save_checkpoint(root / "fp32.pt", {"model": model.state_dict(), "meta": meta})
     other_model = resnet18(num_classes=2)
     other = save_checkpoint(root / "other.pt", {"model": other_model.state_dict(), "meta": meta})
     spec = phantom.spec_for("default", SIZE)
     calib = phantom.stack(phantom.generate(6, seed=5, spec=spec))["images"]
-    q = quantize_int8(model, calib, meta)
-    int8 = save_int8(root / "int8.pt", q, int8_meta(meta, threshold=INT8_THRESHOLD, backend="x86",
-                                                     fp32_fingerprint=state_fingerprint(model.state_dict()),
-                                                     calibration={"split": "phantoms seed 5", "n_images": len(calib)}))
+    int8 = quantize_int8(model, calib, meta, root / "int8.onnx")
+    write_int8_meta(int8, int8_meta(meta, threshold=INT8_THRESHOLD, fp32_fingerprint=state_fingerprint(model.state_dict()),
+                                    calibration={"split": "phantoms seed 5", "n_images": len(calib)},
+                                    threshold_rule="int8 rule"))
     imgs = phantom.stack(phantom.generate(2, seed=9, spec=spec))["images"][:2]
     pngs = []
     for k, im in enumerate(imgs):
@@ -67,10 +69,9 @@ def test_int8_json_without_fp32_has_no_overlay_and_says_why(files, capsys, tmp_p
     code, stdout, err = _run(capsys, "--image_path", img, "--int8", files["int8"], "--json")
     assert code == 0 and not err
     r = json.loads(stdout)
-    qmodel, meta = load_int8(files["int8"])
-    ref = float(predict_proba(qmodel, read_image(img, SIZE)[None], meta, device="cpu")[0])
+    ref = float(load_int8(files["int8"]).predict_proba(read_image(img, SIZE)[None])[0])
     assert abs(r["probability"] - ref) < 1e-6
-    assert (r["threshold"], r["threshold_source"], r["precision"]) == (INT8_THRESHOLD, "checkpoint", "int8")
+    assert (r["threshold"], r["threshold_source"], r["precision"]) == (INT8_THRESHOLD, "checkpoint: int8 rule", "int8")
     assert r["diagnosis"] == ("PNEUMONIA" if ref >= INT8_THRESHOLD else "NORMAL")
     assert r["overlay"] is None and r["layer"] is None and r["explained_by"] is None
     assert "no gradients" in r["overlay_note"] and "--model_path" in r["overlay_note"]
@@ -83,17 +84,24 @@ def test_int8_with_fp32_parent_explains_with_it(files, capsys, tmp_path):
     code, stdout, err = _run(capsys, "--image_path", img, "--int8", files["int8"], "--model_path", files["fp32"],
                              "-o", out)
     assert code == 0 and not err
-    assert "INT8" in stdout and "of the FP32 checkpoint" in stdout and "layer3 (from checkpoint)" in stdout
+    assert "INT8" in stdout and "of the FP32 checkpoint" in stdout and "Grad-CAM @ layer3 (from checkpoint" in stdout
     assert f"{INT8_THRESHOLD:.3f}" in stdout and str(out) in stdout
     with Image.open(out) as im:
         assert im.format == "PNG"
     code, stdout, _ = _run(capsys, "--image_path", img, "--int8", files["int8"], "--model_path", files["fp32"],
                            "--json", "-o", tmp_path / "fig2.png")
     r = json.loads(stdout)
-    qmodel, meta = load_int8(files["int8"])
-    ref = float(predict_proba(qmodel, read_image(img, SIZE)[None], meta, device="cpu")[0])
+    ref = float(load_int8(files["int8"]).predict_proba(read_image(img, SIZE)[None])[0])
     assert abs(r["probability"] - ref) < 1e-6  # the INT8 model decides, the FP32 model only explains
+    assert abs(r["probability"] - float(predict_proba(load_model_fp32(files), read_image(img, SIZE)[None],
+                                                      {"mean": IMAGENET_MEAN, "std": IMAGENET_STD})[0])) > 0
     assert r["explained_by"] == str(files["fp32"]) and r["layer"] == "layer3" and r["overlay_note"] is None
+
+
+def load_model_fp32(files):
+    from utils.train.model import load_model
+
+    return load_model(files["fp32"])[0]
 
 
 def test_int8_batch_csv(files, capsys, tmp_path):
@@ -109,11 +117,12 @@ def test_int8_batch_csv(files, capsys, tmp_path):
 def test_int8_mistakes_are_one_line(files, capsys, tmp_path):
     img = files["pngs"][0]
     cases = [
-        (["--int8", files["fp32"]], "not an INT8 model"),
-        (["--int8", tmp_path / "nope.pt"], "INT8 model not found"),
+        (["--int8", files["fp32"]], "cannot read"),
+        (["--model_path", files["int8"]], "is an ONNX model"),
+        (["--int8", tmp_path / "nope.onnx"], "INT8 model not found"),
         (["--int8"], "run notebooks/07_int8_deployment.ipynb first"),  # the default artefact is missing here
         (["--int8", files["int8"], "--model_path", files["other"]], "was quantised from"),
-        (["--int8", files["int8"], "--layer", "layer2"], "--layer needs Grad-CAM"),
+        (["--int8", files["int8"], "--layer", "layer2"], "--layer needs a map"),
     ]
     for args, words in cases:
         code, stdout, err = _run(capsys, "--image_path", img, *args)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from utils.data import phantom
-from utils.train import engine as T
 from utils.checkpoint import make_meta
 from utils.config import IMAGENET_MEAN, IMAGENET_STD
-from utils.train.model import build_model, load_model
+from utils.data import phantom
+from utils.train import engine as T
 from utils.train.engine import DeviceData, evaluate, fit
+from utils.train.model import build_model, load_model
 
 S = 32
 TIMING = ["seconds", "images_per_s"]

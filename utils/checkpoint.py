@@ -50,6 +50,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"checkpoint path is a folder, not a file: {path}.")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint is empty (0 bytes): {path}; re-create it with notebooks 02-03.")
+    if path.suffix.lower() == ".onnx":
+        raise UserError(f"{path} is an ONNX model, not a PyTorch checkpoint: the INT8 model is read with --int8 "
+                        "(pneumonia-predict) or utils.deploy.int8.load_int8.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -75,7 +78,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if missing:
             raise UserError(f"{path} has no usable metadata (missing {', '.join(missing)}); "
                             "save checkpoints with utils.checkpoint.make_meta.")
-        problem = meta_problem(meta)
+        problem = meta_problem(dict(meta)) if isinstance(meta, dict) else None
         if problem:
             raise UserError(f"checkpoint {path} has unusable metadata: {problem}; re-create it with notebooks 02-04.")
     return ckpt
@@ -99,7 +102,7 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
     if not (isinstance(classes, (list, tuple)) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
         return f"classes {classes!r} is not a list of class names"
     t = meta.get("threshold")
-    if not (number(t) and 0.0 <= t <= 1.0):
+    if not (number(t) and 0.0 <= float(t or 0.0) <= 1.0):
         return f"threshold {t!r} is not a probability in [0, 1]"
     return None
 

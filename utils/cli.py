@@ -17,7 +17,7 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are :class:`UserError` (one line, no usage dump)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         raise UserError(f"{message} (see --help)")
 
 

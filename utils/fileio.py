@@ -3,14 +3,13 @@ and the one JSON writer of the project (strict JSON: numpy values become numbers
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, Callable, Iterator
-
-import math
+from typing import Any
 
 
 def _usual_mode(path: Path) -> None:
@@ -38,9 +37,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = True) -> Path:
     """Write through ``write(fh)`` (binary, or UTF-8 text with ``binary=False``), atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8") as fh:
-            write(fh)
+    with atomic_path(path) as tmp, open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8") as fh:
+        write(fh)
     return Path(path)
 
 

@@ -27,7 +27,7 @@ def _one_line_user_errors() -> None:
     if shell is None:
         return
 
-    def handler(shell, etype, value, tb, tb_offset=None):  # noqa: ANN001 - IPython's signature
+    def handler(shell, etype, value, tb, tb_offset=None):
         print(f"UserError: {value}", file=sys.stderr)
         return [f"UserError: {value}"]
 

@@ -9,10 +9,38 @@ Kaggle layout from the real file names with synthetic pixels.
 from utils.data.bundle import SPLITS, DataBundle, Split, fingerprint
 from utils.data.patients import patient_id_from_name, patient_key_evidence, shared_patients_by_rule, subtype_from_name
 from utils.data.sources import decode_cached, image_sizes, load_data, load_folder, patient_key_report, scan_folder
-from utils.data.splits import (LeakageError, LeakReport, check_no_leaks, duplicate_groups, duplicate_table,
-                               file_level_leak, find_leaks, patient_split)
+from utils.data.splits import (
+                               LeakageError,
+                               LeakReport,
+                               check_no_leaks,
+                               duplicate_groups,
+                               duplicate_table,
+                               file_level_leak,
+                               find_leaks,
+                               patient_split,
+)
 
-__all__ = ["SPLITS", "DataBundle", "Split", "fingerprint", "patient_id_from_name", "patient_key_evidence",
-           "shared_patients_by_rule", "subtype_from_name", "decode_cached", "image_sizes", "load_data",
-           "load_folder", "patient_key_report", "scan_folder", "LeakageError", "LeakReport", "check_no_leaks", "duplicate_groups",
-           "duplicate_table", "file_level_leak", "find_leaks", "patient_split"]
+__all__ = [
+                               "SPLITS",
+                               "DataBundle",
+                               "LeakReport",
+                               "LeakageError",
+                               "Split",
+                               "check_no_leaks",
+                               "decode_cached",
+                               "duplicate_groups",
+                               "duplicate_table",
+                               "file_level_leak",
+                               "find_leaks",
+                               "fingerprint",
+                               "image_sizes",
+                               "load_data",
+                               "load_folder",
+                               "patient_id_from_name",
+                               "patient_key_evidence",
+                               "patient_key_report",
+                               "patient_split",
+                               "scan_folder",
+                               "shared_patients_by_rule",
+                               "subtype_from_name",
+]

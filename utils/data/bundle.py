@@ -39,7 +39,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: np.ndarray, name: str | None = None) -> "Split":
+    def subset(self, idx: np.ndarray, name: str | None = None) -> Split:
         """The images at ``idx`` (masks and info follow)."""
         idx = np.asarray(idx)
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
@@ -52,7 +52,7 @@ class Split:
         """Counts: images per class, patients, subtypes."""
         return {"images": len(self), "NORMAL": int((self.labels == 0).sum()),
                 "PNEUMONIA": int((self.labels == 1).sum()),
-                "patients": int(len(np.unique(self.patient_ids))),
+                "patients": len(np.unique(self.patient_ids)),
                 "bacteria": int((self.subtypes == "bacteria").sum()),
                 "virus": int((self.subtypes == "virus").sum())}
 

@@ -73,32 +73,36 @@ def select_names(spec: FixtureSpec = FixtureSpec()) -> dict[str, list[str]]:
     rng = np.random.default_rng(spec.seed)
     train, test = _by_patient(official_names("train")), _by_patient(official_names("test"))
 
-    key_of = {pid: parse_name(Path(names[0]).name) for pid, names in {**train, **test}.items()}
+    key_of: dict[str, tuple[str, int]] = {}
+    for pid, names in {**train, **test}.items():
+        parsed = parse_name(Path(names[0]).name)
+        if parsed is not None:  # every official name has a known form (tests/test_fixture.py checks it)
+            key_of[pid] = parsed
 
     def family(pid: str) -> str:
-        parsed = key_of[pid]
-        return "other" if parsed is None else ("person" if parsed[0] in ("bacteria", "virus") else "IM")
+        return "person" if key_of[pid][0] in ("bacteria", "virus") else "IM"
 
     chosen_test: list[str] = []
     groups: dict[str, list[str]] = {}
     for pid in test:
-        groups.setdefault(key_of[pid][0] if key_of[pid] else "other", []).append(pid)
+        if pid in key_of:
+            groups.setdefault(key_of[pid][0], []).append(pid)
     per = max(1, spec.test_patients // max(len(groups), 1))
     for s in sorted(groups):
         pids = sorted(groups[s])
         chosen_test += list(rng.choice(pids, size=min(per, len(pids)), replace=False))
     # numbers reused across folders: test patients whose number is also a train patient (of the other series)
-    train_by_number = {(family(pid), key_of[pid][1]): pid for pid in sorted(train) if key_of[pid]}
+    train_by_number = {(family(pid), key_of[pid][1]): pid for pid in sorted(train) if pid in key_of}
     reused = sorted((pid, train_by_number[(family(pid), key_of[pid][1])]) for pid in test
-                    if key_of[pid] and (family(pid), key_of[pid][1]) in train_by_number)
+                    if pid in key_of and (family(pid), key_of[pid][1]) in train_by_number)
     picks = [reused[i] for i in rng.choice(len(reused), size=min(spec.cross_folder, len(reused)), replace=False)]
     chosen_test += [t for t, _ in picks if t not in chosen_test]
     chosen_train = [tr for _, tr in picks]
     # numbers used in two series inside train (bacteria + virus, IM + NORMAL2-IM): keep a few pairs of each
     for a, b in (("bacteria", "virus"), ("IM", "NORMAL2-IM")):
-        first = {key_of[pid][1]: pid for pid in sorted(train) if key_of[pid] and key_of[pid][0] == a}
+        first = {key_of[pid][1]: pid for pid in sorted(train) if pid in key_of and key_of[pid][0] == a}
         pairs = sorted((first[key_of[pid][1]], pid) for pid in train
-                       if key_of[pid] and key_of[pid][0] == b and key_of[pid][1] in first)
+                       if pid in key_of and key_of[pid][0] == b and key_of[pid][1] in first)
         for i in rng.choice(len(pairs), size=min(3, len(pairs)), replace=False):
             chosen_train += list(pairs[i])
     rest = sorted(set(train) - set(chosen_train))
@@ -150,7 +154,7 @@ def build_kermany_fixture(root: str | Path, spec: FixtureSpec = FixtureSpec(), p
             w, h = (side, int(side * rng.uniform(0.7, 0.95))) if rng.uniform() < 0.7 else (int(side * 0.85), side)
             path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).resize((w, h), Image.BILINEAR).save(path, quality=90)
+            Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR).save(path, quality=90)
     for cls in CLASSES:  # every class folder exists, as in the official layout
         for folder in names:
             (root / folder / cls).mkdir(parents=True, exist_ok=True)

@@ -88,11 +88,11 @@ def _read_dicom(path: Path) -> np.ndarray:
         a = np.asarray(ds.pixel_array)
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any pydicom failure is a bad/unsupported file
+    except Exception as exc:
         raise UserError(f"{path}: cannot read this DICOM file ({_first_line(exc)}); "
                         "check it is an uncompressed or supported-compression image.") from None
     spp = int(getattr(ds, "SamplesPerPixel", 1))
-    if spp == 1 and a.ndim == 3 or spp > 1 and a.ndim == 4:
+    if (spp == 1 and a.ndim == 3) or (spp > 1 and a.ndim == 4):
         a = a[0]  # first frame of a multi-frame file
     a = a.astype(np.float64)
     if a.ndim == 3:  # colour DICOM (rare for X-rays): plain channel mean
@@ -166,13 +166,12 @@ def _read_pil(path: Path) -> np.ndarray:
                 raise _too_big(path, w, h)
             try:
                 im.load()  # full decode now: truncation/corruption surfaces here, not later
-                im = ImageOps.exif_transpose(im)
-                return _to_gray(im)
+                return _to_gray(ImageOps.exif_transpose(im))
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise _too_big(path, w, h) from None
             except MemoryError:
                 raise UserError(f"{path}: not enough memory to decode a {w}x{h} image.") from None
-            except Exception as exc:  # noqa: BLE001 - any decoder failure means a broken file
+            except Exception as exc:
                 raise UserError(f"{path}: truncated or corrupt image ({_first_line(exc)}); "
                                 "re-copy or re-export it.") from None
 
@@ -187,9 +186,9 @@ def image_warnings(path: str | os.PathLike) -> list[str]:
     overlay; a grayscale X-ray saved as RGB has equal channels). Empty for files this cannot open (the reader
     reports those) and for DICOM (grayscale by definition)."""
     path = Path(path).expanduser()
-    if _is_dicom(path):
-        return []
     try:
+        if not path.is_file() or _is_dicom(path):
+            return []
         with Image.open(path) as im:
             w, h = im.size
             out = []

@@ -310,9 +310,9 @@ def generate_patient(rng: np.random.Generator, pid: int, label: int, spec: Phant
         info = {
             "n_lesions": len(lesions),
             "lesion_area_frac": float(les_mask.mean()),
-            "contrast": float(np.mean([l.amplitude for l in lesions])) if lesions else 0.0,
-            "lesion_radius": float(np.mean([l.radius for l in lesions])) if lesions else 0.0,
-            "location": ",".join(sorted({l.location for l in lesions})) if lesions else "",
+            "contrast": float(np.mean([les.amplitude for les in lesions])) if lesions else 0.0,
+            "lesion_radius": float(np.mean([les.radius for les in lesions])) if lesions else 0.0,
+            "location": ",".join(sorted({les.location for les in lesions})) if lesions else "",
             "hard": lesions[0].hard if lesions else "",
             "kind": SUBTYPE_KIND.get(subtype, ""),
             "duplicate_of": "",

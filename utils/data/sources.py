@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import socket
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,13 @@ import pandas as pd
 from utils.config import CLASSES, REAL_DATA_HINT, Config, UserError
 from utils.data import phantom
 from utils.data.bundle import SPLITS, DataBundle, Split, fingerprint
-from utils.data.patients import (patient_id_from_name, patient_key_evidence, shared_patients_by_rule,
-                                 subtype_from_name, unknown_names)
+from utils.data.patients import (
+    patient_id_from_name,
+    patient_key_evidence,
+    shared_patients_by_rule,
+    subtype_from_name,
+    unknown_names,
+)
 from utils.data.splits import check_no_leaks, patient_split
 
 TINY_VAL = 100  # an official val folder smaller than this (Kermany's has 16 images) is merged into train
@@ -37,7 +41,7 @@ def image_sizes(root: str | Path, require_test: bool = False) -> pd.DataFrame:
     from PIL import Image
 
     df = scan_folder(root, require_test)
-    sizes = []
+    sizes: list[tuple[float, float]] = []
     for p in df["path"]:
         try:
             with Image.open(p) as im:
@@ -266,7 +270,7 @@ def download_kaggle() -> Path | None:
     kagglehub keeps its own cache (``~/.cache/kagglehub``) and skips the download when the data are there.
     """
     try:
-        import kagglehub  # noqa: F401
+        import kagglehub
     except ImportError:
         print("kagglehub is not installed (pip install -e '.[online]'); cannot download the Kermany data.")
         return None
@@ -276,7 +280,7 @@ def download_kaggle() -> Path | None:
     try:
         import kagglehub
         path = Path(kagglehub.dataset_download("paultimothymooney/chest-xray-pneumonia"))
-    except Exception as exc:  # noqa: BLE001 - network/auth failures are reported, not raised
+    except Exception as exc:
         print(f"Kaggle download failed ({type(exc).__name__}: {str(exc)[:120]}).")
         return None
     hits = [p.parent for p in path.rglob("train") if (p / "NORMAL").is_dir() and (p.parent / "test").is_dir()]
@@ -323,13 +327,13 @@ def load_medmnist(size: int, cache_dir: Path) -> DataBundle | None:
         try:
             ds = medmnist.PneumoniaMNIST(split=name, download=_online("zenodo.org"), size=mm_size,
                                          root=str(cache_dir))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"PneumoniaMNIST unavailable ({type(exc).__name__}: offline or not cached).")
             return None
         imgs = ds.imgs if ds.imgs.ndim == 3 else ds.imgs[..., 0]
         if mm_size != size:
             from PIL import Image
-            imgs = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in imgs])
+            imgs = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in imgs])
         ids = np.array([f"{name}_{i:05d}" for i in range(len(imgs))])
         hashes = np.array([hashlib.sha1(im.tobytes()).hexdigest() for im in ds.imgs])
         splits[name] = Split(name, imgs.astype(np.uint8), ds.labels.ravel().astype(np.int64), ids, ids.copy(),

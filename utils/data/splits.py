@@ -31,7 +31,7 @@ def patient_split(patient_ids: np.ndarray, labels: np.ndarray, val_fraction: flo
     for _, pids in per_patient.groupby(per_patient):
         pids = np.array(sorted(pids.index))
         rng.shuffle(pids)
-        k = int(round(val_fraction * len(pids)))
+        k = round(val_fraction * len(pids))
         if len(pids) >= 2:  # both classes in val (an AUC needs them), at least one patient left to train on
             k = min(max(k, 1), len(pids) - 1)
         val_pids.extend(pids[:k])
@@ -51,8 +51,10 @@ class LeakReport:
         return not any(self.shared_patients.values()) and not any(self.shared_images.values())
 
     def summary(self) -> str:
-        parts = [f"{pair}: {len(v)} patients (e.g. {', '.join(v[:3])})" for pair, v in self.shared_patients.items() if v]
-        parts += [f"{pair}: {len(v)} identical images (e.g. {', '.join(v[:3])})" for pair, v in self.shared_images.items() if v]
+        parts = [f"{pair}: {len(v)} patients (e.g. {', '.join(v[:3])})"
+                 for pair, v in self.shared_patients.items() if v]
+        parts += [f"{pair}: {len(v)} identical images (e.g. {', '.join(v[:3])})"
+                  for pair, v in self.shared_images.items() if v]
         return "; ".join(parts) or "no patient or identical image is shared between splits"
 
 
@@ -88,7 +90,7 @@ def file_level_leak(split: Split, val_fraction: float, seed: int) -> dict[str, i
     """What a naive file-level re-split of ``split`` would leak (patients and identical images in both parts)."""
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(split))
-    n_val = int(round(val_fraction * len(split)))
+    n_val = round(val_fraction * len(split))
     a, b = split.subset(idx[n_val:], "train"), split.subset(idx[:n_val], "val")
     rep = find_leaks({"train": a, "val": b})
     val_leaky = np.isin(b.patient_ids, rep.shared_patients["train/val"])

@@ -143,7 +143,7 @@ def quantize_int8(model: nn.Module, calib_images_uint8: np.ndarray, meta: Mappin
 
     int8_path = Path(int8_path)
     keep_fp32 = fp32_path is not None
-    fp32 = Path(fp32_path) if keep_fp32 else int8_path.with_name(f".{int8_path.name}.fp32.onnx")
+    fp32 = Path(fp32_path) if fp32_path is not None else int8_path.with_name(f".{int8_path.name}.fp32.onnx")
     pre = int8_path.with_name(f".{int8_path.name}.pre.onnx")
     try:
         export_onnx(model, meta, fp32)
@@ -234,7 +234,7 @@ def load_int8(path: str | os.PathLike, threads: int = 2) -> Int8Model:
         raise UserError(f"INT8 model not found: {path} (create it with notebooks/07_int8_deployment.ipynb).")
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception as exc:  # noqa: BLE001 - onnx raises several types on foreign bytes
+    except Exception as exc:
         raise UserError(f"cannot read {path} as an ONNX model ({type(exc).__name__}); pass the INT8 model written "
                         "by notebooks/07_int8_deployment.ipynb.") from None
     if META_KEY not in props:
@@ -246,7 +246,7 @@ def load_int8(path: str | os.PathLike, threads: int = 2) -> Int8Model:
     return Int8Model(path, meta, threads)
 
 
-def quantisation_table(path: str | os.PathLike) -> "pd.DataFrame":
+def quantisation_table(path: str | os.PathLike) -> pd.DataFrame:
     """One row per quantised tensor of the INT8 graph, in graph order: the layer it belongs to (the ONNX node it
     feeds, e.g. ``/conv1/Conv``), whether it is a weight, a bias or an activation, its integer type, how many
     scales it has (one per output channel for weights) and its zero-point(s)."""

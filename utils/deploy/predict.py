@@ -34,6 +34,7 @@ from utils.cli import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, Parser, one_line, print
 from utils.config import ARTIFACTS, UserError, artifact, project_root
 from utils.data.images import IMAGE_SUFFIXES, image_warnings, list_images, read_image
 from utils.fileio import atomic_write
+
 #: Grad-CAM explains this class index (PNEUMONIA): the map shows the evidence *for* pneumonia.
 TARGET_CLASS = 1
 DEFAULT_LAYER = "layer4"
@@ -177,7 +178,7 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
     from utils.explain.selection import Explainer, main_explanation
     from utils.train.model import preprocess
 
-    paths = [Path(p) for p in paths]
+    files = [Path(p) for p in paths]
     overlays = overlays or {}
     if threshold is None:
         t, rule = operating_threshold(meta)
@@ -191,10 +192,10 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     results: list[dict[str, Any]] = []
     failures: list[tuple[Path, str]] = []
-    it: Iterable[Path] = paths
+    it: Iterable[Path] = files
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(paths, desc="predict", unit="img", file=sys.stderr, disable=None)
+        it = tqdm(files, desc="predict", unit="img", file=sys.stderr, disable=None)
     # the main explanation (notebook 05's choice; plain Grad-CAM on --layer): ONE batched forward + backward
     spec = main_explanation(meta, layer) if explain else None
     cam = Explainer(model, spec) if spec is not None else None
@@ -218,7 +219,8 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
                     diagnosis = classes[TARGET_CLASS] if prob >= t else classes[1 - TARGET_CLASS]
                     out = overlays.get(p) if cam is not None else None
                     if out is not None:
-                        label = spec["name"] if scorer is None else f"{spec['name']}, FP32 model"
+                        name = spec["name"] if spec is not None else "map"
+                        label = name if scorer is None else f"{name}, FP32 model"
                         try:
                             save_overlay_figure(out, gray, maps[0], probability=prob, diagnosis=diagnosis,
                                                 threshold=t, name=p.name, layer=label)
@@ -232,7 +234,8 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
                                     "explained_class": classes[TARGET_CLASS] if cam is not None else None,
                                     "overlay": str(out) if out is not None else None})
                 except (UserError, OSError, RuntimeError, ValueError) as exc:
-                    msg = one_line(exc) if isinstance(exc, UserError) else f"{p}: {type(exc).__name__}: {one_line(exc)[:200]}"
+                    msg = (one_line(exc) if isinstance(exc, UserError)
+                           else f"{p}: {type(exc).__name__}: {one_line(exc)[:200]}")
                     failures.append((p, msg))
                     if on_error is not None:
                         on_error(p, msg)
@@ -261,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_path", "--image-path", nargs="+", required=True, metavar="PATH",
                    help=f"image file(s) ({', '.join(IMAGE_SUFFIXES)}) and/or folders")
     p.add_argument("--model_path", "--model-path", default=None,
-                   help=f"project checkpoint (default: {ARTIFACTS['model']}, the shipped model); with --int8: the FP32 checkpoint "
+                   help=f"project checkpoint (default: {ARTIFACTS['model']}, the shipped model); "
+                        "with --int8: the FP32 checkpoint "
                         "whose Grad-CAM explains the INT8 decision (no default: without it, no overlay)")
     p.add_argument("--output", "-o", help="single image: overlay .png path or folder; batch: .csv path or overlay folder")
     p.add_argument("--threshold", type=_threshold,
@@ -287,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     batch = len(inputs) > 1 or any(p.is_dir() for p in inputs) or suffix == ".csv"
     csv_path, overlay_dir, single_png = None, default_output_dir(), None
     if batch:
-        if suffix == ".csv":
+        if suffix == ".csv" and out is not None:
             csv_path, overlay_dir = out, out.parent / f"{out.stem}_overlays"
         elif suffix:
             raise UserError(f"--output {out}: with several images, give a .csv path or a folder for the overlays.")
@@ -314,15 +318,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             files.append(p)
     seen: set[Path] = set()
-    files = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    unique = []
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    files = unique
     if csv_path is not None and csv_path.resolve() in seen:
         raise UserError(f"--output {csv_path} is one of the input files; it will not be overwritten.")
     if single_png is not None and single_png.resolve() in seen:
         raise UserError(f"--output {single_png} is the input image; it will not be overwritten.")
     if csv_path is not None:
         writable(csv_path, "the --output table")
-    if args.overlay:
-        writable(single_png if single_png is not None else overlay_dir, "the overlay")
 
     if not files:  # only empty folders: already reported
         return EXIT_USAGE
@@ -343,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
         choose_layer(model, meta, args.layer)  # a bad --layer is a usage error before any work
     overlays = {}
     if args.overlay:
+        writable(single_png if single_png is not None else overlay_dir, "the overlay")
         overlays = {files[0]: single_png} if single_png else plan_overlays(files, overlay_dir)
     from tqdm.auto import tqdm
 
@@ -357,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
         if batch:
             print_error(f"no image could be processed ({len(failures)} failed).")
         return EXIT_USAGE
-    fields = FIELDS
+    fields: tuple[str, ...] = FIELDS
     if int8_path is None:
         fingerprint = state_fingerprint(model.state_dict())
         for r in results:

@@ -56,8 +56,9 @@ def benchmark_cpu(forwards: Callable[[torch.Tensor], Any] | Mapping[str, Callabl
 
     if runs < 1 or batch_runs < 1:
         raise ValueError("runs and batch_runs must be >= 1")
-    single = callable(forwards)
-    fns = {"model": forwards} if single else dict(forwards)
+    single = not isinstance(forwards, Mapping)
+    fns: dict[str, Callable[[torch.Tensor], Any]] = {"model": forwards} if not isinstance(forwards, Mapping) \
+        else dict(forwards)
     imgs = torch.as_tensor(np.asarray(images_uint8))
     mean, std = meta["mean"], meta["std"]
     big = imgs.repeat(math.ceil(batch / len(imgs)), 1, 1)[:batch]
@@ -88,7 +89,7 @@ def benchmark_cpu(forwards: Callable[[torch.Tensor], Any] | Mapping[str, Callabl
 def machine_info(threads: int) -> dict[str, Any]:
     """Where the timings were taken (they depend on the CPU and on what else runs on it)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        cores: int | None = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
     return {"cpu": platform.processor() or platform.machine(), "cores_available": cores, "threads": threads,

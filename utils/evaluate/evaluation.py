@@ -61,7 +61,7 @@ class Evaluation:
 def choose_shipped(y_val: np.ndarray, val_probs: dict[str, np.ndarray], thresholds: dict[str, float]
                    ) -> tuple[str, pd.DataFrame]:
     """Apply :data:`SHIP_RULE`: returns the chosen phase and the validation table it was read from."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, p in val_probs.items():
         m = M.threshold_metrics(y_val, p, thresholds[name])
         rows.append({"model": name, "threshold": thresholds[name], "val_sensitivity": m["sensitivity"],

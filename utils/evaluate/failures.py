@@ -22,8 +22,8 @@ Only :func:`class_gradcams` touches a model; everything else is pure pandas/NumP
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,11 +33,30 @@ from scipy.stats import mannwhitneyu
 from utils.config import CLASSES, UserError
 from utils.data.phantom import HARD_KINDS
 
-__all__ = ["select_false_negatives", "select_near_misses", "select_true_positives", "threshold_cost",
-           "align_to_split", "class_gradcams", "check_probabilities",
-           "compare_groups", "failure_cutoffs", "lesion_property_table", "classify_failure",
-           "classify_failures", "category_counts", "case_table", "FailureStudy", "study_failures", "CATEGORIES", "RULES", "DEFAULT_CUTOFFS",
-           "CASE_COLUMNS", "LESION_COLUMNS", "HIDDEN_LOCATIONS"]
+__all__ = [
+    "CASE_COLUMNS",
+    "CATEGORIES",
+    "DEFAULT_CUTOFFS",
+    "HIDDEN_LOCATIONS",
+    "LESION_COLUMNS",
+    "RULES",
+    "FailureStudy",
+    "align_to_split",
+    "case_table",
+    "category_counts",
+    "check_probabilities",
+    "class_gradcams",
+    "classify_failure",
+    "classify_failures",
+    "compare_groups",
+    "failure_cutoffs",
+    "lesion_property_table",
+    "select_false_negatives",
+    "select_near_misses",
+    "select_true_positives",
+    "study_failures",
+    "threshold_cost",
+]
 
 # ------------------------------------------------------------------------------------------ selectors
 def _checked(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -136,7 +155,8 @@ def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], batc
     return maps, probs
 
 
-def check_probabilities(recorded: Sequence[float], recomputed: Sequence[float], tol: float = 0.02) -> float:
+def check_probabilities(recorded: Sequence[float] | np.ndarray, recomputed: Sequence[float] | np.ndarray,
+                       tol: float = 0.02) -> float:
     """Largest difference between the predictions file and the model now; :class:`UserError` above ``tol``
     (the checkpoint or the data changed after notebook 04 ran)."""
     diff = float(np.max(np.abs(np.asarray(recorded, float) - np.asarray(recomputed, float)), initial=0.0))
@@ -153,18 +173,21 @@ def compare_groups(a: Sequence[float], b: Sequence[float], names: tuple[str, str
     Returns ``{"U", "p", "n_a", "n_b", "median_a", "median_b", "names", "note"}``; U and p are nan when a
     group is empty. ``note`` warns that the test has little power when the smaller group has < ``few``.
     """
-    a = np.asarray(a, float)[~np.isnan(np.asarray(a, float))]
-    b = np.asarray(b, float)[~np.isnan(np.asarray(b, float))]
-    med = lambda v: float(np.median(v)) if v.size else float("nan")  # noqa: E731
-    out = {"names": tuple(names), "n_a": int(a.size), "n_b": int(b.size), "median_a": med(a),
-           "median_b": med(b), "U": float("nan"), "p": float("nan"), "note": ""}
-    if a.size == 0 or b.size == 0:
-        out["note"] = f"no test: the {names[0] if a.size == 0 else names[1]} group is empty"
+    av, bv = (np.asarray(v, float) for v in (a, b))
+    av, bv = av[~np.isnan(av)], bv[~np.isnan(bv)]
+
+    def med(v: np.ndarray) -> float:
+        return float(np.median(v)) if v.size else float("nan")
+
+    out: dict[str, Any] = {"names": tuple(names), "n_a": int(av.size), "n_b": int(bv.size), "median_a": med(av),
+                           "median_b": med(bv), "U": float("nan"), "p": float("nan"), "note": ""}
+    if av.size == 0 or bv.size == 0:
+        out["note"] = f"no test: the {names[0] if av.size == 0 else names[1]} group is empty"
         return out
-    res = mannwhitneyu(a, b, alternative="two-sided")
+    res = mannwhitneyu(av, bv, alternative="two-sided")
     out["U"], out["p"] = float(res.statistic), float(res.pvalue)
-    if min(a.size, b.size) < few:
-        out["note"] = (f"only {min(a.size, b.size)} case(s) in the smaller group: the test has little power, "
+    if min(av.size, bv.size) < few:
+        out["note"] = (f"only {min(av.size, bv.size)} case(s) in the smaller group: the test has little power, "
                        "so a large p-value is not evidence of 'no difference'")
     return out
 
@@ -219,14 +242,14 @@ def lesion_property_table(info: pd.DataFrame, is_fn: Sequence[bool],
     hard flag), ``hidden_fraction`` (retrocardiac or retrodiaphragmatic) and ``n_<flag>`` counts per
     hard flag. Kind ``"all"`` pools every kind; an outcome with no image gets ``n = 0`` and NaNs.
     """
-    is_fn = np.asarray(is_fn, dtype=bool)
-    if len(info) != is_fn.size:
-        raise ValueError(f"info has {len(info)} rows but is_fn has {is_fn.size} values")
+    fn_mask = np.asarray(is_fn, dtype=bool)
+    if len(info) != fn_mask.size:
+        raise ValueError(f"info has {len(info)} rows but fn_mask has {fn_mask.size} values")
     df = info.reset_index(drop=True).copy()
     df["hard"] = df["hard"].map(_text) if "hard" in df else ""
     df["location"] = df["location"].map(_text) if "location" in df else ""
     df["kind"] = df["kind"].map(_text).replace("", "unknown") if "kind" in df else "unknown"
-    df["outcome"] = np.where(is_fn, names[0], names[1])
+    df["outcome"] = np.where(fn_mask, names[0], names[1])
     rows = []
     for kind in [*sorted(df["kind"].unique()), "all"]:
         sub = df if kind == "all" else df[df["kind"] == kind]
@@ -293,19 +316,19 @@ def classify_failure(row: Mapping[str, Any], cutoffs: Mapping[str, float | None]
     phantom = math.isfinite(area)
     if phantom:
         location, hard, contrast = _text(row.get("location")), _text(row.get("hard")), _number(row, "contrast")
-        if area < cut["no_lesion_area"]:
+        if area < (cut["no_lesion_area"] or 0.0):
             return NO_LESION
         if any(h in location for h in HIDDEN_LOCATIONS) or hard in HIDDEN_LOCATIONS:
             return HIDDEN
-        if (hard in ("faint", "small")
-                or (cut["contrast"] is not None and contrast < cut["contrast"])
-                or (cut["lesion_area"] is not None and area < cut["lesion_area"])):
+        c_contrast, c_area = cut["contrast"], cut["lesion_area"]
+        if (hard in ("faint", "small") or (c_contrast is not None and contrast < c_contrast)
+                or (c_area is not None and area < c_area)):
             return FAINT
-    outside = _number(row, "outside_lung_fraction")
-    if math.isfinite(outside) and outside > cut["outside_lung"]:
+    outside, c_outside = _number(row, "outside_lung_fraction"), cut["outside_lung"]
+    if math.isfinite(outside) and c_outside is not None and outside > c_outside:
         return DISTRACTION
-    prob, thr = _number(row, "prob"), _number(row, "threshold")
-    if not phantom and math.isfinite(prob) and math.isfinite(thr) and prob < cut["label_doubt_frac"] * thr:
+    prob, thr, doubt = _number(row, "prob"), _number(row, "threshold"), cut["label_doubt_frac"]
+    if not phantom and doubt is not None and math.isfinite(prob) and math.isfinite(thr) and prob < doubt * thr:
         return NO_LESION
     return OTHER
 
@@ -340,8 +363,8 @@ def case_table(cases: pd.DataFrame, threshold: float, outside: Sequence[float],
     ``cases``: selected prediction rows (id, patient_id, subtype, prob); ``outside``: the outside-lung
     fraction of each case's PNEUMONIA map; ``info``: the phantom lesion rows of the same cases, same order.
     """
-    outside = np.asarray(outside, float)
-    if len(cases) != outside.size or (info is not None and len(info) != len(cases)):
+    outside_v = np.asarray(outside, float)
+    if len(cases) != outside_v.size or (info is not None and len(info) != len(cases)):
         raise ValueError("cases, outside fractions and info must have one entry per case")
     out = pd.DataFrame({"id": cases["id"].astype(str).to_numpy(),
                         "patient_id": cases["patient_id"].astype(str).to_numpy(),
@@ -349,7 +372,7 @@ def case_table(cases: pd.DataFrame, threshold: float, outside: Sequence[float],
                         "prob": cases["prob"].astype(float).to_numpy()})
     out["threshold"] = float(threshold)
     out["margin"] = float(threshold) - out["prob"]
-    out["outside_lung_fraction"] = outside
+    out["outside_lung_fraction"] = outside_v
     if info is not None:
         for col in LESION_COLUMNS:
             if col in info.columns:

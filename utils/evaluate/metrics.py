@@ -8,12 +8,9 @@ confusion matrices.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +18,7 @@ import pandas as pd
 import sklearn
 from scipy.optimize import minimize_scalar
 from scipy.stats import binomtest
-from sklearn.metrics import (average_precision_score, brier_score_loss, confusion_matrix,
-                             roc_auc_score, roc_curve)
+from sklearn.metrics import average_precision_score, brier_score_loss, confusion_matrix, roc_auc_score, roc_curve
 
 from utils.artifacts import threshold_for_recall
 from utils.fileio import jsonable
@@ -213,7 +209,7 @@ def bootstrap_indices(n: int, groups: ArrayLike | None = None, n_boot: int = 100
 def _bootstrap_matrix(y: np.ndarray, p: np.ndarray, fn: Callable[[np.ndarray, np.ndarray], Sequence[float]],
                       groups: ArrayLike | None, n_boot: int, seed: int) -> np.ndarray:
     """``(n_boot, k)`` array of ``fn`` on each resample; nan where a metric is undefined on it."""
-    rows = []
+    rows: list[np.ndarray | None] = []
     # inputs were validated once by the caller; skipping sklearn's per-call checks halves the run time
     with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         for idx in bootstrap_indices(y.size, groups, n_boot, seed):
@@ -326,7 +322,7 @@ def operating_point_bootstrap(y_val: ArrayLike, val_probs: Mapping[str, ArrayLik
 
     full_v, full_t = np.arange(yv.size), np.arange(yt.size)
     point = {k: score(k, full_v, full_t) for k in names}
-    draws = {k: [] for k in names}
+    draws: dict[str, list[list[float]]] = {k: [] for k in names}
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, 2**31, size=2)
     with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):

@@ -20,8 +20,8 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,13 +30,25 @@ from scipy import stats
 from torch import nn
 
 from utils.explain import localisation as loc
-from utils.explain.gradcam import eval_mode, gradcam, resolve_layer
+from utils.explain.gradcam import Targets, eval_mode, gradcam, resolve_layer
 
-__all__ = ["cascading_randomisation", "sanity_verdict", "road", "road_images", "compare_methods",
-           "oracle_difference", "library_cam", "LIBRARY_METHODS", "ORACLE_METHODS", "RANDOMISATION_ORDER",
-           "ROAD_FRACTIONS", "SANITY_RHO", "spearman_maps", "linear_impute"]
+__all__ = [
+    "LIBRARY_METHODS",
+    "ORACLE_METHODS",
+    "RANDOMISATION_ORDER",
+    "ROAD_FRACTIONS",
+    "SANITY_RHO",
+    "cascading_randomisation",
+    "compare_methods",
+    "library_cam",
+    "linear_impute",
+    "oracle_difference",
+    "road",
+    "road_images",
+    "sanity_verdict",
+    "spearman_maps",
+]
 
-Targets = int | Sequence[int] | None
 
 
 def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
@@ -90,13 +102,11 @@ SANITY_RHO = 0.5
 
 def _reset_block(model: nn.Module, block: str) -> None:
     """Re-initialise every parameter (and BatchNorm statistic) of ``block``; ``"stem"`` = conv1 + bn1."""
-    modules = [model.conv1, model.bn1] if block == "stem" else [model.get_submodule(block)]
-    for top in modules:
+    names = ["conv1", "bn1"] if block == "stem" else [block]
+    for top in (model.get_submodule(n) for n in names):
         for m in top.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()  # conv/linear: fresh random weights; batch-norm: affine reset
-            if hasattr(m, "reset_running_stats"):
-                m.reset_running_stats()  # and its running mean/variance
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+                m.reset_parameters()  # conv/linear: fresh random weights; batch-norm: affine and statistics reset
 
 
 def cascading_randomisation(model: nn.Module, x: torch.Tensor, targets: Targets = None,
@@ -156,7 +166,7 @@ def sanity_verdict(table: pd.DataFrame, after: str = "layer4", rho: float = SANI
     worst = float(tail["abs_spearman"].max())
     return {"rule": f"mean |rho| < {rho} from {after} down to the stem", "after": after, "threshold": rho,
             "abs_spearman_at": float(tail["abs_spearman"].iloc[0]), "worst_after": worst,
-            "passes": bool(worst < rho), "n_images": int(len(table["rho"].iloc[0]))}
+            "passes": bool(worst < rho), "n_images": len(table["rho"].iloc[0])}
 
 
 # ----------------------------------------------------------------------------- faithfulness: ROAD
@@ -229,7 +239,7 @@ def road_images(x: torch.Tensor, maps: np.ndarray, fractions: Sequence[float] = 
         rank = np.argsort(-maps[i].ravel() if most_relevant_first else maps[i].ravel(), kind="stable")
         for k, f in enumerate(fractions):
             keep = np.ones(h * w, dtype=bool)
-            keep[rank[:max(1, int(round(f * h * w)))]] = False
+            keep[rank[:max(1, round(f * h * w))]] = False
             out[i, k] = linear_impute(gray[i], keep.reshape(h, w), noise, rng)
     return torch.from_numpy(out).view(n * len(fractions), 1, h, w).expand(-1, c, -1, -1).to(x.dtype)
 

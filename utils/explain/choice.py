@@ -28,8 +28,14 @@ from utils.config import Config
 from utils.data.bundle import DataBundle
 from utils.evaluate.metrics import paired_difference_ci
 from utils.explain import localisation as L
-from utils.explain.selection import (EXPLANATION_CANDIDATES, UNMEASURED_EXPLANATION, check_spec, choose_explanation,
-                                     make_spec, score_explanations)
+from utils.explain.selection import (
+    EXPLANATION_CANDIDATES,
+    UNMEASURED_EXPLANATION,
+    check_spec,
+    choose_explanation,
+    make_spec,
+    score_explanations,
+)
 from utils.fileio import update_json_section
 from utils.train.model import load_model, resolve_device
 
@@ -92,6 +98,7 @@ def choose_and_record(cfg: Config, bundle: DataBundle, candidates: list[dict[str
         record_explanation(path, spec, "unmeasured: no lesion masks on this data (plain Grad-CAM on layer4)")
         return ExplanationChoice(spec, False, record=record)
 
+    assert train.lesion_masks is not None and val.lesion_masks is not None and test.lesion_masks is not None
     priors = L.prior_maps(train.lesion_masks[train.labels == 1], train.lung_masks)
     specs = [check_spec(c) for c in (candidates or EXPLANATION_CANDIDATES)]
     spec, val_table = choose_explanation(model, val.images, val.lesion_masks, val.labels, meta, specs,

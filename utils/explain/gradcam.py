@@ -29,23 +29,41 @@ One forward and one backward per call, in eval mode; the model is handed back ex
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GradCAM", "gradcam", "eval_mode", "resolve_layer", "normalise_maps", "resize_map",
-           "gray_to_float", "overlay", "WEIGHTINGS", "channel_weights", "shift_grid", "shift_images",
-           "average_unshifted", "shift_averaged_gradcam"]
+__all__ = [
+    "WEIGHTINGS",
+    "GradCAM",
+    "average_unshifted",
+    "channel_weights",
+    "eval_mode",
+    "gradcam",
+    "gray_to_float",
+    "normalise_maps",
+    "overlay",
+    "resize_map",
+    "resolve_layer",
+    "shift_averaged_gradcam",
+    "shift_grid",
+    "shift_images",
+]
 
 #: How the channel weights alpha_k are computed from the activations A and gradients G of one pass:
 #: ``"gradcam"`` (Selvaraju et al. 2017: the spatial mean of G), ``"xgradcam"`` (Fu et al. 2020:
 #: sum_ij G * A / sum_ij A) and ``"gradcam++"`` (Chattopadhay et al. 2018). All three use the same single
 #: forward and backward pass; they differ only in this one formula (pytorch-grad-cam's formulas, eps included).
 WEIGHTINGS = ("gradcam", "xgradcam", "gradcam++")
+
+#: What a map explains: a class index for every image, one per image, None (each image's predicted class), or a
+#: callable mapping the pass's logits (N, C) to one of those.
+Targets = int | Sequence[int] | np.ndarray | Callable[[torch.Tensor], Any] | None
 
 
 @contextmanager
@@ -122,21 +140,30 @@ class GradCAM:
     ``weighted`` (N, h, w) = sum_k alpha_k A^k before the ReLU, ``raw_maps`` (N, h, w) after the ReLU
     (low resolution, un-normalised), ``maps`` (N, H, W), ``logits`` (tensor) and ``targets`` (N,).
 
-    ``weighting`` chooses the channel weights (:data:`WEIGHTINGS`; default plain Grad-CAM).
+    ``weighting`` chooses the channel weights (:data:`WEIGHTINGS`; default plain Grad-CAM). ``reshape`` makes a
+    layer whose output is not a (N, K, h, w) feature map readable: it maps the layer's output (and, identically,
+    its gradient) to one — for a Vision Transformer, tokens (N, 1 + h·w, C) to (N, C, h, w) without the [CLS]
+    token (:func:`utils.train.vit.tokens_to_grid`; the pytorch-grad-cam convention).
     """
 
     def __init__(self, model: nn.Module, target_layer: str | nn.Module = "layer4",
-                 weighting: str = "gradcam") -> None:
+                 weighting: str = "gradcam", reshape: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
         self.model = model
         self.weighting = weighting
+        self.reshape = reshape
         self.layer = resolve_layer(model, target_layer)
         self._recording = False
         self._acts: list[torch.Tensor] = []
         self._grads: list[torch.Tensor] = []
         self._handles = [self.layer.register_forward_hook(self._forward_hook)]
-        self.activations = self.gradients = self.alphas = self.weighted = self.raw_maps = self.maps = None
+        self.activations: np.ndarray | None = None
+        self.gradients: np.ndarray | None = None
+        self.alphas: np.ndarray | None = None
+        self.weighted: np.ndarray | None = None
+        self.raw_maps: np.ndarray | None = None
+        self.maps: np.ndarray | None = None
         self.logits: torch.Tensor | None = None
         self.targets: np.ndarray | None = None
 
@@ -144,9 +171,9 @@ class GradCAM:
     def _forward_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if not self._recording:
             return None  # the model is used normally between CAM calls
-        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+        if not isinstance(output, torch.Tensor) or (output.ndim != 4 and self.reshape is None):
             what = f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ValueError(f"Grad-CAM needs a convolutional layer with (N, K, h, w) output; got {what}")
+            raise ValueError(f"Grad-CAM needs a convolutional layer with (N, K, h, w) output (or a reshape); got {what}")
         if self._acts:
             raise RuntimeError("the target layer ran twice in one forward pass: choose a module used once")
         act = output.detach().requires_grad_(True)  # a new leaf: gradients exist even for a frozen model
@@ -171,7 +198,7 @@ class GradCAM:
         self.release()  # returns None: exceptions propagate
 
     # ------------------------------------------------------------------ the method
-    def _targets(self, targets: int | Sequence[int] | None, logits: torch.Tensor) -> torch.Tensor:
+    def _targets(self, targets: Targets, logits: torch.Tensor) -> torch.Tensor:
         n, n_classes = logits.shape
         if callable(targets):  # computed from this pass's logits (e.g. one class for all shifted copies)
             targets = targets(logits.detach())
@@ -187,7 +214,7 @@ class GradCAM:
             raise ValueError(f"targets must be class indices in [0, {n_classes - 1}]")
         return t
 
-    def __call__(self, x: torch.Tensor, targets: int | Sequence[int] | None = None
+    def __call__(self, x: torch.Tensor, targets: Targets = None
                  ) -> tuple[np.ndarray, torch.Tensor]:
         """Maps for a batch ``x`` (N, C, H, W). ``targets``: None = predicted class, an int, N ints, or a
         callable mapping this pass's logits (N, C) to one of those.
@@ -219,6 +246,8 @@ class GradCAM:
                 # fires the tensor hook; writes no parameter .grad. An unused layer gets no gradient: zeros.
                 torch.autograd.grad(score, act, allow_unused=True)
                 grad = self._grads[0] if self._grads else torch.zeros_like(act)
+                if self.reshape is not None:  # e.g. ViT tokens -> (N, C, h, w), the same map for both
+                    act, grad = self.reshape(act.detach()), self.reshape(grad)
         finally:
             self._acts.clear()  # no graph kept alive between calls, even after an error
             self._grads.clear()
@@ -228,14 +257,17 @@ class GradCAM:
             raw = F.relu(weighted)
             up = F.interpolate(raw[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             maps = normalise_maps(up)
-        as_np = lambda t_: t_.detach().float().cpu().numpy()  # noqa: E731
+        def as_np(t_: torch.Tensor) -> np.ndarray:
+            return t_.detach().float().cpu().numpy()
+
+        maps_np = as_np(maps)
         self.activations, self.gradients, self.alphas = as_np(act), as_np(grad), as_np(alphas)
-        self.weighted, self.raw_maps, self.maps = as_np(weighted), as_np(raw), as_np(maps)
+        self.weighted, self.raw_maps, self.maps = as_np(weighted), as_np(raw), maps_np
         self.logits, self.targets = logits.detach(), t.cpu().numpy()
-        return self.maps, self.logits
+        return maps_np, logits.detach()
 
 
-    def shift_averaged(self, x: torch.Tensor, targets: int | Sequence[int] | None = None,
+    def shift_averaged(self, x: torch.Tensor, targets: Targets = None,
                        shifts: Sequence[tuple[int, int]] | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """Shift-averaged maps for ``x`` (N, C, H, W): see :func:`shift_averaged_gradcam`.
 
@@ -246,12 +278,15 @@ class GradCAM:
         shifts = _check_shifts(shifts, x.shape[-2:])
         n, s = len(x), len(shifts)
         if targets is None:  # the unshifted copy's predicted class, for all of its copies
-            t: object = lambda logits: logits[:n].argmax(dim=1).repeat(s)  # noqa: E731
+            def t(logits: torch.Tensor) -> torch.Tensor:  # the unshifted copy's class, for all its copies
+                return logits[:n].argmax(dim=1).repeat(s)
+            tt: Targets = t
         elif isinstance(targets, (int, np.integer)):
-            t = int(targets)
+            tt = int(targets)
         else:
-            t = np.tile(np.asarray(targets, dtype=np.int64).ravel(), s)
-        _, logits = self(shift_images(x, shifts), t)
+            tt = np.tile(np.asarray(targets, dtype=np.int64).ravel(), s)
+        _, logits = self(shift_images(x, shifts), tt)
+        assert self.raw_maps is not None
         raw = torch.from_numpy(self.raw_maps)
         up = F.interpolate(raw[:, None], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
         maps = normalise_maps(average_unshifted(up, shifts))
@@ -259,7 +294,7 @@ class GradCAM:
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4",
-            targets: int | Sequence[int] | None = None, weighting: str = "gradcam"
+            targets: Targets = None, weighting: str = "gradcam"
             ) -> tuple[np.ndarray, torch.Tensor]:
     """One-shot Grad-CAM: ``(maps, logits)`` with hooks registered and removed around the call."""
     with GradCAM(model, layer, weighting) as cam:
@@ -334,7 +369,7 @@ def average_unshifted(maps: torch.Tensor, shifts: Sequence[tuple[int, int]]) -> 
 
 
 def shift_averaged_gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer3",
-                           targets: int | Sequence[int] | None = None,
+                           targets: Targets = None,
                            shifts: Sequence[tuple[int, int]] | None = None,
                            weighting: str = "gradcam") -> tuple[np.ndarray, torch.Tensor]:
     """Grad-CAM averaged over small shifts of the input: a finer map from a coarse layer.

@@ -27,23 +27,41 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-__all__ = ["argmax_point", "pointing_game", "distance_to_mask", "near_pointing", "energy_inside",
-           "outside_fraction", "centre_prior", "random_map", "mean_mask_prior", "prior_maps", "per_image_scores",
-           "localisation_scores", "localisation_table",
-           "estimate_lung_field", "estimate_lung_fields", "outside_lung_fractions", "outside_lung_summary", "otsu_threshold", "dice", "iou", "random_maps",
-           "baseline_per_image"]
+__all__ = [
+    "argmax_point",
+    "baseline_per_image",
+    "centre_prior",
+    "dice",
+    "distance_to_mask",
+    "energy_inside",
+    "estimate_lung_field",
+    "estimate_lung_fields",
+    "iou",
+    "localisation_scores",
+    "localisation_table",
+    "mean_mask_prior",
+    "near_pointing",
+    "otsu_threshold",
+    "outside_fraction",
+    "outside_lung_fractions",
+    "outside_lung_summary",
+    "per_image_scores",
+    "pointing_game",
+    "prior_maps",
+    "random_map",
+    "random_maps",
+]
 
 
-def _check(cam: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def _check(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cam = np.asarray(cam, dtype=np.float64)
     if cam.ndim != 2:
         raise ValueError(f"a map must be 2-D (H, W), got shape {cam.shape}")
     if not np.all(np.isfinite(cam)) or cam.min() < 0:
         raise ValueError("a map must be finite and non-negative")
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != cam.shape:
-            raise ValueError(f"map {cam.shape} and mask {mask.shape} differ in shape")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != cam.shape:
+        raise ValueError(f"map {cam.shape} and mask {mask.shape} differ in shape")
     return cam, mask
 
 
@@ -152,7 +170,7 @@ def per_image_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac:
     has = masks.reshape(len(masks), -1).any(axis=1)
     rows = [{"pointing": float(pointing_game(c, m)), "near": float(near_pointing(c, m, tolerance_frac)),
              "energy": energy_inside(c, m)} if h else {"pointing": np.nan, "near": np.nan, "energy": np.nan}
-            for c, m, h in zip(cams, masks, has)]
+            for c, m, h in zip(cams, masks, np.asarray(has, dtype=bool).tolist())]
     return pd.DataFrame(rows, columns=["pointing", "near", "energy"]).assign(has_lesion=has)
 
 

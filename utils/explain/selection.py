@@ -30,15 +30,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.explain import localisation as loc
-from utils.explain.gradcam import (WEIGHTINGS, GradCAM, average_unshifted, channel_weights, normalise_maps, resolve_layer,
-                           shift_grid)
 from utils.artifacts import recorded_explanation
+from utils.explain import localisation as loc
+from utils.explain.gradcam import (
+    WEIGHTINGS,
+    GradCAM,
+    Targets,
+    average_unshifted,
+    channel_weights,
+    normalise_maps,
+    resolve_layer,
+    shift_grid,
+)
 from utils.train.model import preprocess
 
-__all__ = ["make_spec", "check_spec", "spec_from_meta", "EXPLANATION_CANDIDATES", "DEFAULT_EXPLANATION",
-           "Explainer", "explain", "candidate_maps", "score_explanations", "choose_explanation",
-           "true_positive_index"]
+__all__ = [
+    "DEFAULT_EXPLANATION",
+    "EXPLANATION_CANDIDATES",
+    "UNMEASURED_EXPLANATION",
+    "Explainer",
+    "candidate_maps",
+    "check_spec",
+    "choose_explanation",
+    "explain",
+    "main_explanation",
+    "main_maps",
+    "make_spec",
+    "score_explanations",
+    "true_positive_index",
+]
 
 Spec = dict[str, Any]
 _METHOD_NAMES = {"gradcam": "Grad-CAM", "xgradcam": "XGradCAM", "gradcam++": "Grad-CAM++"}
@@ -108,7 +128,7 @@ def main_explanation(meta: Mapping[str, Any], layer: str | None = None) -> Spec:
     return make_spec("gradcam", layer) if layer is not None else dict(UNMEASURED_EXPLANATION)
 
 
-def main_maps(model: nn.Module, meta: Mapping[str, Any], images: np.ndarray, targets: int | Sequence[int] | None = 1,
+def main_maps(model: nn.Module, meta: Mapping[str, Any], images: np.ndarray, targets: Targets = 1,
               batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Maps of the main explanation for uint8 images (N, S, S): ``(maps (N, S, S), P(PNEUMONIA) (N,))``.
 
@@ -132,7 +152,7 @@ class Explainer:
         self.shifts = shift_grid(self.spec["shifts"])
         self._cam = GradCAM(model, self.spec["layer"], self.spec["method"])
 
-    def __call__(self, x: torch.Tensor, targets: int | Sequence[int] | None = None
+    def __call__(self, x: torch.Tensor, targets: Targets = None
                  ) -> tuple[np.ndarray, torch.Tensor]:
         """``(maps (N, H, W) in [0, 1], logits (N, C) of the unshifted images)`` for a batch ``x``."""
         if len(self.shifts) == 1:
@@ -155,7 +175,7 @@ def _chunks(n: int, per_chunk: int) -> list[slice]:
     return [slice(i, min(i + per_chunk, n)) for i in range(0, n, per_chunk)]
 
 
-def explain(model: nn.Module, x: torch.Tensor, spec: Mapping[str, Any], targets: int | Sequence[int] | None = None,
+def explain(model: nn.Module, x: torch.Tensor, spec: Mapping[str, Any], targets: Targets = None,
             batch_size: int = 64) -> tuple[np.ndarray, torch.Tensor]:
     """Maps of ``spec`` for a preprocessed batch ``x`` (N, 3, H, W): ``(maps, logits)`` as :class:`Explainer`.
 
@@ -212,7 +232,7 @@ def _maps_of(spec: Spec, act: torch.Tensor, grad: torch.Tensor, grid: list[tuple
 
 
 def candidate_maps(model: nn.Module, x: torch.Tensor, candidates: Sequence[Mapping[str, Any]],
-                   targets: int | Sequence[int] | None = 1, batch_size: int = 64, progress: bool = False
+                   targets: Targets = 1, batch_size: int = 64, progress: bool = False
                    ) -> tuple[dict[str, np.ndarray], torch.Tensor, float]:
     """Maps of every candidate for ``x``, sharing work: normally ONE batched forward + backward pass over
     the union of the shifts the candidates need. A :class:`~utils.explain.gradcam.GradCAM` hooks the earliest
@@ -250,7 +270,9 @@ def candidate_maps(model: nn.Module, x: torch.Tensor, candidates: Sequence[Mappi
                     xs = x[sl]
                     _, lg = cam.shift_averaged(xs, targets if t_all is None else t_all[sl], grid)
                     logits_pass.append(lg.cpu())
-                    rec = {first: (torch.from_numpy(cam.activations), torch.from_numpy(cam.gradients))}
+                    assert cam.activations is not None and cam.gradients is not None
+                    rec: dict[str, tuple[Any, Any]] = {first: (torch.from_numpy(cam.activations),
+                                                               torch.from_numpy(cam.gradients))}
                     for name, tap in taps.items():
                         if k == 0 and tap.grad is not None:
                             served.add(name)

@@ -8,13 +8,13 @@ optimizer, scheduler, RNG state, history) so a re-run resumes; the best epoch by
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,10 +22,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from utils.data.augment import AugmentSpec, augment
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.data.augment import AugmentSpec, augment
 from utils.fileio import jsonable
 from utils.train.model import freeze_backbone, param_groups, preprocess, set_backbone_bn_eval, unfreeze_all
+
+#: The augmentation every training batch gets unless told otherwise (no horizontal flip).
+DEFAULT_AUGMENT = AugmentSpec()
 
 
 @dataclass
@@ -36,7 +39,7 @@ class DeviceData:
     labels: torch.Tensor
 
     @classmethod
-    def from_split(cls, split, device: torch.device) -> "DeviceData":
+    def from_split(cls, split, device: torch.device) -> DeviceData:
         x = torch.from_numpy(np.ascontiguousarray(split.images)).unsqueeze(1)
         return cls(x.to(device), torch.from_numpy(split.labels).to(device))
 
@@ -60,7 +63,7 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
 
 def train_one_epoch(model: nn.Module, data: DeviceData, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     meta: dict, batch_size: int, gen: torch.Generator, scaler: torch.amp.GradScaler | None = None,
-                    aug: AugmentSpec | None = AugmentSpec(), progress: bool = True,
+                    aug: AugmentSpec | None = DEFAULT_AUGMENT, progress: bool = True,
                     on_batch: Callable[[int], Any] | None = None) -> dict[str, float]:
     """One pass over ``data`` in a seeded random order; returns mean loss, seconds and images/s.
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def _imagenet_state() -> dict[str, torch.Tensor] | None:
             return weights.get_state_dict(progress=False)
         finally:
             socket.setdefaulttimeout(old)
-    except Exception as exc:  # noqa: BLE001 - any download failure means "not available"
+    except Exception as exc:
         print(f"ImageNet weights unavailable ({type(exc).__name__}: offline?); continuing from random initialisation.")
         return None
 
@@ -90,7 +90,7 @@ def build_model(weights: str = "none", num_classes: int = len(CLASSES), seed: in
 
 def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Parameters by group, input to output: stem (conv1+bn1), layer1…layer4, fc."""
-    groups = {g: [] for g in LAYER_GROUPS}
+    groups: dict[str, list[nn.Parameter]] = {g: [] for g in LAYER_GROUPS}
     for name, p in model.named_parameters():
         top = name.split(".")[0]
         groups["stem" if top in ("conv1", "bn1") else top].append(p)
@@ -111,7 +111,7 @@ def unfreeze_all(model: nn.Module) -> None:
 
 def set_backbone_bn_eval(model: nn.Module) -> None:
     """Keep BatchNorm statistics of a frozen backbone fixed (call after ``model.train()``)."""
-    for name, m in model.named_modules():
+    for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
                 p.requires_grad for p in m.parameters()):
             m.eval()

@@ -1,6 +1,6 @@
 """The two training phases as one call each (used by notebooks 02 and 03 and from the command line).
 
-    python -m utils.train.pipeline --profile full --data-dir /path/to/chest_xray [--weights imagenet]
+    python -m utils.train.pipeline --profile full --data-dir /path/to/chest_xray [--image-size 128] [--weights imagenet]
 
 Phase 1 trains only the new head on a frozen backbone (a warm-up: the random head's large early
 gradients never reach the pretrained features); phase 2 unfreezes everything at a low learning rate
@@ -8,10 +8,9 @@ with Adam and StepLR, optionally with discriminative (per-layer-group) learning 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -19,10 +18,12 @@ import torch
 
 from utils.artifacts import data_mismatch
 from utils.checkpoint import make_meta, state_fingerprint
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, Config, UserError, get_config
+from utils.cli import Parser, run_main
+from utils.config import IMAGENET_MEAN, IMAGENET_STD, PROFILES, SOURCES, Config, UserError, get_config
 from utils.data import DataBundle, load_data
-from utils.train.model import build_model, layer_groups, load_model, param_groups, resolve_device
+from utils.fileio import write_json
 from utils.train.engine import DeviceData, FitResult, fit
+from utils.train.model import build_model, layer_groups, load_model, param_groups, resolve_device
 
 
 def is_pretrained(weights: str) -> bool:
@@ -110,41 +111,33 @@ def best_row(res: FitResult) -> dict[str, Any]:
     return res.history.iloc[res.best_epoch - 1].to_dict()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: both phases on a profile, a one-line summary per phase, optional JSON report."""
-    p = argparse.ArgumentParser(description="Run phase 1 and phase 2 of the series from the command line.")
-    p.add_argument("--profile", default="demo", choices=["demo", "full"])
+def _cli(argv: Sequence[str] | None) -> int:
+    p = Parser(prog="python -m utils.train.pipeline",
+               description="Run phase 1 and phase 2 of the series from the command line.")
+    p.add_argument("--profile", default="demo", choices=list(PROFILES))
     p.add_argument("--data-dir", default="")
-    p.add_argument("--weights", default=None, help="imagenet | phantom | none | checkpoint path")
-    p.add_argument("--source", default=None, choices=["phantom", "folder", "medmnist"])
+    p.add_argument("--source", default=None, choices=list(SOURCES))
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--phase1-epochs", type=int, default=None)
-    p.add_argument("--phase2-epochs", type=int, default=None)
+    p.add_argument("--epochs-phase1", type=int, default=None)
+    p.add_argument("--epochs-phase2", type=int, default=None)
+    p.add_argument("--weights", default=None, help="imagenet | phantom | none | checkpoint path")
     p.add_argument("--device", default="auto")
     p.add_argument("--restart", action="store_true")
     p.add_argument("--no-test", action="store_true", help="accept a data folder without test/")
     p.add_argument("--report", default="", help="write a JSON summary here")
     a = p.parse_args(argv)
-    try:
-        over: dict[str, Any] = {k: v for k, v in {"weights": a.weights, "source": a.source,
-                                                   "image_size": a.image_size}.items() if v is not None}
-        if a.phase1_epochs is not None:
-            over["phase1"] = {"epochs": a.phase1_epochs}
-        if a.phase2_epochs is not None:
-            over["phase2"] = {"epochs": a.phase2_epochs}
-        cfg = get_config(a.profile, a.data_dir or None, require_test=not a.no_test, **over)
-        t0 = time.perf_counter()
-        bundle = load_data(cfg)
-        t_data = time.perf_counter() - t0
-        r1, weights = run_phase1(cfg, bundle, a.device, a.restart)
-        t1 = time.perf_counter()
-        r2, _ = run_phase2(cfg, bundle, a.device, a.restart)
-        t2 = time.perf_counter()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    rep = {"profile": cfg.profile, "source": bundle.source, "weights": weights, "image_size": bundle.image_size,
-           "fingerprint": bundle.fingerprint, "sizes": bundle.summary().to_dict(),
+    over: dict[str, Any] = {"weights": a.weights} if a.weights is not None else {}
+    cfg = get_config(a.profile, a.data_dir or None, a.source, a.image_size, a.epochs_phase1, a.epochs_phase2,
+                     require_test=not a.no_test, **over)
+    t0 = time.perf_counter()
+    bundle = load_data(cfg)
+    t_data = time.perf_counter() - t0
+    r1, weights = run_phase1(cfg, bundle, a.device, a.restart)
+    t1 = time.perf_counter()
+    r2, _ = run_phase2(cfg, bundle, a.device, a.restart)
+    t2 = time.perf_counter()
+    rep = {"profile": cfg.profile, "run": cfg.knobs, "data": bundle.describe(), "weights": weights,
+           "image_size": bundle.image_size, "fingerprint": bundle.fingerprint, "sizes": bundle.summary().to_dict(),
            "device": str(resolve_device(a.device)), "seconds": {"data": round(t_data, 1),
            "phase1": round(t1 - t0 - t_data, 1), "phase2": round(t2 - t1, 1), "total": round(t2 - t0, 1)},
            "phase1_best": best_row(r1), "phase2_best": best_row(r2)}
@@ -155,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.history['images_per_s'].mean():.0f} img/s")
     print(f"weights: {weights}; wall {rep['seconds']}")
     if a.report:
-        from pathlib import Path
-        Path(a.report).write_text(json.dumps(rep, indent=1, default=str))
+        write_json(a.report, rep)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: both phases with the notebooks' knobs, a one-line summary per phase, optional JSON report."""
+    return run_main(_cli, argv)
 
 
 if __name__ == "__main__":

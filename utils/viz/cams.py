@@ -17,10 +17,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
 from utils.viz.common import CMAP, finish
-
-
-
 
 
 def _gray(ax: Axes, img: np.ndarray) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+
 from utils.viz.common import CLASS_COLORS, CLASS_NAMES, LESION_COLOR, LUNG_COLOR, finish
 
 #: Columns a training history needs (what :func:`utils.train.engine.fit` writes per epoch).

@@ -17,12 +17,14 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from utils.evaluate.metrics import (ArrayLike, expected_calibration_error, reliability_curve, threshold_free_metrics,
-                                    threshold_metrics)
+from utils.evaluate.metrics import (
+    ArrayLike,
+    expected_calibration_error,
+    reliability_curve,
+    threshold_free_metrics,
+    threshold_metrics,
+)
 from utils.viz.common import CLASS_NAMES, finish
-
-
-
 
 
 def plot_confusion_matrix(y_true: ArrayLike, prob: ArrayLike, threshold: float, title: str | None = None,

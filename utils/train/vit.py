@@ -1,0 +1,122 @@
+"""A small Vision Transformer beside the ResNet-18 (notebook 09): ViT-Tiny, patch 16, built with ``timm``.
+
+The shape is DeiT-Tiny / ViT-Tiny (192-dim tokens, 12 blocks, 3 heads, 5.5 M parameters): the image is cut into
+16 × 16-pixel patches (an 8 × 8 grid at the demo's 128 px, 14 × 14 at 224 px), each patch becomes a token, and a
+learned ``[CLS]`` token gathers what the head classifies. Every block lets every token attend to every other —
+the "global context" a ViT is said to bring.
+
+Weights, as for the ResNet: ``"phantom"`` (``model/phantom_vit_tiny_pretrained.pt``, pretrained on phantoms with
+labels only by ``scripts/pretrain_phantom_backbone.py --arch vit_tiny``), ``"imagenet"`` (timm's ImageNet
+weights when online; offline a one-line message and random initialisation), ``"none"`` or a checkpoint path.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.checkpoint import load_checkpoint
+from utils.config import UserError, shipped
+
+TIMM_NAME = "vit_tiny_patch16_224"
+IMAGENET_TAG = "augreg_in21k_ft_in1k"
+PATCH = 16
+
+
+def _vit(num_classes: int, image_size: int) -> Any:
+    import timm
+
+    if image_size % PATCH:
+        raise UserError(f"IMAGE_SIZE={image_size} is not a multiple of the ViT's patch size {PATCH}: "
+                        f"choose e.g. {image_size // PATCH * PATCH or PATCH} or {(image_size // PATCH + 1) * PATCH}.")
+    return timm.create_model(TIMM_NAME, pretrained=False, num_classes=num_classes, img_size=image_size)
+
+
+def _imagenet_state(image_size: int) -> dict[str, torch.Tensor] | None:
+    """timm's ImageNet ViT-Tiny weights (resized position embeddings), or None with one line when offline."""
+    import timm
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(10)  # offline: fail fast, never hang
+    try:
+        m = timm.create_model(f"{TIMM_NAME}.{IMAGENET_TAG}", pretrained=True, num_classes=0, img_size=image_size)
+        return m.state_dict()
+    except Exception as exc:
+        print(f"ImageNet ViT weights unavailable ({type(exc).__name__}: offline?); continuing from random "
+              "initialisation.")
+        return None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def build_vit(weights: str = "none", num_classes: int = 2, image_size: int = 128, seed: int | None = None
+              ) -> tuple[nn.Module, str]:
+    """ViT-Tiny with a fresh ``num_classes`` head and the requested weights; returns ``(model, description)``."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = _vit(num_classes, image_size)
+    if weights == "none":
+        return model, "random initialisation"
+    if weights == "imagenet":
+        state = _imagenet_state(image_size)
+        if state is None:
+            return model, "random initialisation (ImageNet weights unavailable offline)"
+        desc = f"ImageNet (timm {TIMM_NAME}.{IMAGENET_TAG})"
+    else:
+        path = shipped("vit_backbone") if weights == "phantom" else Path(weights)
+        if not path.exists():
+            raise UserError(f"ViT weights not found: {path}" + (" (shipped with the repository: git checkout -- "
+                            "model/phantom_vit_tiny_pretrained.pt)" if weights == "phantom" else "") + ".")
+        state = load_checkpoint(path, require_meta=False, allow_state_dict=True)["model"]
+        desc = f"phantom-pretrained ViT ({path.name})" if weights == "phantom" else f"checkpoint {path}"
+    backbone = {k: v.float() for k, v in state.items() if not k.startswith("head.")}
+    if "pos_embed" in backbone and backbone["pos_embed"].shape != model.pos_embed.shape:
+        raise UserError(f"ViT weights {weights!r} were made for another image size (position embedding "
+                        f"{tuple(backbone['pos_embed'].shape)}, this model {tuple(model.pos_embed.shape)}): use the "
+                        "IMAGE_SIZE they were trained at.")
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        raise UserError(f"weights {weights!r} do not fit a ViT-Tiny (unexpected: {unexpected[:3]}, missing: "
+                        f"{[k for k in missing if not k.startswith('head.')][:3]}).")
+    return model, desc
+
+
+def is_vit(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm Vision Transformer (token blocks, a patch embedding)."""
+    return hasattr(model, "blocks") and hasattr(model, "patch_embed")
+
+
+def vit_layer_groups(model: Any) -> dict[str, list[nn.Parameter]]:
+    """Parameters input to output, in the ResNet's five-plus-head shape so the same layer-wise learning rates
+    apply: ``stem`` (patch embedding, [CLS], position embedding), ``layer1``…``layer4`` (blocks 0–2, 3–5, 6–8,
+    9–11), ``fc`` (final norm and head)."""
+    n = len(model.blocks)
+    groups: dict[str, list[nn.Parameter]] = {g: [] for g in ("stem", "layer1", "layer2", "layer3", "layer4", "fc")}
+    for name, p in model.named_parameters():
+        if name.startswith("blocks."):
+            k = int(name.split(".")[1])
+            groups[f"layer{min(4, 1 + k * 4 // n)}"].append(p)
+        elif name.startswith(("norm.", "fc_norm.", "head.")):
+            groups["fc"].append(p)
+        else:
+            groups["stem"].append(p)
+    return groups
+
+
+def token_grid(model: Any) -> tuple[int, int]:
+    """The patch grid (rows, columns) of a ViT."""
+    rows, cols = model.patch_embed.grid_size
+    return int(rows), int(cols)
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int], prefix: int = 1) -> torch.Tensor:
+    """``(N, prefix + h·w, C)`` tokens → ``(N, C, h, w)``: drop the [CLS] (prefix) tokens, lay the patch tokens
+    out on their grid — the *reshape transform* that lets a CNN method (Grad-CAM) read a ViT layer."""
+    n, t, c = tokens.shape
+    h, w = grid
+    if t - prefix != h * w:
+        raise ValueError(f"{t} tokens do not fit {prefix} prefix token(s) + a {h}x{w} grid")
+    return tokens[:, prefix:, :].reshape(n, h, w, c).permute(0, 3, 1, 2)
