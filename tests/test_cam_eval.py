@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.models import resnet18
 
+from utils.data.images import linear_impute
 from utils.explain import checks as cam_eval
 from utils.explain.gradcam import GradCAM, gradcam
 from utils.explain.localisation import localisation_table
@@ -128,7 +129,7 @@ def test_linear_imputation_matches_pytorch_grad_cam():
     img = rng.random((24, 24))
     keep = rng.random((24, 24)) > 0.15
     keep[:2] = False  # border rows: fewer neighbours
-    ours = cam_eval.linear_impute(img, keep, noise=0.0)
+    ours = linear_impute(img, keep, noise=0.0)
     theirs = NoisyLinearImputer(noise=0.0)(torch.from_numpy(img[None]).float(),
                                            torch.from_numpy(keep.astype(np.float32)))[0].numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-5)

@@ -64,12 +64,20 @@ def check_setup_and_parameters(nb) -> list[str]:
             problems.append("the setup cell is not guarded by `if \"google.colab\" in sys.modules:`")
         if nav.repo_line().strip() not in src:
             problems.append("the setup cell's REPO_URL does not match utils/config.py (run scripts/nav.py)")
+        elif src != nav.setup_source():
+            problems.append("the setup cell differs from scripts/nav.py's (PERSIST, install; run scripts/nav.py)")
     if len(params) != 1 or params[0].cell_type != "code":
         problems.append(f"need exactly one code cell tagged 'parameters', found {len(params)}")
     else:
-        for name in ("PROFILE", "DATA_DIR"):
+        for name in ("PROFILE", "DATA_DIR", "SOURCE", "IMAGE_SIZE", "EPOCHS_PHASE1", "EPOCHS_PHASE2"):
             if not _code(params[0], rf"^{name}\s*="):
                 problems.append(f"the parameters cell does not set {name} =")
+        if not params[0].source.startswith(nav.PARAMETERS_HEAD):
+            problems.append("the parameters cell does not start with the named knobs of scripts/nav.py")
+        after = nb.cells[nb.cells.index(params[0]) + 1:]
+        first_code = next((c for c in after if c.cell_type == "code"), None)
+        if first_code is None or nav.SETUP_CALL not in first_code.source:
+            problems.append(f"the first code cell after the parameters must call {nav.SETUP_CALL!r}")
     if len(setup) == 1 and len(params) == 1 and nb.cells.index(setup[0]) > nb.cells.index(params[0]):
         problems.append("the setup cell must come before the parameters cell")
     return problems

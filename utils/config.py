@@ -115,14 +115,24 @@ ARTIFACTS: dict[str, str] = {
     "int8_report": "assets/int8_report.json",
     "int8_gradcam": "assets/int8_gradcam.png",
     "benchmark": "assets/benchmark.json",
+    "shortcut": "assets/shortcut.json",  # notebook 08: the controlled shortcut experiment and the real-data finds
+    "shortcut_examples": "assets/shortcut_examples.png",
+    "shortcut_metrics": "assets/shortcut_metrics.png",
+    "shortcut_maps": "assets/shortcut_maps.png",
+    "marker_finds": "assets/marker_finds.png",
+    "marker_summary": "assets/marker_summary.csv",
 }
 
 
-def artifact(name: str, root: Path | None = None, **fmt: str) -> Path:
-    """Absolute path of the artifact ``name`` (see :data:`ARTIFACTS`); ``fmt`` fills placeholders."""
+def artifact(name: str, root: Path | None = None, tag: str | None = None, **fmt: str) -> Path:
+    """Absolute path of the artifact ``name`` (see :data:`ARTIFACTS`); ``fmt`` fills placeholders. A ``tag``
+    names another run of the same stage — the ViT of notebook 09 (``vit``), the shortcut models of notebook 08 —
+    whose files sit beside the main ones with the tag in front (``model/vit_phase1_best.pt``)."""
     if name not in ARTIFACTS:
         raise KeyError(f"unknown artifact {name!r}; known: {', '.join(sorted(ARTIFACTS))}")
-    rel = ARTIFACTS[name].format(**fmt) if fmt else ARTIFACTS[name]
+    rel = Path(ARTIFACTS[name].format(**fmt) if fmt else ARTIFACTS[name])
+    if tag:
+        rel = rel.with_name(f"{tag}_{rel.name}")
     return (root or project_root()) / rel
 
 
@@ -141,12 +151,13 @@ PRODUCED_BY: dict[str, str] = {
     "final_cm": "04_evaluation.ipynb",
     "localisation": "05_gradcam.ipynb",
     "int8_model": "07_int8_deployment.ipynb",
+    "shortcut": "08_shortcut_learning.ipynb",
 }
 
 
-def require(name: str, root: Path | None = None, **fmt: str) -> Path:
+def require(name: str, root: Path | None = None, tag: str | None = None, **fmt: str) -> Path:
     """Path of an artifact that must already exist; a :class:`UserError` names the notebook to run first."""
-    path = artifact(name, root, **fmt)
+    path = artifact(name, root, tag, **fmt)
     if not path.exists():
         nb = PRODUCED_BY.get(name)
         hint = f"run notebooks/{nb} first" if nb else "create it first"
@@ -234,13 +245,13 @@ class Config:
         """``folder``, ``medmnist`` or ``phantom`` (``auto`` is resolved when the config is made)."""
         return str(self.settings["source"])
 
-    def path(self, name: str, **fmt: str) -> Path:
-        """Absolute path of an artifact under this run's root."""
-        return artifact(name, self.root, **fmt)
+    def path(self, name: str, tag: str | None = None, **fmt: str) -> Path:
+        """Absolute path of an artifact under this run's root (``tag``: see :func:`artifact`)."""
+        return artifact(name, self.root, tag, **fmt)
 
-    def require(self, name: str, **fmt: str) -> Path:
+    def require(self, name: str, tag: str | None = None, **fmt: str) -> Path:
         """Path of an input artifact; a one-line error names the notebook to run first."""
-        return require(name, self.root, **fmt)
+        return require(name, self.root, tag, **fmt)
 
     def describe(self) -> str:
         """One line: profile, source, image size, epochs, data folder and project root."""

@@ -57,47 +57,51 @@ def _say(what: str, why: str, stage: str, cfg: Config, bundle: DataBundle, noteb
     print(f"rebuilding {what} ({why}) with the code of notebooks/{notebook}: {when} on {where}")
 
 
-def _root_path(cfg: Config, name: str) -> Path:
-    path = cfg.path(name)
+def _root_path(cfg: Config, name: str, tag: str | None = None) -> Path:
+    path = cfg.path(name, tag)
     return path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path
 
 
-def ensure_phase1(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True) -> Path:
-    """``model/phase1_best.pt`` for this data, trained now if missing or trained on other data."""
-    reason = checkpoint_state(cfg.path("phase1_best"), bundle)
+def ensure_phase1(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True,
+                  tag: str | None = None) -> Path:
+    """``model/phase1_best.pt`` for this data, trained now if missing or trained on other data. ``tag``: another
+    run of the stage (``utils.config.artifact``), e.g. notebook 09's ViT."""
+    reason = checkpoint_state(cfg.path("phase1_best", tag), bundle)
     if reason:
         from utils.train.pipeline import run_phase1
 
-        _say(str(_root_path(cfg, "phase1_best")), reason, "phase1", cfg, bundle, "02_phase1_warmup.ipynb")
-        run_phase1(cfg, bundle, device, progress=progress)
-    return cfg.path("phase1_best")
+        _say(str(_root_path(cfg, "phase1_best", tag)), reason, "phase1", cfg, bundle, "02_phase1_warmup.ipynb")
+        run_phase1(cfg, bundle, device, progress=progress, tag=tag)
+    return cfg.path("phase1_best", tag)
 
 
-def ensure_phase2(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True) -> Path:
+def ensure_phase2(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True,
+                  tag: str | None = None) -> Path:
     """``model/pneumonia_final_best.pt`` (the best phase-2 epoch) for this data."""
-    reason = checkpoint_state(cfg.path("final_best"), bundle)
+    reason = checkpoint_state(cfg.path("final_best", tag), bundle)
     if reason:
         from utils.train.pipeline import run_phase2
 
-        ensure_phase1(cfg, bundle, device, progress)
-        _say(str(_root_path(cfg, "final_best")), reason, "phase2", cfg, bundle, "03_phase2_finetune.ipynb")
-        run_phase2(cfg, bundle, device, progress=progress)
-    return cfg.path("final_best")
+        ensure_phase1(cfg, bundle, device, progress, tag)
+        _say(str(_root_path(cfg, "final_best", tag)), reason, "phase2", cfg, bundle, "03_phase2_finetune.ipynb")
+        run_phase2(cfg, bundle, device, progress=progress, tag=tag)
+    return cfg.path("final_best", tag)
 
 
-def ensure_evaluation(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True) -> Path:
+def ensure_evaluation(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True,
+                      tag: str | None = None) -> Path:
     """``model/pneumonia_model.pt`` with its validation-chosen threshold, and the predictions files."""
-    reason = checkpoint_state(cfg.path("model"), bundle, need=("threshold_rule",))
-    if reason is None and not all(cfg.path("predictions", split=s).exists() for s in ("val", "test")):
+    reason = checkpoint_state(cfg.path("model", tag), bundle, need=("threshold_rule",))
+    if reason is None and not all(cfg.path("predictions", tag, split=s).exists() for s in ("val", "test")):
         reason = "the predictions files are missing"
     if reason:
         from utils.evaluate.evaluation import evaluate_models
 
-        ensure_phase2(cfg, bundle, device, progress)
-        ensure_phase1(cfg, bundle, device, progress)
-        _say(str(_root_path(cfg, "model")), reason, "evaluation", cfg, bundle, "04_evaluation.ipynb")
-        evaluate_models(cfg, bundle, device=device, progress=progress)
-    return cfg.path("model")
+        ensure_phase2(cfg, bundle, device, progress, tag)
+        ensure_phase1(cfg, bundle, device, progress, tag)
+        _say(str(_root_path(cfg, "model", tag)), reason, "evaluation", cfg, bundle, "04_evaluation.ipynb")
+        evaluate_models(cfg, bundle, device=device, progress=progress, tag=tag)
+    return cfg.path("model", tag)
 
 
 def ensure_explanation(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True) -> Path:

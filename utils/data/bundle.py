@@ -83,6 +83,11 @@ class DataBundle:
         return pd.DataFrame({k: s.summary() for k, s in self.splits.items()}).T
 
 
+def pixel_hashes(images: np.ndarray) -> np.ndarray:
+    """SHA-1 of each image's pixels (the content hash of images made in memory: phantoms, marked or cleaned copies)."""
+    return np.array([hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images])
+
+
 def fingerprint(splits: dict[str, Split]) -> str:
     """Content fingerprint of a dataset: split, id, label and image hash of every image."""
     h = hashlib.sha1()

@@ -20,7 +20,7 @@ import pandas as pd
 
 from utils.config import CLASSES, REAL_DATA_HINT, Config, UserError
 from utils.data import phantom
-from utils.data.bundle import SPLITS, DataBundle, Split, fingerprint
+from utils.data.bundle import SPLITS, DataBundle, Split, fingerprint, pixel_hashes
 from utils.data.patients import (
     patient_id_from_name,
     patient_key_evidence,
@@ -335,7 +335,7 @@ def load_medmnist(size: int, cache_dir: Path) -> DataBundle | None:
             from PIL import Image
             imgs = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in imgs])
         ids = np.array([f"{name}_{i:05d}" for i in range(len(imgs))])
-        hashes = np.array([hashlib.sha1(im.tobytes()).hexdigest() for im in ds.imgs])
+        hashes = pixel_hashes(ds.imgs)
         splits[name] = Split(name, imgs.astype(np.uint8), ds.labels.ravel().astype(np.int64), ids, ids.copy(),
                              np.full(len(ids), "", dtype="<U1"), hashes)
     return DataBundle("medmnist", size, splits, fingerprint(splits),

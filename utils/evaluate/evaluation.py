@@ -75,9 +75,11 @@ def choose_shipped(y_val: np.ndarray, val_probs: dict[str, np.ndarray], threshol
 
 
 def evaluate_models(cfg: Config, bundle: DataBundle, target_recall: float | None = None, n_boot: int | None = None,
-                    temperature_scaling: bool = True, device: str = "auto", progress: bool = True) -> Evaluation:
+                    temperature_scaling: bool = True, device: str = "auto", progress: bool = True,
+                    tag: str | None = None) -> Evaluation:
     """Predict validation and test once per phase, choose every threshold and the shipped model on validation,
-    then score the test set and write the artifacts (see the module docstring)."""
+    then score the test set and write the artifacts (see the module docstring). ``tag`` evaluates another run of
+    the two phases (notebook 09's ViT: ``tag="vit"``) into its own files (``model/vit_pneumonia_model.pt``…)."""
     target = float(cfg["target_recall"] if target_recall is None else target_recall)
     boots = int(cfg["n_bootstrap"] if n_boot is None else n_boot)
     dev = resolve_device(device)
@@ -85,7 +87,7 @@ def evaluate_models(cfg: Config, bundle: DataBundle, target_recall: float | None
     val, test = bundle["val"], bundle["test"]
     models, probs, fingerprints = {}, {}, {}
     for name, art in PHASES.items():
-        path = cfg.require(art)
+        path = cfg.require(art, tag)
         model, meta = load_model(path, dev)
         if meta.get("data_fingerprint") not in (None, bundle.fingerprint):
             raise UserError(f"{path.name} was trained on other data (fingerprint {meta.get('data_fingerprint')} "
@@ -101,7 +103,7 @@ def evaluate_models(cfg: Config, bundle: DataBundle, target_recall: float | None
     t_ship = thresholds[shipped][rule]
 
     # the shipped model: a copy of the chosen phase, with the operating point in its metadata
-    ship_path = cfg.path("model")
+    ship_path = cfg.path("model", tag)
     shutil.copyfile(models[shipped][0], ship_path.with_suffix(".tmp"))
     ship_path.with_suffix(".tmp").replace(ship_path)
     record_operating_point(ship_path, t_ship, target, chosen_phase=shipped, chosen_from=models[shipped][0].name,
@@ -109,7 +111,7 @@ def evaluate_models(cfg: Config, bundle: DataBundle, target_recall: float | None
     for split in ("val", "test"):
         s = bundle[split]
         predictions_frame(s.ids, s.labels, probs[shipped][split], s.patient_ids, s.subtypes, split).to_csv(
-            cfg.path("predictions", split=split), index=False)
+            cfg.path("predictions", tag, split=split), index=False)
 
     groups = test.patient_ids
     test_eval = {n: M.evaluate_predictions(test.labels, probs[n]["test"], thresholds[n][rule], groups=groups,
@@ -155,6 +157,6 @@ def evaluate_models(cfg: Config, bundle: DataBundle, target_recall: float | None
         "operating_point": {**op, **common},
     }
     for key, record in records.items():
-        update_json_section(cfg.path("metrics"), key, record)
+        update_json_section(cfg.path("metrics", tag), key, record)
     return Evaluation(target, rule, probs, thresholds, choice, shipped, test_eval, by_rule, val_eval, op,
                       calibration, fingerprints, records)

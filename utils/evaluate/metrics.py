@@ -93,6 +93,13 @@ def threshold_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> d
             "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
+def outcome_groups(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> np.ndarray:
+    """Each image's outcome at ``prob >= threshold`` (the series' decision rule): ``"TP" "FN" "FP" "TN"``."""
+    y, p = _arrays(y_true, prob)
+    called = p >= threshold
+    return np.where(y == 1, np.where(called, "TP", "FN"), np.where(called, "FP", "TN"))
+
+
 def _bin_sums(y: np.ndarray, p: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width bin of [0, 1] (the last one closed): image count, sum of prob, sum of labels."""
     idx = np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)

@@ -17,6 +17,8 @@ from utils.checkpoint import load_checkpoint
 from utils.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, shipped
 
 WEIGHT_CHOICES = ("imagenet", "phantom", "none")
+#: The architectures of the series: the ResNet-18 of notebooks 02–08 and the ViT-Tiny of notebook 09.
+ARCHS = ("resnet18", "vit_tiny")
 #: Layer groups from input to output (used for freezing and discriminative learning rates).
 LAYER_GROUPS = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
 
@@ -43,15 +45,22 @@ def _imagenet_state() -> dict[str, torch.Tensor] | None:
         return None
 
 
-def build_model(weights: str = "none", num_classes: int = len(CLASSES), seed: int | None = None
-                ) -> tuple[nn.Module, str]:
-    """ResNet-18 with a fresh ``num_classes`` head and the requested backbone weights.
+def build_model(weights: str = "none", num_classes: int = len(CLASSES), seed: int | None = None,
+                arch: str = "resnet18", image_size: int = 128) -> tuple[nn.Module, str]:
+    """ResNet-18 (or, ``arch="vit_tiny"``, the ViT of :mod:`utils.train.vit`, built for ``image_size``) with a
+    fresh ``num_classes`` head and the requested backbone weights.
 
     ``weights``: ``"imagenet"`` (torchvision's IMAGENET1K_V1, cache or download; falls back to random
     initialisation with a one-line message), ``"phantom"`` (the shipped phantom-pretrained backbone,
     the offline stand-in for ImageNet), ``"none"`` (random) or a path to a checkpoint/state dict.
     Returns the model and a description of the weights actually used.
     """
+    if arch not in ARCHS:
+        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}.")
+    if arch == "vit_tiny":
+        from utils.train.vit import build_vit
+
+        return build_vit(weights, num_classes, image_size, seed)
     if seed is not None:
         torch.manual_seed(seed)
     model = _resnet18(num_classes)
@@ -88,8 +97,20 @@ def build_model(weights: str = "none", num_classes: int = len(CLASSES), seed: in
     return model, desc
 
 
+def head_prefix(model: nn.Module) -> str:
+    """The parameter-name prefix of the classification head: ``fc.`` (ResNet) or ``head.`` (ViT)."""
+    from utils.train.vit import is_vit
+
+    return "head." if is_vit(model) else "fc."
+
+
 def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Parameters by group, input to output: stem (conv1+bn1), layer1…layer4, fc."""
+    """Parameters by group, input to output: stem (conv1+bn1), layer1…layer4, fc (for a ViT, the same names
+    over its patch embedding, four groups of blocks and its head: :func:`utils.train.vit.vit_layer_groups`)."""
+    from utils.train.vit import is_vit, vit_layer_groups
+
+    if is_vit(model):
+        return vit_layer_groups(model)
     groups: dict[str, list[nn.Parameter]] = {g: [] for g in LAYER_GROUPS}
     for name, p in model.named_parameters():
         top = name.split(".")[0]
@@ -99,8 +120,9 @@ def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 def freeze_backbone(model: nn.Module) -> None:
     """Phase 1: only the head learns; backbone parameters get no gradient."""
+    head = head_prefix(model)
     for name, p in model.named_parameters():
-        p.requires_grad = name.startswith("fc.")
+        p.requires_grad = name.startswith(head)
 
 
 def unfreeze_all(model: nn.Module) -> None:
@@ -150,14 +172,21 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     """A trained model from a project checkpoint (eval mode) and its metadata."""
     ckpt = load_checkpoint(path, map_location="cpu")
     meta = ckpt["meta"]
-    if meta.get("arch") != "resnet18":
-        raise UserError(f"{path} holds a {meta.get('arch')!r} model; this project expects 'resnet18'.")
-    model = _resnet18(len(meta["classes"]))
+    arch = meta.get("arch")
+    if arch not in ARCHS:
+        raise UserError(f"{path} holds a {arch!r} model; this project expects one of {', '.join(ARCHS)}.")
+    if arch == "vit_tiny":
+        from utils.train.vit import _vit
+
+        model = _vit(len(meta["classes"]), int(meta["image_size"]))
+    else:
+        model = _resnet18(len(meta["classes"]))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         first = str(exc).splitlines()[0][:160]
-        raise UserError(f"{path}: weights do not match a ResNet-18 with {len(meta['classes'])} classes ({first}).") from None
+        raise UserError(f"{path}: weights do not match a {arch} with {len(meta['classes'])} classes "
+                        f"({first}).") from None
     return model.to(device).eval(), meta
 
 

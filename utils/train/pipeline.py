@@ -54,6 +54,7 @@ def phase_settings(cfg: Config, name: str, pretrained: bool = True) -> dict[str,
 def base_meta(cfg: Config, bundle: DataBundle, weights: str, phase: str, init: str) -> dict[str, Any]:
     """Checkpoint metadata shared by both phases: what the weights were trained on and with which knobs."""
     return make_meta(image_size=bundle.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
+                     arch=cfg.get("arch", "resnet18"),
                      classes=bundle.classes, profile=cfg.profile, data_fingerprint=bundle.fingerprint,
                      data_source=bundle.source, trained_on=bundle.describe(), weights=weights,
                      pretrained=is_pretrained(weights), phase=phase, init=init, run=cfg.knobs)
@@ -64,33 +65,39 @@ def _device_data(bundle: DataBundle, device: torch.device) -> tuple[DeviceData, 
 
 
 def run_phase1(cfg: Config, bundle: DataBundle, device: str = "auto", restart: bool = False,
-               progress: bool = True) -> tuple[FitResult, str]:
-    """Phase 1: frozen backbone, train the head. Returns the fit result and the weights used."""
+               progress: bool = True, tag: str | None = None) -> tuple[FitResult, str]:
+    """Phase 1: frozen backbone, train the head. Returns the fit result and the weights used.
+
+    ``tag`` keeps another run's files apart (``model/<tag>_phase1_best.pt``…): notebook 08's shortcut models,
+    notebook 09's ViT (``cfg["arch"]``).
+    """
     dev = resolve_device(device)
-    model, weights = build_model(cfg["weights"], seed=cfg["seed"])
+    model, weights = build_model(cfg["weights"], seed=cfg["seed"], arch=cfg.get("arch", "resnet18"),
+                                 image_size=bundle.image_size)
     meta = base_meta(cfg, bundle, weights, "phase1", init=weights)
     train, val = _device_data(bundle, dev)
     res = fit(model.to(dev), train, val, phase_settings(cfg, "phase1", is_pretrained(weights)), meta,
-              cfg.path("phase1_last"),
-              cfg.path("phase1_best"), cfg.path("history_phase1"), restart=restart, progress=progress)
+              cfg.path("phase1_last", tag), cfg.path("phase1_best", tag), cfg.path("history_phase1", tag),
+              restart=restart, progress=progress)
     return res, weights
 
 
 def run_phase2(cfg: Config, bundle: DataBundle, device: str = "auto", restart: bool = False,
-               progress: bool = True) -> tuple[FitResult, str]:
-    """Phase 2: start from the phase-1 best, unfreeze everything, low LR + StepLR."""
+               progress: bool = True, tag: str | None = None) -> tuple[FitResult, str]:
+    """Phase 2: start from the phase-1 best, unfreeze everything, low LR + StepLR (``tag``: see run_phase1)."""
     dev = resolve_device(device)
-    model, meta1 = load_model(cfg.require("phase1_best"), dev)
+    start = cfg.require("phase1_best", tag)
+    model, meta1 = load_model(start, dev)
     reason = data_mismatch(meta1, bundle)
     if reason:
-        raise UserError(f"model/phase1_best.pt cannot start phase 2: {reason}; re-run "
+        raise UserError(f"{start.name} cannot start phase 2: {reason}; re-run "
                         "notebooks/02_phase1_warmup.ipynb with these settings.")
     settings = phase_settings(cfg, "phase2", bool(meta1.get("pretrained", is_pretrained(meta1["weights"]))))
     meta = base_meta(cfg, bundle, meta1["weights"], "phase2", init=state_fingerprint(model.state_dict()))
     meta["recipe"] = settings["recipe"]
     train, val = _device_data(bundle, dev)
-    res = fit(model, train, val, settings, meta, cfg.path("phase2_last"),
-              cfg.path("final_best"), cfg.path("history_phase2"), restart=restart, progress=progress)
+    res = fit(model, train, val, settings, meta, cfg.path("phase2_last", tag),
+              cfg.path("final_best", tag), cfg.path("history_phase2", tag), restart=restart, progress=progress)
     return res, meta1["weights"]
 
 
