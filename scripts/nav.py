@@ -112,10 +112,10 @@ PARAMETERS_HEAD = """\
 # CXR_SOURCE, CXR_IMAGE_SIZE, CXR_EPOCHS_PHASE1, CXR_EPOCHS_PHASE2.
 PROFILE = "demo"  # "demo": phantom X-rays, CPU-sized; "full": real data, ImageNet weights, GPU-sized
 DATA_DIR = ""  # a Kermany folder ROOT/{train,test}[/val]/{NORMAL,PNEUMONIA}, or "kaggle" to download it
-SOURCE = None  # None = the profile's; "auto" (DATA_DIR if set, else phantoms), "folder", "medmnist", "phantom"
-IMAGE_SIZE = None  # None = the profile's (demo 128 px, full 224 px)
-EPOCHS_PHASE1 = None  # None = the profile's (demo 3, full 5)
-EPOCHS_PHASE2 = None  # None = the profile's (demo 3, full 10)"""
+SOURCE = None  # None: profile default; "auto" (DATA_DIR if set, else phantoms), "folder", "medmnist", "phantom"
+IMAGE_SIZE = None  # None: profile default (demo 128 px, full 224 px)
+EPOCHS_PHASE1 = None  # None: profile default (demo 3, full 5)
+EPOCHS_PHASE2 = None  # None: profile default (demo 3, full 10)"""
 
 #: How the first code cell after the parameters starts the run (every notebook).
 SETUP_CALL = "cfg = setup(PROFILE, DATA_DIR, SOURCE, IMAGE_SIZE, EPOCHS_PHASE1, EPOCHS_PHASE2)"

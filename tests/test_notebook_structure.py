@@ -74,6 +74,7 @@ def check_setup_and_parameters(nb) -> list[str]:
                 problems.append(f"the parameters cell does not set {name} =")
         if not params[0].source.startswith(nav.PARAMETERS_HEAD):
             problems.append("the parameters cell does not start with the named knobs of scripts/nav.py")
+        problems += check_papermill_sees_parameters(params[0])
         after = nb.cells[nb.cells.index(params[0]) + 1:]
         first_code = next((c for c in after if c.cell_type == "code"), None)
         if first_code is None or nav.SETUP_CALL not in first_code.source:
@@ -81,6 +82,17 @@ def check_setup_and_parameters(nb) -> list[str]:
     if len(setup) == 1 and len(params) == 1 and nb.cells.index(setup[0]) > nb.cells.index(params[0]):
         problems.append("the setup cell must come before the parameters cell")
     return problems
+
+
+def check_papermill_sees_parameters(cell) -> list[str]:
+    """papermill (``-p NAME VALUE``, ``papermill --help-notebook``) must parse every assignment of the cell: a
+    comment holding ``=`` makes it drop the line (``Unable to parse line``)."""
+    from papermill.translators import PythonTranslator
+
+    assigned = re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", cell.source, re.MULTILINE)
+    seen = {p.name for p in PythonTranslator.inspect({"source": cell.source})}
+    missing = [name for name in assigned if name not in seen]
+    return [f"papermill cannot parse the parameter(s) {', '.join(missing)} (no '=' in their comments)"] if missing else []
 
 
 def check_summary_and_exercises(nb) -> list[str]:
@@ -254,6 +266,7 @@ BREAKERS = {
     "'parameters', found 0": lambda nb: _cell(nb, "parameters").metadata.pop("tags"),
     "'parameters', found 2": lambda nb: _cell(nb, "imports").metadata.update(tags=["parameters"]),
     "DATA_DIR": lambda nb: setattr(_cell(nb, "parameters"), "source", _cell(nb, "parameters").source.replace("DATA_DIR =", "DATA_ROOT =")),
+    "papermill cannot parse": lambda nb: setattr(_cell(nb, "parameters"), "source", _cell(nb, "parameters").source + "\nN_EXTRA = 3  # default = three"),
     "Summary": lambda nb: setattr(_cell(nb, "summary"), "source", "## Recap\n\nWhat we saw."),
     "found 1": lambda nb: setattr(_cell(nb, "exercises"), "source", "## Exercises\n\n1. Only one. Hint: none."),
     "found 5": lambda nb: setattr(_cell(nb, "exercises"), "source", "## Exercises\n\n" + "".join(f"{k}. Q. Hint: h\n" for k in range(1, 6))),

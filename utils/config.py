@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,10 @@ ARTIFACTS: dict[str, str] = {
     "shortcut_maps": "assets/shortcut_maps.png",
     "marker_finds": "assets/marker_finds.png",
     "marker_summary": "assets/marker_summary.csv",
+    "vit_comparison": "assets/vit_comparison.json",  # notebook 09: ResNet-18 vs ViT-Tiny on the same test set
+    "vit_training_curves": "assets/vit_training_curves.png",
+    "vit_maps": "assets/vit_maps.png",
+    "vit_false_negatives": "assets/vit_false_negatives.png",
 }
 
 
@@ -152,6 +156,7 @@ PRODUCED_BY: dict[str, str] = {
     "localisation": "05_gradcam.ipynb",
     "int8_model": "07_int8_deployment.ipynb",
     "shortcut": "08_shortcut_learning.ipynb",
+    "vit_comparison": "09_vit_comparison.ipynb",
 }
 
 
@@ -252,6 +257,15 @@ class Config:
     def require(self, name: str, tag: str | None = None, **fmt: str) -> Path:
         """Path of an input artifact; a one-line error names the notebook to run first."""
         return require(name, self.root, tag, **fmt)
+
+    def variant(self, **settings: Any) -> Config:
+        """A copy with ``settings`` replaced (nested dicts merged), the same data, knobs and root: another model
+        on the same run, e.g. notebook 09's ``cfg.variant(arch="vit_tiny")``."""
+        merged = copy.deepcopy(self.settings)
+        for key, value in settings.items():
+            merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+                else value
+        return replace(self, settings=merged, knobs=dict(self.knobs), notes=list(self.notes))
 
     def describe(self) -> str:
         """One line: profile, source, image size, epochs, data folder and project root."""

@@ -104,13 +104,15 @@ def ensure_evaluation(cfg: Config, bundle: DataBundle, device: str = "auto", pro
     return cfg.path("model", tag)
 
 
-def ensure_explanation(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True) -> Path:
+def ensure_explanation(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True,
+                       tag: str | None = None) -> Path:
     """The shipped model with the explanation notebook 05 chose recorded in its metadata."""
-    ensure_evaluation(cfg, bundle, device, progress)
-    reason = checkpoint_state(cfg.path("model"), bundle, need=("explanation",))
+    ensure_evaluation(cfg, bundle, device, progress, tag)
+    reason = checkpoint_state(cfg.path("model", tag), bundle, need=("explanation",))
     if reason:
         from utils.explain.choice import choose_and_record
 
-        _say("the main explanation", reason, "explanation", cfg, bundle, "05_gradcam.ipynb")
-        choose_and_record(cfg, bundle, device=device, progress=progress)
-    return cfg.path("model")
+        _say("the main explanation" + (f" of the {tag} model" if tag else ""), reason, "explanation", cfg, bundle,
+             "05_gradcam.ipynb")
+        choose_and_record(cfg, bundle, device=device, progress=progress, tag=tag)
+    return cfg.path("model", tag)

@@ -67,7 +67,6 @@ def draw_marker(image: np.ndarray, rng: np.random.Generator, spec: MarkerSpec = 
     side = round(rng.uniform(*spec.margin_frac) * size)
     left = side if rng.uniform() < 0.5 else size - side - gw
     out = image.copy()
-    region = np.zeros(image.shape, dtype=bool)
     ink = np.zeros(image.shape, dtype=bool)
     ink[top:top + gh, left:left + gw] = g
     out[ink] = np.uint8(rng.integers(spec.intensity[0], spec.intensity[1] + 1))

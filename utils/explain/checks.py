@@ -260,12 +260,14 @@ def _quiet_score_cam() -> Iterator[None]:
 
 
 def library_cam(method: str, model: nn.Module, x: torch.Tensor, layer: str | nn.Module,
-                targets: Targets = None, batch_size: int = 16) -> np.ndarray:
+                targets: Targets = None, batch_size: int = 16,
+                reshape: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """Maps (N, H, W) in [0, 1] from a ``pytorch_grad_cam`` method (see :data:`LIBRARY_METHODS`).
 
     Runs on a deep copy with every parameter trainable (the library needs gradients to flow and calls
     ``model.eval()`` / ``zero_grad()`` itself), so ``model`` is untouched. ``batch_size`` is ScoreCAM's
-    masked-input batch (ScoreCAM costs one forward per channel of the layer per image).
+    masked-input batch (ScoreCAM costs one forward per channel of the layer per image). ``reshape`` is the
+    library's ``reshape_transform`` (a ViT's tokens to a feature map, :func:`utils.explain.vit.vit_reshape`).
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -277,7 +279,7 @@ def library_cam(method: str, model: nn.Module, x: torch.Tensor, layer: str | nn.
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(True)
-    cam = classes[method](work, [work.get_submodule(name)])
+    cam = classes[method](work, [work.get_submodule(name)], reshape_transform=reshape)
     cam.batch_size = batch_size
     try:
         with _quiet_score_cam(), warnings.catch_warnings():
@@ -324,7 +326,8 @@ ORACLE_METHODS = {"GradCAM": "gradcam", "XGradCAM": "xgradcam", "GradCAM++": "gr
 
 
 def oracle_difference(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4",
-                      targets: Targets = None, method: str = "GradCAM") -> float:
+                      targets: Targets = None, method: str = "GradCAM",
+                      reshape: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Max |ours − pytorch_grad_cam.GradCAM| over all pixels, same layer and targets.
 
     ``method`` (:data:`ORACLE_METHODS`) compares another weighting the same way (``"XGradCAM"``:
@@ -334,11 +337,12 @@ def oracle_difference(model: nn.Module, x: torch.Tensor, layer: str | nn.Module 
     ``cv2.resize`` (bilinear, half-pixel centres = ``align_corners=False``) and min-max scales again;
     ours applies ReLU, upsamples with ``F.interpolate(bilinear, align_corners=False)`` and min-max scales
     once. Bilinear resizing is linear and keeps constants, so both give the same map up to float error
-    and the ε (expect < 1e-5 unless a raw map is near zero everywhere).
+    and the ε (expect < 1e-5 unless a raw map is near zero everywhere). ``reshape``: both sides read the layer
+    through the same reshape transform (a ViT).
     """
     if method not in ORACLE_METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(ORACLE_METHODS)}")
     t = _fixed_targets(model, x, targets)
-    ours, _ = gradcam(model, x, layer, t, weighting=ORACLE_METHODS[method])
-    theirs = library_cam(method, model, x, layer, t)
+    ours, _ = gradcam(model, x, layer, t, weighting=ORACLE_METHODS[method], reshape=reshape)
+    theirs = library_cam(method, model, x, layer, t, reshape=reshape)
     return float(np.abs(ours - theirs).max())

@@ -29,15 +29,17 @@ from utils.data.bundle import DataBundle
 from utils.evaluate.metrics import paired_difference_ci
 from utils.explain import localisation as L
 from utils.explain.selection import (
-    EXPLANATION_CANDIDATES,
-    UNMEASURED_EXPLANATION,
+    VIT_EXPLANATION_CANDIDATES,
+    candidates_for,
     check_spec,
     choose_explanation,
     make_spec,
     score_explanations,
+    unmeasured_explanation,
 )
 from utils.fileio import update_json_section
 from utils.train.model import load_model, resolve_device
+from utils.train.vit import is_vit
 
 TOLERANCE_FRAC = 0.05  # near-pointing: within 5 % of the image side of a lesion pixel
 SELECTION_RULE = "best near-pointing on validation true positives (ties: pointing, then energy)"
@@ -77,10 +79,19 @@ def verdict_against_baselines(maps: np.ndarray, lesion_masks: np.ndarray, groups
             "beats_best_baseline": bool(diff["ci_low"] > 0), "n": int(keep.sum())}
 
 
+def reference_specs(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the choice is reported beside on test: plain Grad-CAM on ``layer4`` and ``layer3`` for the ResNet,
+    the ViT's other candidates for a ViT."""
+    if is_vit(meta):
+        return list(VIT_EXPLANATION_CANDIDATES)
+    return [make_spec("gradcam", "layer4"), make_spec("gradcam", "layer3")]
+
+
 def choose_and_record(cfg: Config, bundle: DataBundle, candidates: list[dict[str, Any]] | None = None,
-                      device: str = "auto", progress: bool = True) -> ExplanationChoice:
-    """Choose, measure and record the main explanation of the shipped model (see the module docstring)."""
-    path = cfg.require("model")
+                      device: str = "auto", progress: bool = True, tag: str | None = None) -> ExplanationChoice:
+    """Choose, measure and record the main explanation of the shipped model (see the module docstring); ``tag``
+    does the same for another run's model (notebook 09's ViT: its candidates, its files)."""
+    path = cfg.require("model", tag)
     model, meta = load_model(path, resolve_device(device))
     threshold, rule = operating_threshold(meta, path)
     meta = {**meta, "threshold": threshold}
@@ -91,19 +102,19 @@ def choose_and_record(cfg: Config, bundle: DataBundle, candidates: list[dict[str
                               "data_fingerprint": bundle.fingerprint, "run": cfg.knobs, "data": bundle.describe(),
                               "model_saw_masks": False}
     if not has_masks:
-        spec = dict(UNMEASURED_EXPLANATION)
+        spec = unmeasured_explanation(meta)
         record.update(chosen_on="nothing (no lesion masks: localisation cannot be measured on this data)",
                       explanation=spec, method=spec["method"], layer=spec["layer"], masks=False)
-        update_json_section(cfg.path("metrics"), "localisation", record)
-        record_explanation(path, spec, "unmeasured: no lesion masks on this data (plain Grad-CAM on layer4)")
+        update_json_section(cfg.path("metrics", tag), "localisation", record)
+        record_explanation(path, spec, f"unmeasured: no lesion masks on this data ({spec['name']})")
         return ExplanationChoice(spec, False, record=record)
 
     assert train.lesion_masks is not None and val.lesion_masks is not None and test.lesion_masks is not None
     priors = L.prior_maps(train.lesion_masks[train.labels == 1], train.lung_masks)
-    specs = [check_spec(c) for c in (candidates or EXPLANATION_CANDIDATES)]
+    specs = [check_spec(c) for c in (candidates or candidates_for(meta))]
     spec, val_table = choose_explanation(model, val.images, val.lesion_masks, val.labels, meta, specs,
                                          TOLERANCE_FRAC, progress=progress, priors=priors)
-    report = {s["name"]: s for s in (spec, make_spec("gradcam", "layer4"), make_spec("gradcam", "layer3"))}
+    report = {s["name"]: s for s in (spec, *reference_specs(meta))}
     test_table, (test_maps, test_tp) = score_explanations(model, test.images, test.lesion_masks, test.labels, meta,
                                                           list(report.values()), TOLERANCE_FRAC, progress=progress,
                                                           return_maps=True, priors=priors)
@@ -115,13 +126,12 @@ def choose_and_record(cfg: Config, bundle: DataBundle, candidates: list[dict[str
     record.update(chosen_on="val", selection_rule=SELECTION_RULE, explanation=spec, method=spec["method"],
                   layer=spec["layer"], masks=True, **pick(spec["name"]),
                   baselines={name: pick(name) for name in rows.index[rows["baseline"]]},
-                  gradcam_layer4=pick(make_spec("gradcam", "layer4")["name"]),
-                  gradcam_layer3=pick(make_spec("gradcam", "layer3")["name"]),
+                  references={s["name"]: pick(s["name"]) for s in reference_specs(meta)},
                   verdict=verdict, beats_best_baseline=verdict["near"]["beats_best_baseline"],
                   validation={r["method"]: {k: r[k] for k in SCORE_KEYS} for _, r in val_table.iterrows()})
     per_method = pd.concat([val_table.assign(split="val"), test_table.assign(split="test")], ignore_index=True)
     per_method["chosen"] = per_method["method"] == spec["name"]
-    per_method.to_csv(cfg.path("localisation"), index=False)
-    update_json_section(cfg.path("metrics"), "localisation", record)
+    per_method.to_csv(cfg.path("localisation", tag), index=False)
+    update_json_section(cfg.path("metrics", tag), "localisation", record)
     record_explanation(path, spec, SELECTION_RULE)
     return ExplanationChoice(spec, True, val_table, test_table, test_maps, test_tp, priors, verdict, record)

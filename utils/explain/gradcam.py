@@ -294,10 +294,10 @@ class GradCAM:
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4",
-            targets: Targets = None, weighting: str = "gradcam"
-            ) -> tuple[np.ndarray, torch.Tensor]:
+            targets: Targets = None, weighting: str = "gradcam",
+            reshape: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """One-shot Grad-CAM: ``(maps, logits)`` with hooks registered and removed around the call."""
-    with GradCAM(model, layer, weighting) as cam:
+    with GradCAM(model, layer, weighting, reshape) as cam:
         return cam(x, targets)
 
 

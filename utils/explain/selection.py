@@ -42,14 +42,18 @@ from utils.explain.gradcam import (
     resolve_layer,
     shift_grid,
 )
+from utils.explain.vit import VIT_GRADCAM_LAYER, attention_rollout, layer_reshape
 from utils.train.model import preprocess
+from utils.train.vit import is_vit
 
 __all__ = [
     "DEFAULT_EXPLANATION",
     "EXPLANATION_CANDIDATES",
     "UNMEASURED_EXPLANATION",
+    "VIT_EXPLANATION_CANDIDATES",
     "Explainer",
     "candidate_maps",
+    "candidates_for",
     "check_spec",
     "choose_explanation",
     "explain",
@@ -58,10 +62,13 @@ __all__ = [
     "make_spec",
     "score_explanations",
     "true_positive_index",
+    "unmeasured_explanation",
 ]
 
 Spec = dict[str, Any]
 _METHOD_NAMES = {"gradcam": "Grad-CAM", "xgradcam": "XGradCAM", "gradcam++": "Grad-CAM++"}
+#: The class-agnostic ViT method (:func:`utils.explain.vit.attention_rollout`): a spec method, not a CAM weighting.
+ROLLOUT = "rollout"
 #: Columns of the tables returned by :func:`score_explanations` / :func:`choose_explanation`.
 TABLE_COLUMNS = ("method", "weighting", "layer", "shifts", "copies", "pointing", "near", "energy", "area", "n",
                  "n_pointing", "n_near", "n_skipped", "baseline")
@@ -69,9 +76,16 @@ TABLE_COLUMNS = ("method", "weighting", "layer", "shifts", "copies", "pointing",
 
 def make_spec(method: str = "gradcam", layer: str = "layer4", shifts: Sequence[int] = (0,),
               name: str | None = None) -> Spec:
-    """A validated explanation spec (a plain dict: it goes into checkpoint metadata and JSON)."""
+    """A validated explanation spec (a plain dict: it goes into checkpoint metadata and JSON). ``method`` is a
+    Grad-CAM weighting (:data:`utils.explain.gradcam.WEIGHTINGS`) or ``"rollout"`` (a ViT's attention rollout,
+    over all its blocks: ``layer="blocks"``, no shifts)."""
+    if method == ROLLOUT:
+        if sorted({int(v) for v in shifts}) != [0]:
+            raise ValueError("attention rollout takes no shifts")
+        return {"name": str(name or "attention rollout"), "method": ROLLOUT, "layer": "blocks", "shifts": [0]}
     if method not in WEIGHTINGS:
-        raise ValueError(f"unknown explanation method {method!r}: choose one of {', '.join(WEIGHTINGS)}")
+        raise ValueError(f"unknown explanation method {method!r}: choose one of {', '.join(WEIGHTINGS)} or "
+                         f"{ROLLOUT!r}")
     offs = sorted({int(s) for s in shifts})
     if 0 not in offs:
         raise ValueError(f"shifts must include 0 (the unshifted image), got {list(shifts)}")
@@ -112,6 +126,26 @@ DEFAULT_EXPLANATION: Spec = make_spec("gradcam", "layer3", (0, 8))
 #: ``layer4``, the textbook choice — nothing measured here says another one localises better on real X-rays.
 UNMEASURED_EXPLANATION: Spec = make_spec("gradcam", "layer4")
 
+#: The ViT's candidates (notebook 09), chosen among by the same rule on validation: Grad-CAM through the reshape on
+#: the last block's ``norm1`` (the pytorch-grad-cam convention, :mod:`utils.explain.vit`), the same averaged over
+#: half-patch shifts, and attention rollout. Without a recorded choice a ViT is explained with the first.
+VIT_EXPLANATION_CANDIDATES: tuple[Spec, ...] = (
+    make_spec("gradcam", VIT_GRADCAM_LAYER),
+    make_spec("gradcam", VIT_GRADCAM_LAYER, (0, 8)),
+    make_spec(ROLLOUT),
+)
+
+
+def unmeasured_explanation(meta: Mapping[str, Any]) -> Spec:
+    """The explanation of a checkpoint when nothing was measured: :data:`UNMEASURED_EXPLANATION` for the ResNet,
+    Grad-CAM on the last block's ``norm1`` for a ViT."""
+    return dict(VIT_EXPLANATION_CANDIDATES[0] if is_vit(meta) else UNMEASURED_EXPLANATION)
+
+
+def candidates_for(meta_or_model: Mapping[str, Any] | nn.Module) -> tuple[Spec, ...]:
+    """The explanation candidates of a checkpoint (its metadata) or model: the ResNet's or the ViT's."""
+    return VIT_EXPLANATION_CANDIDATES if is_vit(meta_or_model) else EXPLANATION_CANDIDATES
+
 
 def main_explanation(meta: Mapping[str, Any], layer: str | None = None) -> Spec:
     """THE explanation of a checkpoint, used for every map of the series (notebooks 05–09, the inference
@@ -126,7 +160,7 @@ def main_explanation(meta: Mapping[str, Any], layer: str | None = None) -> Spec:
             checked = None
         if checked is not None and (layer is None or checked["layer"] == layer):
             return checked
-    return make_spec("gradcam", layer) if layer is not None else dict(UNMEASURED_EXPLANATION)
+    return make_spec("gradcam", layer) if layer is not None else unmeasured_explanation(meta)
 
 
 def main_maps(model: nn.Module, meta: Mapping[str, Any], images: np.ndarray, targets: Targets = 1,
@@ -150,19 +184,27 @@ class Explainer:
 
     def __init__(self, model: nn.Module, spec: Mapping[str, Any]) -> None:
         self.spec = check_spec(spec)
+        self.model = model
         self.shifts = shift_grid(self.spec["shifts"])
-        self._cam = GradCAM(model, self.spec["layer"], self.spec["method"])
+        if self.spec["method"] == ROLLOUT and not is_vit(model):
+            raise ValueError("attention rollout explains a Vision Transformer, not this model")
+        self._cam = None if self.spec["method"] == ROLLOUT else GradCAM(
+            model, self.spec["layer"], self.spec["method"], reshape=layer_reshape(model))
 
     def __call__(self, x: torch.Tensor, targets: Targets = None
                  ) -> tuple[np.ndarray, torch.Tensor]:
-        """``(maps (N, H, W) in [0, 1], logits (N, C) of the unshifted images)`` for a batch ``x``."""
+        """``(maps (N, H, W) in [0, 1], logits (N, C) of the unshifted images)`` for a batch ``x`` (rollout
+        ignores ``targets``: it is class-agnostic)."""
+        if self._cam is None:
+            return attention_rollout(self.model, x)
         if len(self.shifts) == 1:
             return self._cam(x, targets)
         return self._cam.shift_averaged(x, targets, self.shifts)
 
     def release(self) -> None:
         """Remove the hooks (idempotent)."""
-        self._cam.release()
+        if self._cam is not None:
+            self._cam.release()
 
     def __enter__(self) -> Explainer:
         return self
@@ -243,15 +285,19 @@ def candidate_maps(model: nn.Module, x: torch.Tensor, candidates: Sequence[Mappi
     Returns ``({name: maps (N, H, W)}, logits (N, C) of the unshifted images, seconds per image)``.
     ``targets`` default 1 = PNEUMONIA (the evidence for pneumonia).
     """
-    specs = [check_spec(c) for c in candidates]
-    names = [s["name"] for s in specs]
+    every = [check_spec(c) for c in candidates]
+    names = [s["name"] for s in every]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be unique, got {names}")
+    specs = [s for s in every if s["method"] != ROLLOUT]
+    rollouts = [s for s in every if s["method"] == ROLLOUT]
+    if rollouts and not is_vit(model):
+        raise ValueError("attention rollout explains a Vision Transformer, not this model")
     for s in specs:
         resolve_layer(model, s["layer"])  # a bad layer fails before any work
     t_all = None if targets is None or isinstance(targets, (int, np.integer)) else np.asarray(targets).ravel()
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    grid = shift_grid(sorted({o for s in specs for o in s["shifts"]}))
+    grid = shift_grid(sorted({o for s in specs for o in s["shifts"]} or {0}))
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     pending = sorted(dict.fromkeys(s["layer"] for s in specs), key=lambda name: order.get(name, -1))
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -261,10 +307,15 @@ def candidate_maps(model: nn.Module, x: torch.Tensor, candidates: Sequence[Mappi
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(x), desc="explanations", unit="img", leave=False)
+    reshape = layer_reshape(model)
+    if rollouts:
+        roll, logits_out = attention_rollout(model, x)
+        for s in rollouts:
+            out[s["name"]].append(roll)
     while pending:  # one pass, unless a later layer got no gradient through the first one's graph
         first, later = pending[0], pending[1:]
         served, logits_pass = {first}, []
-        with GradCAM(model, first) as cam:
+        with GradCAM(model, first, reshape=reshape) as cam:
             taps = {name: _Tap(model.get_submodule(name)) for name in later}
             try:
                 for k, sl in enumerate(_chunks(len(x), batch_size // len(grid))):

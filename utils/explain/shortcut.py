@@ -36,7 +36,8 @@ from utils.explain import localisation as L
 from utils.explain.selection import explain, main_explanation
 from utils.train.model import load_model, predict_proba, preprocess, resolve_device
 
-MODELS = ("confounded", "remedy", "control")  # in this order the paired differences read "… - control"
+MODELS = ("control", "confounded", "remedy")
+_PAIRING = ("confounded", "remedy", "control")  # bootstrap order: the paired differences read "confounded - control"…
 TESTS = ("in-distribution", "decorrelated", "reversed")
 TEST_MODES = {"in-distribution": "correlated", "decorrelated": "decorrelated", "reversed": "reversed"}
 TAGS = {"confounded": "shortcut_confounded", "remedy": "shortcut_remedy"}
@@ -104,6 +105,24 @@ def shortcut_table(paired: dict[str, dict[str, Any]], metrics: tuple[str, ...] =
     return pd.DataFrame(rows)
 
 
+def differences_table(paired: dict[str, dict[str, Any]], metrics: tuple[str, ...] = ("roc_auc", "sensitivity",
+                                                                                       "specificity")) -> pd.DataFrame:
+    """The paired differences between the models per test version, long: value, interval and a printable
+    ``estimate [95% CI]``."""
+    rows = [{"test": version, "difference": pair, "metric": metric, **{k: d[metric][k] for k in ("value", "ci_low",
+                                                                                                    "ci_high")},
+             "estimate [95% CI]": f"{d[metric]['value']:+.3f} [{d[metric]['ci_low']:+.3f}, {d[metric]['ci_high']:+.3f}]"}
+            for version, boot in paired.items() for pair, d in boot["differences"].items() for metric in metrics]
+    return pd.DataFrame(rows)
+
+
+def attention_table(attention_diff: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
+    """:attr:`ShortcutRun.attention_diff` as a table: one row per difference and map metric."""
+    return pd.DataFrame([{"difference": pair, "metric": metric, "value": d["value"], "ci_low": d["ci_low"],
+                          "ci_high": d["ci_high"], "n": d.get("n")}
+                         for pair, by_metric in attention_diff.items() for metric, d in by_metric.items()])
+
+
 def run_shortcut_experiment(cfg: Config, bundle: DataBundle, control_path: Any, spec: MarkerSpec = MarkerSpec(),
                             n_maps: int = 40, device: str = "auto", progress: bool = True) -> ShortcutRun:
     """Train (or reuse) the confounded and remedy models with the series' own stage functions, test the three
@@ -127,8 +146,9 @@ def run_shortcut_experiment(cfg: Config, bundle: DataBundle, control_path: Any, 
              for name, (model, meta) in models.items()}
     val_probs = {name: predict_proba(model, worlds[name]["val"].images, meta, device=dev)
                  for name, (model, meta) in models.items()}
-    paired = {v: M.operating_point_bootstrap(bundle["val"].labels, val_probs, bundle["test"].labels,
-                                             {n: probs[n][v] for n in MODELS}, cfg["target_recall"],
+    paired = {v: M.operating_point_bootstrap(bundle["val"].labels, {n: val_probs[n] for n in _PAIRING},
+                                             bundle["test"].labels, {n: probs[n][v] for n in _PAIRING},
+                                             cfg["target_recall"],
                                              bundle["val"].patient_ids, bundle["test"].patient_ids,
                                              n_boot=int(cfg["n_bootstrap"]), seed=cfg["seed"]) for v in TESTS}
     run = ShortcutRun(spec, main_explanation(models["control"][1]), paths, thresholds, tests, seen, regions, probs,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.explain.gradcam import eval_mode, normalise_maps
-from utils.train.vit import token_grid, tokens_to_grid
+from utils.train.vit import is_vit, token_grid, tokens_to_grid
 
 
 def vit_gradcam_layer(model: Any) -> str:
@@ -39,6 +39,11 @@ def vit_reshape(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """The reshape transform of ``model``: its tokens → (N, C, h, w) on its patch grid, [CLS] dropped."""
     grid, prefix = token_grid(model), int(getattr(model, "num_prefix_tokens", 1))
     return lambda tokens: tokens_to_grid(tokens, grid, prefix)
+
+
+def layer_reshape(model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The reshape transform Grad-CAM needs for ``model``'s layers: :func:`vit_reshape` for a ViT, else None."""
+    return vit_reshape(model) if is_vit(model) else None
 
 
 @torch.no_grad()
@@ -82,3 +87,11 @@ def attention_rollout(model: Any, x: torch.Tensor, batch_size: int = 32) -> tupl
     if not maps:
         return np.zeros((0, *x.shape[-2:]), np.float32), torch.zeros((0, 0))
     return np.concatenate(maps).astype(np.float32), torch.cat(logits_all)
+
+
+def rollout_maps(model: Any, meta: dict[str, Any], images: np.ndarray) -> np.ndarray:
+    """Attention-rollout maps (N, S, S) of uint8 images, preprocessed with the checkpoint's normalisation."""
+    from utils.train.model import preprocess
+
+    x = preprocess(torch.as_tensor(np.asarray(images)), meta["mean"], meta["std"])
+    return attention_rollout(model, x)[0]

@@ -84,9 +84,15 @@ def build_vit(weights: str = "none", num_classes: int = 2, image_size: int = 128
     return model, desc
 
 
-def is_vit(model: nn.Module) -> bool:
-    """Whether ``model`` is a timm Vision Transformer (token blocks, a patch embedding)."""
-    return hasattr(model, "blocks") and hasattr(model, "patch_embed")
+ARCH = "vit_tiny"  # the architecture name in configs and checkpoint metadata
+
+
+def is_vit(model_or_meta: nn.Module | Any) -> bool:
+    """Whether a model is a timm Vision Transformer (token blocks, a patch embedding), or checkpoint metadata
+    (a mapping) describes one."""
+    if isinstance(model_or_meta, nn.Module):
+        return hasattr(model_or_meta, "blocks") and hasattr(model_or_meta, "patch_embed")
+    return hasattr(model_or_meta, "get") and model_or_meta.get("arch") == ARCH
 
 
 def vit_layer_groups(model: Any) -> dict[str, list[nn.Parameter]]:
