@@ -95,8 +95,9 @@ def _split(name: str, data: dict) -> Split:
 
 def test_confounded_bundle_marks_train_and_val_only(phantoms):
     n = len(phantoms["labels"])
+    cuts = {"train": slice(0, n // 2), "val": slice(n // 2, 3 * n // 4), "test": slice(3 * n // 4, n)}
     parts = {name: {k: v[sl] for k, v in phantoms.items() if isinstance(v, np.ndarray) and len(v) == n}
-             for name, sl in (("train", slice(0, n // 2)), ("val", slice(n // 2, 3 * n // 4)), ("test", slice(3 * n // 4, n)))}
+             for name, sl in cuts.items()}
     splits = {name: _split(name, d) for name, d in parts.items()}
     bundle = DataBundle("phantom", SIZE, splits, fingerprint(splits))
     marked = confounded_bundle(bundle, "correlated", seed=0)

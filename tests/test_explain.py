@@ -195,7 +195,7 @@ def test_main_maps_is_explain_of_the_main_explanation(resnet):
 
 def test_explainer_and_explain_match_the_functions(resnet, x):
     spec = E.DEFAULT_EXPLANATION
-    ref, ref_logits = shift_averaged_gradcam(resnet, x, "layer3", 1, shift_grid(spec["shifts"]), "xgradcam")
+    ref, ref_logits = shift_averaged_gradcam(resnet, x, spec["layer"], 1, shift_grid(spec["shifts"]), spec["method"])
     with E.Explainer(resnet, spec) as ex:
         maps, logits = ex(x, 1)
     np.testing.assert_allclose(maps, ref, atol=1e-6)

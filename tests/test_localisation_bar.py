@@ -11,7 +11,6 @@ explanation code pushes localisation below the bar or down to what a map that ne
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torchvision.models import resnet18

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision import models
 
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, project_root
+from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, shipped
 from utils.train.engine import DeviceData, class_weights, setup_phase, train_one_epoch
 from utils.train.model import (
     LAYER_GROUPS,
@@ -56,18 +56,18 @@ def test_imagenet_offline_falls_back_with_one_line(monkeypatch, capsys):
 
 
 def test_phantom_backbone_is_loaded_and_head_is_fresh():
-    path = project_root() / "model/phantom_resnet18_pretrained.pt"
+    path = shipped("pretrained_backbone")
     assert path.exists(), "the shipped phantom backbone must be in the repository"
     model, desc = build_model("phantom", seed=0)
     random, _ = build_model("none", seed=0)
     assert "phantom" in desc
-    shipped = load_checkpoint(path, require_meta=False, allow_state_dict=True)["model"]
+    stored = load_checkpoint(path, require_meta=False, allow_state_dict=True)["model"]
     sd, rd = model.state_dict(), random.state_dict()
     for k, v in sd.items():
         if k.startswith("fc."):
             assert torch.equal(v, rd[k])  # a fresh head, the same as a random model with this seed
-        elif k in shipped:
-            assert torch.equal(v, shipped[k].float()), k
+        elif k in stored:
+            assert torch.equal(v, stored[k].float()), k
     assert not torch.equal(sd["conv1.weight"], rd["conv1.weight"])
     assert not torch.equal(sd["layer4.1.conv2.weight"], rd["layer4.1.conv2.weight"])
 

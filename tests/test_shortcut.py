@@ -103,4 +103,5 @@ def test_shortcut_record_is_strict_json_with_the_named_words(paired):
     for word in ("marker", "decorrelated", "control", "remedy", "auc"):
         assert word in text
     assert set(record["auc"]) == set(S.MODELS) and set(record["auc"]["remedy"]) == set(S.TESTS)
-    assert record["auc"]["control"]["decorrelated"]["value"] == paired["decorrelated"]["models"]["control"]["roc_auc"]["value"]
+    expected = paired["decorrelated"]["models"]["control"]["roc_auc"]["value"]
+    assert record["auc"]["control"]["decorrelated"]["value"] == expected

@@ -19,6 +19,7 @@ from utils.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, shippe
 WEIGHT_CHOICES = ("imagenet", "phantom", "none")
 #: The architectures of the series: the ResNet-18 of notebooks 02–08 and the ViT-Tiny of notebook 09.
 ARCHS = ("resnet18", "vit_tiny")
+ARCH_NAMES = {"resnet18": "ResNet-18", "vit_tiny": "ViT-Tiny"}
 #: Layer groups from input to output (used for freezing and discriminative learning rates).
 LAYER_GROUPS = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
 
@@ -185,7 +186,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         first = str(exc).splitlines()[0][:160]
-        raise UserError(f"{path}: weights do not match a {arch} with {len(meta['classes'])} classes "
+        raise UserError(f"{path}: weights do not match a {ARCH_NAMES[arch]} with {len(meta['classes'])} classes "
                         f"({first}).") from None
     return model.to(device).eval(), meta
 
