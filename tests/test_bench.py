@@ -128,3 +128,16 @@ def test_predict_command_failure_is_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: _Proc(2, stderr="error: bad checkpoint"))
     out = bench.bench_predict_command(tmp_path / "m.pt", tmp_path / "x.jpeg", tmp_path)
     assert out["predict_cmd_wall_s"] is None and "exit 2" in out["predict_cmd_note"]
+
+
+def test_int8_paths_benchmark_smoke(tmp_path):
+    """The INT8 path comparison runs and reports both ONNX Runtime rows (torchao is skipped by --smoke)."""
+    from benchmarks import int8_paths
+
+    out = tmp_path / "int8_paths.json"
+    assert int8_paths.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert {"fp32 eager (torch)", "fp32 ONNX Runtime", "int8 ORT QDQ"} <= set(report["results"])
+    assert report["file_mb"]["int8 ORT QDQ"] < 0.5 * report["file_mb"]["fp32 ONNX Runtime"]
+    assert all(v["latency_ms_median"] > 0 for v in report["results"].values())
+    assert "skipped" in report["notes"]["int8 torchao PT2E + compile"]
