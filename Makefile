@@ -88,7 +88,7 @@ lab: $(ENV) ## open JupyterLab at the index notebook
 
 clean: ## remove run-time outputs (executed notebooks, phantoms, cache, checkpoints, assets); keeps .venv
 	rm -rf $(EXEC_DIR) data/phantom_chest_xray data/cache .pytest_cache build *.egg-info
-	find model -maxdepth 1 -type f ! -name README.md ! -name phantom_resnet18_pretrained.pt -delete
+	find model -maxdepth 1 -type f ! -name README.md ! -name phantom_resnet18_pretrained.pt ! -name phantom_vit_tiny_pretrained.pt -delete
 	find assets -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

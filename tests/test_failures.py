@@ -1,4 +1,4 @@
-"""utils.evaluate.failures (notebook 06): selectors, outside-lung fraction, lesion table, taxonomy, case table."""
+"""utils.studies.failures (notebook 06): selectors, outside-lung fraction, lesion table, taxonomy, case table."""
 from __future__ import annotations
 
 import matplotlib
@@ -13,8 +13,8 @@ import torch
 
 from utils.config import UserError
 from utils.data import phantom
-from utils.evaluate import failures as F
 from utils.explain import localisation as loc
+from utils.studies import failures as F
 from utils.viz import cams as cam_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -112,3 +112,13 @@ def test_wrong_layouts_are_one_line_errors(tmp_path, monkeypatch, case, words):
         load_data(get_config("full", root, image_size=32, quiet=True), progress=False)
     assert "\n" not in str(exc.value)
     shutil.rmtree(tmp_path / "project", ignore_errors=True)
+
+
+def test_fixture_command(tmp_path, capsys):
+    from utils.data.fixture import main
+
+    assert main([str(tmp_path / "cx"), "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert main([str(tmp_path / "cx"), "--test-patients", "4", "--train-patients", "6", "--no-val"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert any((tmp_path / "cx" / "test").rglob("*.jpeg")) and not (tmp_path / "cx" / "val").exists()

@@ -9,8 +9,8 @@ import pytest
 
 from utils.data.confounder import MarkerSpec, add_markers
 from utils.evaluate.metrics import operating_point_bootstrap, outcome_groups
-from utils.explain import shortcut as S
 from utils.fileio import jsonable
+from utils.studies import shortcut as S
 
 
 def _peak_map(shape: tuple[int, int], r: int, c: int, sigma: float = 2.0) -> np.ndarray:

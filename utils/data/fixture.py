@@ -16,15 +16,16 @@ Try the real-data path without the data::
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from utils.cli import Parser, run_main
 from utils.config import CLASSES, UserError
 from utils.data import phantom
 from utils.data.patients import parse_name, patient_id_from_name
@@ -164,10 +165,10 @@ def build_kermany_fixture(root: str | Path, spec: FixtureSpec = FixtureSpec(), p
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m utils.data.fixture ROOT [--test-patients N] [--train-patients N] [--no-val]``."""
-    p = argparse.ArgumentParser(description="Build a Kaggle-layout chest_xray folder from the real file names "
-                                            "with synthetic (phantom) pixels.")
+def _main(argv: Sequence[str] | None) -> int:
+    p = Parser(prog="python -m utils.data.fixture",
+               description="Build a Kaggle-layout chest_xray folder from the real file names with synthetic (phantom) "
+                           "pixels.")
     p.add_argument("root")
     p.add_argument("--test-patients", type=int, default=FixtureSpec.test_patients)
     p.add_argument("--train-patients", type=int, default=FixtureSpec.train_patients)
@@ -180,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     counts = {f: sum(1 for _ in (root / f).rglob("*.jpeg")) for f in ("train", "val", "test") if (root / f).is_dir()}
     print(f"wrote {root}: {counts}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m utils.data.fixture ROOT [--test-patients N] [--train-patients N] [--no-val]``; a bad option is one
+    line and exit code 2 (:func:`utils.cli.run_main`)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from utils.data.confounder import MarkerSpec, confounded_bundle, confounded_spli
 from utils.evaluate import metrics as M
 from utils.explain import localisation as L
 from utils.explain.selection import explain, main_explanation
+from utils.stages import ensure_evaluation
 from utils.train.model import load_model, predict_proba, preprocess, resolve_device
 
 MODELS = ("control", "confounded", "remedy")
@@ -127,8 +128,6 @@ def run_shortcut_experiment(cfg: Config, bundle: DataBundle, control_path: Any, 
                             n_maps: int = 40, device: str = "auto", progress: bool = True) -> ShortcutRun:
     """Train (or reuse) the confounded and remedy models with the series' own stage functions, test the three
     models on the three test versions, and measure where their maps look (see the module docstring)."""
-    from utils.stages import ensure_evaluation
-
     dev = resolve_device(device)
     worlds = {"control": bundle, "confounded": confounded_bundle(bundle, "correlated", cfg["seed"], spec)}
     worlds["remedy"] = cleaned_bundle(worlds["confounded"])

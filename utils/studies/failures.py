@@ -32,6 +32,8 @@ from scipy.stats import mannwhitneyu
 
 from utils.config import CLASSES, UserError
 from utils.data.phantom import HARD_KINDS
+from utils.explain.localisation import outside_lung_fractions
+from utils.explain.selection import main_maps
 
 __all__ = [
     "CASE_COLUMNS",
@@ -131,14 +133,13 @@ def align_to_split(df: pd.DataFrame, ids: Sequence[str], labels: Sequence[int] |
 # ------------------------------------------------------------------------------------ Grad-CAM
 def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], batch_size: int = 32,
                    progress: bool = True, classes: Sequence[str] = CLASSES) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Maps of the main explanation (:func:`utils.explain.main_maps`, the one every notebook uses) of uint8
+    """Maps of the main explanation (:func:`utils.explain.selection.main_maps`, the one every notebook uses) of uint8
     images ``(N, S, S)`` for each class in ``classes`` (default both), and P(PNEUMONIA) of the same pass.
 
     Returns ``({"PNEUMONIA": maps, "NORMAL": maps}, probs)``, maps float32 ``(N, S, S)`` in [0, 1]. The
     PNEUMONIA map is the evidence the model saw *for* pneumonia; the NORMAL map, what pulled it the
     other way.
     """
-    from utils.explain.selection import main_maps
 
     images = np.asarray(images)
     unknown = [c for c in classes if c not in CLASSES]
@@ -456,7 +457,6 @@ def study_failures(model: Any, meta: Mapping[str, Any], split: Any, predictions:
     explanation's PNEUMONIA map of every pneumonia image (checking its probabilities against the predictions
     file) and the share of each map outside the lung fields (true lung masks when the data have them, else
     the estimate)."""
-    from utils.explain.localisation import outside_lung_fractions
 
     frame = predictions.copy()
     frame["row"] = align_to_split(frame, split.ids, split.labels)
