@@ -145,3 +145,20 @@ def test_candidate_maps_share_work_for_the_vit(vit, x):
     assert np.allclose(maps[X.VIT_EXPLANATION_CANDIDATES[0]["name"]], single, atol=1e-6)
     assert np.allclose(maps["attention rollout"], roll, atol=1e-6)
     assert logits.shape == (3, 2)
+
+
+def test_imagenet_vit_offline_falls_back_in_one_line(monkeypatch, capsys):
+    import timm
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    model, desc = build_vit("imagenet", 2, SIZE, seed=0)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "ImageNet ViT weights unavailable (OSError" in out[0]
+    assert desc == "random initialisation (ImageNet weights unavailable offline)" and is_vit(model)
