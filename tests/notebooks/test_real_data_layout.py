@@ -128,3 +128,24 @@ def test_false_negative_study_and_int8_run_without_masks(series):
     assert report["run"]["profile"] == "full" and report["n_test"] == len(list((series["data"] / "test").rglob("*.jpeg")))
     assert (series["root"] / "model" / "pneumonia_model_int8.onnx").exists()
     assert (series["root"] / "assets" / "int8_gradcam.png").exists()
+
+
+def test_shortcut_study_runs_on_real_films(series):
+    record = _json(series, "shortcut.json")
+    assert record["scale"]["data"] == "folder" and set(record["auc"]) == {"control", "confounded", "remedy"}
+    assert set(record["auc"]["remedy"]) == {"in-distribution", "decorrelated", "reversed"}
+    groups = {r["group"] for r in record["real_data_marker_finds"]}
+    assert groups and groups <= {"TP", "FN", "FP"}  # the marker question asked of the shipped model's maps
+    att = record["attention_decorrelated_test"]["per_model"]
+    assert att and all(r.get("lesion_mass") is None for r in att)  # no lesion masks: no lesion numbers made up
+    assert (series["root"] / "assets" / "marker_finds.png").exists()
+
+
+def test_vit_comparison_runs_on_real_films(series):
+    record = _json(series, "vit_comparison.json")
+    assert set(record["models"]) == {"ResNet-18", "ViT-Tiny"} and record["map_differences"]["lung_masks"] == "estimated"
+    verdicts = {r["claim"]: r["verdict"] for r in record["hypothesis"]}
+    assert verdicts["better_localisation"] == "not measurable"  # no lesion masks on real films
+    assert verdicts["fewer_misses"] in ("supported", "contradicted", "not shown")
+    assert "random initialisation" in record["models"]["ViT-Tiny"]["weights"]  # offline full profile, said so
+    assert record["against_best_baseline"] == {}
