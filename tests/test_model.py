@@ -43,9 +43,27 @@ def test_build_none_shapes():
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
-def test_imagenet_offline_falls_back_with_one_line(monkeypatch, capsys):
+def test_imagenet_offline_never_tries_the_download(monkeypatch, capsys, tmp_path):
+    """Offline and not cached: one line of ours, and no library download (which would print its own lines)."""
+    import utils.train.model as model_module
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
+    monkeypatch.setattr(model_module, "is_online", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(models.ResNet18_Weights, "get_state_dict", lambda *a, **k: pytest.fail("tried to download"))
+    model, desc = build_model("imagenet", seed=0)
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("ImageNet weights unavailable (offline") and not captured.err
+    assert "random initialisation" in desc
+
+
+def test_imagenet_download_failure_falls_back_with_one_line(monkeypatch, capsys, tmp_path):
+    import utils.train.model as model_module
+
     def offline(self, *a, **k):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(model_module, "is_online", lambda host, timeout=3.0: True)  # reachable, then it fails
     monkeypatch.setattr(models.ResNet18_Weights, "get_state_dict", offline)
     model, desc = build_model("imagenet", seed=0)
     out = capsys.readouterr().out.strip().splitlines()

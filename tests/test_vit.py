@@ -157,8 +157,29 @@ def test_imagenet_vit_offline_falls_back_in_one_line(monkeypatch, capsys):
             raise OSError("We couldn't connect to 'https://huggingface.co'")
         return real(name, pretrained=False, **kw)
 
+    import utils.train.vit as vit_module
+
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(vit_module, "is_online", lambda host, timeout=3.0: True)  # reachable, then it fails
     model, desc = build_vit("imagenet", 2, SIZE, seed=0)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "ImageNet ViT weights unavailable (OSError" in out[0]
     assert desc == "random initialisation (ImageNet weights unavailable offline)" and is_vit(model)
+
+
+def test_imagenet_vit_offline_never_tries_the_download(monkeypatch, capsys):
+    import timm
+
+    import utils.train.vit as vit_module
+
+    real = timm.create_model
+    monkeypatch.setattr(vit_module, "is_online", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: (
+        pytest.fail("tried to download") if pretrained else real(name, pretrained=False, **kw)))
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # nothing cached
+    _, desc = build_vit("imagenet", 2, SIZE, seed=0)
+    captured = capsys.readouterr()
+    assert captured.out.strip().startswith("ImageNet ViT weights unavailable (offline") and not captured.err
+    assert desc.startswith("random initialisation")

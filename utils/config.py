@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -363,3 +364,13 @@ def get_config(profile: str = "demo", data_dir: str | os.PathLike | None = None,
 def banner(text: str, width: int = 100) -> str:
     """``text`` between two rules of ``=``: for what a reader must not miss."""
     return f"{'=' * width}\n{text}\n{'=' * width}"
+
+
+def is_online(host: str, timeout: float = 3.0) -> bool:
+    """Whether ``host`` answers on port 443 within ``timeout`` seconds: every download asks this first, so that
+    offline a download fails in one line at once instead of hanging or printing a library's traceback."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utils.config import CLASSES, REAL_DATA_HINT, Config, UserError
+from utils.config import CLASSES, REAL_DATA_HINT, Config, UserError, is_online
 from utils.data import phantom
 from utils.data.bundle import SPLITS, DataBundle, Split, fingerprint, pixel_hashes
 from utils.data.patients import (
@@ -256,14 +255,6 @@ def ensure_phantom_dataset(root: Path, size: int, settings: dict[str, Any], prog
     return root
 
 
-def _online(host: str, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def download_kaggle() -> Path | None:
     """Kermany data through kagglehub when installed and online; ``None`` (with a message) otherwise.
 
@@ -274,7 +265,7 @@ def download_kaggle() -> Path | None:
     except ImportError:
         print("kagglehub is not installed (pip install -e '.[online]'); cannot download the Kermany data.")
         return None
-    if not _online("www.kaggle.com"):
+    if not is_online("www.kaggle.com"):
         print("offline: cannot reach kaggle.com to download the Kermany data.")
         return None
     try:
@@ -325,7 +316,7 @@ def load_medmnist(size: int, cache_dir: Path) -> DataBundle | None:
     splits = {}
     for name in SPLITS:
         try:
-            ds = medmnist.PneumoniaMNIST(split=name, download=_online("zenodo.org"), size=mm_size,
+            ds = medmnist.PneumoniaMNIST(split=name, download=is_online("zenodo.org"), size=mm_size,
                                          root=str(cache_dir))
         except Exception as exc:
             print(f"PneumoniaMNIST unavailable ({type(exc).__name__}: offline or not cached).")

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision import models
 
 from utils.checkpoint import load_checkpoint
-from utils.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, shipped
+from utils.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, is_online, shipped
 
 WEIGHT_CHOICES = ("imagenet", "phantom", "none")
 #: The architectures of the series: the ResNet-18 of notebooks 02–08 and the ViT-Tiny of notebook 09.
@@ -31,12 +31,16 @@ def _resnet18(num_classes: int) -> nn.Module:
 
 
 def _imagenet_state() -> dict[str, torch.Tensor] | None:
-    """ImageNet weights from the torch cache, or downloaded when online; ``None`` when unavailable."""
+    """ImageNet weights from the torch cache, or downloaded when online; ``None`` (one line) when unavailable."""
     weights = models.ResNet18_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.exists() and not is_online("download.pytorch.org"):
+        print("ImageNet weights unavailable (offline, not in the torch cache); continuing from random initialisation.")
+        return None
     try:
         import socket
         old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(10)  # offline: fail fast, never hang
+        socket.setdefaulttimeout(10)  # a slow network: fail fast, never hang
         try:
             return weights.get_state_dict(progress=False)
         finally:

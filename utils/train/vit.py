@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from utils.checkpoint import load_checkpoint
-from utils.config import UserError, shipped
+from utils.config import UserError, is_online, shipped
 
 TIMM_NAME = "vit_tiny_patch16_224"
 IMAGENET_TAG = "augreg_in21k_ft_in1k"
@@ -36,13 +36,27 @@ def _vit(num_classes: int, image_size: int) -> Any:
 
 
 def _imagenet_state(image_size: int) -> dict[str, torch.Tensor] | None:
-    """timm's ImageNet ViT-Tiny weights (resized position embeddings), or None with one line when offline."""
+    """timm's ImageNet ViT-Tiny weights (position embeddings resized to ``image_size``) from the Hugging Face cache,
+    or downloaded when online; None, with one line, when neither works."""
     import timm
 
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(10)  # offline: fail fast, never hang
+    kw: dict[str, Any] = {}
     try:
-        m = timm.create_model(f"{TIMM_NAME}.{IMAGENET_TAG}", pretrained=True, num_classes=0, img_size=image_size)
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(f"timm/{TIMM_NAME}.{IMAGENET_TAG}", "model.safetensors")
+        if isinstance(cached, str):
+            kw["pretrained_cfg_overlay"] = {"file": cached}
+    except ImportError:
+        pass
+    if not kw and not is_online("huggingface.co"):
+        print("ImageNet ViT weights unavailable (offline, not in the Hugging Face cache); continuing from random "
+              "initialisation.")
+        return None
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(10)  # a slow network: fail fast, never hang
+    try:
+        m = timm.create_model(f"{TIMM_NAME}.{IMAGENET_TAG}", pretrained=True, num_classes=0, img_size=image_size, **kw)
         return m.state_dict()
     except Exception as exc:
         print(f"ImageNet ViT weights unavailable ({type(exc).__name__}: offline?); continuing from random "
