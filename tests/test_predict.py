@@ -15,7 +15,7 @@ import torch
 from helpers import run_cli
 from PIL import Image
 
-from utils.config import project_root
+from utils.config import UserError, project_root
 from utils.data.images import read_image
 from utils.deploy import predict
 from utils.deploy.predict import FIG_DPI, FIG_SIZE, main, predict_images
@@ -110,12 +110,31 @@ def test_layer_and_no_overlay(corpus, capsys, tmp_path):
     assert not (tmp_path / "assets").exists()
 
 
-def test_choose_layer_from_checkpoint_meta(loaded):
+def test_choose_explanation_from_checkpoint_meta(loaded):
     model, meta = loaded
     spec = {"name": "Grad-CAM @ layer3", "method": "gradcam", "layer": "layer3", "shifts": [0]}
-    assert predict.choose_layer(model, {**meta, "explanation": spec}) == ("layer3", "checkpoint (notebook 05)")
-    assert predict.choose_layer(model, meta) == ("layer4", "default")
-    assert predict.choose_layer(model, meta, "layer2") == ("layer2", "--layer")
+    chosen, source = predict.choose_explanation(model, {**meta, "explanation": spec})
+    assert (chosen["layer"], source) == ("layer3", "checkpoint (notebook 05)")
+    assert predict.choose_explanation(model, meta)[0]["layer"] == "layer4"
+    assert predict.choose_explanation(model, meta)[1] == "default"
+    plain, source = predict.choose_explanation(model, {**meta, "explanation": {**spec, "method": "xgradcam"}}, "layer3")
+    assert (plain["method"], plain["layer"], source) == ("gradcam", "layer3", "--layer")  # --layer: plain Grad-CAM
+    foreign = {**spec, "layer": "blocks.11.norm1"}  # a ViT's layer recorded in a ResNet checkpoint
+    chosen, source = predict.choose_explanation(model, {**meta, "explanation": foreign})
+    assert chosen["layer"] == "layer4" and source.startswith("default (the recorded explanation is unusable")
+    with pytest.raises(UserError, match="not a layer Grad-CAM can read"):
+        predict.choose_explanation(model, meta, "fc")
+
+
+def test_choose_explanation_for_a_vit():
+    from utils.train.vit import build_vit
+
+    vit, _ = build_vit("none", 2, 64, seed=0)
+    meta = {"arch": "vit_tiny"}
+    assert predict.choose_explanation(vit, meta)[0]["layer"] == "blocks.11.norm1"
+    assert predict.choose_explanation(vit, meta, "blocks.9.norm1")[0]["layer"] == "blocks.9.norm1"
+    rollout = {"name": "attention rollout", "method": "rollout", "layer": "blocks", "shifts": [0]}
+    assert predict.choose_explanation(vit, {**meta, "explanation": rollout})[0]["method"] == "rollout"
 
 
 def test_a_checkpoint_without_a_chosen_threshold_needs_one(corpus, capsys, tmp_path):
@@ -223,7 +242,7 @@ def test_bad_checkpoints(corpus, bad_ckpts, capsys, case, words):
 @pytest.mark.parametrize("args, words", [
     (["--threshold", "1"], "strictly between 0 and 1"), (["--threshold", "0"], "strictly between"),
     (["--threshold", "abc"], "strictly between"), (["--threshold", "nan"], "strictly between"),
-    (["--layer", "fc"], "not a convolutional layer"), (["--layer", "nope"], "not a convolutional layer"),
+    (["--layer", "fc"], "not a layer Grad-CAM can read"), (["--layer", "nope"], "not a layer Grad-CAM can read"),
     (["--device", "tpu"], "unknown device"), (["--bogus"], "unrecognized arguments"),
     (["-o", "x.txt"], ".png path"),
 ])

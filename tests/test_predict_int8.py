@@ -71,7 +71,7 @@ def test_int8_json_without_fp32_has_no_overlay_and_says_why(files, capsys, tmp_p
     r = json.loads(stdout)
     ref = float(load_int8(files["int8"]).predict_proba(read_image(img, SIZE)[None])[0])
     assert abs(r["probability"] - ref) < 1e-6
-    assert (r["threshold"], r["threshold_source"], r["precision"]) == (INT8_THRESHOLD, "checkpoint: int8 rule", "int8")
+    assert (r["threshold"], r["threshold_source"], r["precision"]) == (INT8_THRESHOLD, "INT8 model: int8 rule", "int8")
     assert r["diagnosis"] == ("PNEUMONIA" if ref >= INT8_THRESHOLD else "NORMAL")
     assert r["overlay"] is None and r["layer"] is None and r["explained_by"] is None
     assert "no gradients" in r["overlay_note"] and "--model_path" in r["overlay_note"]

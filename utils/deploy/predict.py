@@ -98,27 +98,45 @@ def plan_overlays(images: Sequence[Path], folder: Path, protected: Iterable[Path
     return plan
 
 
-def choose_layer(model, meta: dict, layer: str | None = None) -> tuple[str, str]:
-    """The layer of the map and where it came from: ``--layer`` (validated), else the main explanation's."""
+def choose_explanation(model, meta: dict, layer: str | None = None) -> tuple[dict[str, Any], str]:
+    """The map's spec and where it came from: plain Grad-CAM on ``--layer`` (validated), else the explanation
+    notebook 05 recorded in the checkpoint when it fits this model, else the unmeasured default
+    (:func:`utils.explain.selection.unmeasured_explanation`). A bad ``--layer`` is a one-line usage error; a recorded
+    explanation that does not fit the model falls back to the default and says why."""
     from torch import nn
 
-    from utils.explain.selection import main_explanation
+    from utils.artifacts import recorded_explanation
+    from utils.explain.selection import ROLLOUT, check_spec, make_spec, unmeasured_explanation
+    from utils.train.vit import is_vit
 
     def usable(name: Any) -> bool:
         try:
             mod = model.get_submodule(name) if isinstance(name, str) and name else None
         except AttributeError:
             return False
-        return mod is not None and any(isinstance(m, nn.Conv2d) for m in mod.modules())
+        if mod is None:
+            return False
+        if is_vit(model):  # token layers inside the blocks (read through the reshape)
+            return name.startswith("blocks.") and name.count(".") >= 1
+        return any(isinstance(m, nn.Conv2d) for m in mod.modules())
 
     if layer is not None:
         if not usable(layer):
-            tops = ", ".join(n for n, _ in model.named_children() if usable(n))
-            raise UserError(f"--layer {layer!r} is not a convolutional layer of the model; choose one of {tops} "
-                            "or a sub-block such as layer4.1.conv2.")
-        return layer, "--layer"
-    spec = main_explanation(meta)
-    return spec["layer"], "checkpoint (notebook 05)" if meta.get("explanation") else "default"
+            tops = ", ".join(n for n, _ in model.named_children() if usable(n)) or "blocks.11.norm1"
+            raise UserError(f"--layer {layer!r} is not a layer Grad-CAM can read in this model; choose one of {tops} "
+                            "or a sub-block such as layer4.1.conv2 (a ViT: blocks.11.norm1).")
+        return make_spec("gradcam", layer), "--layer"
+    recorded = recorded_explanation(meta)
+    if recorded is not None:
+        try:
+            spec = check_spec(recorded)
+            if (spec["method"] == ROLLOUT and is_vit(model)) or usable(spec["layer"]):
+                return spec, "checkpoint (notebook 05)"
+            why = f"its layer {spec['layer']!r} is not in this model"
+        except ValueError as exc:
+            why = str(exc)
+        return unmeasured_explanation(meta), f"default (the recorded explanation is unusable: {why})"
+    return unmeasured_explanation(meta), "default"
 
 
 def writable(path: Path, what: str) -> Path:
@@ -136,8 +154,9 @@ def writable(path: Path, what: str) -> Path:
 
 
 def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, probability: float,
-                        diagnosis: str, threshold: float, layer: str, name: str) -> Path:
-    """Two panels (the X-ray as the model saw it | Grad-CAM overlay), written atomically as a PNG."""
+                        diagnosis: str, threshold: float, layer: str, name: str, evidence: bool = True) -> Path:
+    """Two panels (the X-ray as the model saw it | the map's overlay), written atomically as a PNG. ``evidence``:
+    the map explains PNEUMONIA (Grad-CAM); False for a class-agnostic map (attention rollout)."""
     from matplotlib.figure import Figure
 
     from utils.explain.gradcam import overlay
@@ -147,7 +166,8 @@ def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, pr
     ax1.imshow(gray, cmap="gray", vmin=0, vmax=255)
     ax1.set_title(f"X-ray: {name}", fontsize=10)
     ax2.imshow(overlay(gray.astype(np.float32) / 255.0, np.clip(cam_map, 0.0, 1.0)))
-    ax2.set_title(f"{layer}: evidence for PNEUMONIA\nP(pneumonia) = {probability:.3f}", fontsize=10)
+    what = "evidence for PNEUMONIA" if evidence else "where the model attended (no class)"
+    ax2.set_title(f"{layer}: {what}\nP(pneumonia) = {probability:.3f}", fontsize=10)
     for ax in (ax1, ax2):
         ax.axis("off")
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.84, wspace=0.06)
@@ -156,6 +176,15 @@ def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, pr
 
 
 # ------------------------------------------------------------------------------------------ the core
+def _stderr_line(text: str, progress: bool) -> None:
+    """One line on stderr that does not break a running progress bar."""
+    if progress:
+        from tqdm.auto import tqdm
+        tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
 def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, threshold: float | None = None,
                    layer: str | None = None, overlays: dict[Path, Path] | None = None, explain: bool = True,
                    progress: bool = False, on_error: Callable[[Path, str], None] | None = None,
@@ -175,19 +204,20 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
     import torch
 
     from utils.explain.gradcam import eval_mode
-    from utils.explain.selection import Explainer, main_explanation
+    from utils.explain.selection import Explainer
     from utils.train.model import preprocess
 
     files = [Path(p) for p in paths]
     overlays = overlays or {}
     if threshold is None:
         t, rule = operating_threshold(meta)
-        t_source = f"checkpoint: {rule}"
+        t_source = f"{'INT8 model' if scorer is not None else 'checkpoint'}: {rule}"
     else:
         t, t_source = float(threshold), "--threshold"
     if model is None and (scorer is None or explain):
         raise ValueError("predict_images needs a model (a scorer alone cannot explain)")
-    layer_name, layer_source = choose_layer(model, meta, layer) if explain else (None, None)
+    spec, layer_source = choose_explanation(model, meta, layer) if explain else (None, None)
+    layer_name = spec["layer"] if spec is not None else None
     classes, size = list(meta["classes"]), int(meta["image_size"])
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     results: list[dict[str, Any]] = []
@@ -197,15 +227,16 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
         from tqdm.auto import tqdm
         it = tqdm(files, desc="predict", unit="img", file=sys.stderr, disable=None)
     # the main explanation (notebook 05's choice; plain Grad-CAM on --layer): ONE batched forward + backward
-    spec = main_explanation(meta, layer) if explain else None
     cam = Explainer(model, spec) if spec is not None else None
+    explained = None if spec is None else ("none (attention rollout is class-agnostic)" if spec["method"] == "rollout"
+                                           else classes[TARGET_CLASS])
     try:
         with eval_mode(model) if model is not None else nullcontext():
             for p in it:
                 try:
                     notes = image_warnings(p)
                     for note in notes:
-                        print(f"warning: {note}", file=sys.stderr)
+                        _stderr_line(f"warning: {note}", progress)
                     gray = read_image(p, size)
                     x = preprocess(torch.from_numpy(gray)[None].to(device), meta["mean"], meta["std"])
                     if cam is not None:
@@ -223,7 +254,8 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
                         label = name if scorer is None else f"{name}, FP32 model"
                         try:
                             save_overlay_figure(out, gray, maps[0], probability=prob, diagnosis=diagnosis,
-                                                threshold=t, name=p.name, layer=label)
+                                                threshold=t, name=p.name, layer=label,
+                                                evidence=spec is not None and spec["method"] != "rollout")
                         except OSError as exc:
                             raise UserError(f"cannot write the overlay {out}: {exc.strerror or type(exc).__name__} "
                                             "— choose another --output.") from None
@@ -231,7 +263,7 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
                                     "threshold_source": t_source, "explanation": spec["name"] if spec else None,
                                     "layer": layer_name, "layer_source": layer_source,
                                     "warnings": "; ".join(notes) or None,
-                                    "explained_class": classes[TARGET_CLASS] if cam is not None else None,
+                                    "explained_class": explained,
                                     "overlay": str(out) if out is not None else None})
                 except (UserError, OSError, RuntimeError, ValueError) as exc:
                     msg = (one_line(exc) if isinstance(exc, UserError)
@@ -289,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     out_is_dir = out is not None and (out.is_dir() or str(args.output).endswith(("/", os.sep)))
     suffix = out.suffix.lower() if out is not None and not out_is_dir else ""
     batch = len(inputs) > 1 or any(p.is_dir() for p in inputs) or suffix == ".csv"
-    csv_path, overlay_dir, single_png = None, default_output_dir(), None
+    csv_path, overlay_dir, single_png = None, None, None
     if batch:
         if suffix == ".csv" and out is not None:
             csv_path, overlay_dir = out, out.parent / f"{out.stem}_overlays"
@@ -346,12 +378,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         args.model_path = args.model_path or str(artifact("model"))
         model, meta = load_model(args.model_path, resolve_device(args.device))
-    if model is not None:
-        choose_layer(model, meta, args.layer)  # a bad --layer is a usage error before any work
+    if model is not None and args.overlay:
+        choose_explanation(model, meta, args.layer)  # a bad --layer is a usage error before any work
     overlays = {}
+    if args.overlay and single_png is None and overlay_dir is None:
+        overlay_dir = default_output_dir()  # only now: --no-overlay and explicit outputs need no project folder
     if args.overlay:
-        writable(single_png if single_png is not None else overlay_dir, "the overlay")
-        overlays = {files[0]: single_png} if single_png else plan_overlays(files, overlay_dir)
+        target = single_png if single_png is not None else Path(str(overlay_dir))
+        writable(target, "the overlay")
+        overlays = {files[0]: target} if single_png is not None else plan_overlays(files, target)
     from tqdm.auto import tqdm
 
     def report(path: Path, msg: str) -> None:  # one line per bad file, without breaking the progress bar
@@ -391,11 +426,12 @@ def run(args: argparse.Namespace) -> int:
                   f"P(pneumonia):  {r['probability']:.4f}  (PNEUMONIA when >= threshold)\n"
                   f"threshold:     {r['threshold']:.3f}  (from {r['threshold_source']})")
             if r["layer"]:
-                src = "default" if r["layer_source"] == "default" else f"from {r['layer_source']}"
+                src = r["layer_source"] if r["layer_source"].startswith("default") else f"from {r['layer_source']}"
                 of = f" of the FP32 checkpoint {r['explained_by']} (the INT8 model has no gradients)" \
                     if int8_path is not None else ""
-                print(f"map:           {r['explanation']} ({src}){of}, explaining the PNEUMONIA class "
-                      "(red = evidence for pneumonia)")
+                what = ("explaining the PNEUMONIA class (red = evidence for pneumonia)"
+                        if r["explained_class"] == "PNEUMONIA" else "class-agnostic (where the model attended)")
+                print(f"map:           {r['explanation']} ({src}){of}, {what}")
             if r["warnings"]:
                 print(f"warning:       {r['warnings']}")
             print(f"overlay:       {r['overlay'] or f'(none: {why_none})'}\n"
