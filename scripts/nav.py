@@ -42,15 +42,18 @@ SETUP_TAG = "colab-setup"
 BADGE_IMG = "https://colab.research.google.com/assets/colab-badge.svg"
 NUMBERED_GLOB = "[0-9][0-9]_*.ipynb"
 
-#: Wall-clock time per notebook: (2-core CPU, demo profile) and (one H200, full profile; "–" = not measured).
-TIMES: dict[str, tuple[str, str]] = {
-    "01": ("42 s", "–"),
-    "02": ("50 s", "3 s training"),
-    "03": ("98 s", "11 s training"),
-    "04": ("32 s", "–"),
-    "05": ("69 s", "–"),
-    "06": ("34 s", "–"),
-    "07": ("43 s", "–"),
+#: Wall-clock time per notebook, measured: `make demo` from a fresh clone on a 2-core CPU (demo profile), commit
+#: 0bc10f5 (docs/BENCHMARKS.md). "–" = not measured.
+TIMES: dict[str, str] = {
+    "01": "27 s",
+    "02": "31 s",
+    "03": "57 s",
+    "04": "20 s",
+    "05": "107 s",
+    "06": "24 s",
+    "07": "26 s",
+    "08": "199 s",
+    "09": "104 s",
 }
 
 _COLAB_PREFIX = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)\"']+/[^/\s)\"']+/blob/[^/\s)\"']+/notebooks/")
@@ -188,18 +191,18 @@ def strip_outputs(nb) -> None:
 
 
 def table_markdown(names: list[str], titles: list[str], link_prefix: str = "") -> str:
-    """The notebook table (index and README): number, title, Colab badge, CPU and GPU times."""
-    rows = ["| # | Notebook | Colab | 2-core CPU, demo profile | GPU (H200), full profile |",
-            "|---|---|---|---|---|"]
+    """The notebook table (index and README): number, title, Colab badge, measured CPU time."""
+    rows = ["| # | Notebook | Colab | 2-core CPU, demo profile |",
+            "|---|---|---|---|"]
     for name, title in zip(names, titles):
         if name == INDEX_NAME:
             continue
         num = name[:2]
-        cpu, gpu = TIMES.get(num, ("–", "–"))
+        cpu = TIMES.get(num, "–")
         rows.append(f"| {num} | [{_md_text(short_title(title))}]({link_prefix}{name}) | "
-                    f"{colab_badge(name)} | {cpu} | {gpu} |")
+                    f"{colab_badge(name)} | {cpu} |")
     if len(rows) == 2:
-        rows.append("| – | *(no notebooks yet)* | | | |")
+        rows.append("| – | *(no notebooks yet)* | | |")
     return "\n".join(rows)
 
 

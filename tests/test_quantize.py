@@ -181,3 +181,22 @@ def test_flips_near_flips_and_interleaved_benchmark(setup):
     assert both["slow"]["latency_ms_median"] >= 20 > both["fast"]["latency_ms_median"]
     assert both["fast"]["throughput_img_s"] > both["slow"]["throughput_img_s"]
     assert torch_forward(s.model)(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 2)
+
+
+def test_int8_changes_states_both_fp32_baselines_and_specificity():
+    import pandas as pd
+
+    from utils.deploy.compare import int8_changes
+
+    rows = [{"model": "FP32 (PyTorch)", "file_mb": 44.8, "latency_ms": 80.0, "throughput_img_s": 25.0,
+             "test_auc": 0.99, "test_recall": 0.97, "test_specificity": 0.90},
+            {"model": "FP32 (ONNX Runtime)", "file_mb": 44.7, "latency_ms": 30.0, "throughput_img_s": 40.0,
+             "test_auc": 0.99, "test_recall": 0.97, "test_specificity": 0.90},
+            {"model": "INT8 (ONNX Runtime)", "file_mb": 11.2, "latency_ms": 40.0, "throughput_img_s": 80.0,
+             "test_auc": 0.98, "test_recall": 0.97, "test_specificity": 0.85}]
+    ci = {"value": -0.05, "ci_low": -0.09, "ci_high": -0.01}
+    line = int8_changes(pd.DataFrame(rows).set_index("model"), {"sensitivity": ci, "specificity": ci}, 3, 100)
+    assert "4.0x smaller" in line
+    assert "80.0 -> 40.0 ms (2.00x)" in line  # against eager PyTorch: faster
+    assert "30.0 -> 40.0 ms (0.75x)" in line  # against the same runtime: slower at batch 1, and it says so
+    assert "specificity 0.900 -> 0.850 (-0.050 [-0.090, -0.010])" in line and "3 of 100" in line

@@ -105,3 +105,24 @@ def test_shortcut_record_is_strict_json_with_the_named_words(paired):
     assert set(record["auc"]) == set(S.MODELS) and set(record["auc"]["remedy"]) == set(S.TESTS)
     expected = paired["decorrelated"]["models"]["control"]["roc_auc"]["value"]
     assert record["auc"]["control"]["decorrelated"]["value"] == expected
+
+
+def _record(auc_conf, mass, auc_remedy):
+    def ci(v, lo, hi):
+        return {"value": v, "ci_low": lo, "ci_high": hi}
+    return {"operating_point": {"reversed": {"differences": {
+                "confounded - control": {"roc_auc": ci(*auc_conf)}, "remedy - control": {"roc_auc": ci(*auc_remedy)}}}},
+            "attention_decorrelated_test": {"paired_differences": {"confounded - control": {"marker_mass": ci(*mass)}}}}
+
+
+def test_shortcut_verdict_follows_the_intervals():
+    from utils.studies.shortcut import shortcut_verdict
+
+    used = shortcut_verdict(_record((-0.33, -0.38, -0.29), (0.017, 0.012, 0.023), (0.0, -0.01, 0.01)))
+    assert used[0].startswith("The confounded model used the marker") and "-0.330" in used[0]
+    assert used[1].startswith("The explanation showed it")
+    assert used[2].startswith("The remedy matches the control")
+    null = shortcut_verdict(_record((0.0, -0.004, 0.003), (0.001, -0.002, 0.004), (-0.05, -0.08, -0.02)))
+    assert null[0].startswith("No evidence") and null[1].startswith("The explanation did not separate")
+    assert "below the control" in null[2]
+    assert "not measured" in shortcut_verdict(_record((0, -1, 1), (float("nan"),) * 3, (0, -1, 1)))[1]

@@ -66,3 +66,27 @@ def proba_with(forward: Callable[[torch.Tensor], Any], images_uint8: np.ndarray,
     return torch.softmax(logits, dim=1)[:, 1].numpy()
 
 
+
+
+def int8_changes(results: Any, diff: Mapping[str, Mapping[str, float]], n_flipped: int, n_test: int,
+                 fp32: str = "FP32 (PyTorch)", fp32_same_runtime: str = "FP32 (ONNX Runtime)",
+                 int8: str = "INT8 (ONNX Runtime)") -> str:
+    """One line stating every change the FP32-vs-INT8 table shows: file size against the FP32 checkpoint; latency
+    and throughput against **both** FP32 runners (the same-runtime one isolates what quantisation itself buys);
+    test AUC, sensitivity and specificity with the paired INT8 − FP32 interval; flipped decisions.
+    ``results`` is the table of :func:`variant_row` rows indexed by model name."""
+    r32, rs, r8 = results.loc[fp32], results.loc[fp32_same_runtime], results.loc[int8]
+
+    def ci(metric: str) -> str:
+        d = diff[metric]
+        return f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+    def speed(ref: Any) -> str:
+        return (f"latency {ref.latency_ms:.1f} -> {r8.latency_ms:.1f} ms ({ref.latency_ms / r8.latency_ms:.2f}x), "
+                f"throughput {ref.throughput_img_s:.1f} -> {r8.throughput_img_s:.1f} img/s "
+                f"({r8.throughput_img_s / ref.throughput_img_s:.2f}x)")
+
+    return (f"file {r32.file_mb / r8.file_mb:.1f}x smaller; vs {fp32}: {speed(r32)}; vs {fp32_same_runtime}: "
+            f"{speed(rs)}; test AUC {r32.test_auc:.4f} -> {r8.test_auc:.4f}; sensitivity {r32.test_recall:.3f} -> "
+            f"{r8.test_recall:.3f} ({ci('sensitivity')}); specificity {r32.test_specificity:.3f} -> "
+            f"{r8.test_specificity:.3f} ({ci('specificity')}); {n_flipped} of {n_test} test decisions flipped")

@@ -7,10 +7,12 @@
     quantize_static(..., calibration reader)          # observers record activation ranges on calibration images,
                                                       # then every Conv/Gemm gets int8 weights and Q/DQ pairs
 
-The old eager/FX flow (``torch.ao.quantization``) is deprecated upstream and not used; its successor in the
-PyTorch world is torchao's PT2E flow, which needs ``torch.compile`` (a C++ toolchain and minutes of compiling
-on a 2-core CPU) to be fast. ONNX Runtime measured as fast or faster here with neither (``docs/BENCHMARKS.md``,
-``benchmarks/int8_paths.py``), and its file is what a deployment would ship anyway.
+The old eager/FX flow (``torch.ao.quantization``) is deprecated upstream and not used. Its successor in the
+PyTorch world, torchao's PT2E flow with the x86 inductor quantiser, failed here in ``prepare_pt2e`` on the
+torchvision ResNet-18 ("Input partition has more than one output node"). Measured on the 2-core CPU at 224 px
+(``benchmarks/int8_paths.py``, ``docs/BENCHMARKS.md``): ONNX Runtime INT8 has the highest throughput (74.6 img/s
+at batch 16 vs 41.5 for FP32 in ONNX Runtime and 25.2 for eager PyTorch), while at batch 1 it is slower than the
+FP32 ONNX graph (37.2 vs 29.4 ms; eager PyTorch 79.6 ms). Its file is what a deployment would ship anyway.
 
 **What is quantised**: every convolution and the head. Weights are int8 *per output channel* and symmetric
 (zero-point 0); activations are uint8, per tensor, with a scale and zero-point fixed by the calibration images.

@@ -265,3 +265,40 @@ def shortcut_record(run: ShortcutRun, finder: dict[str, Any] | None, real: pd.Da
         "marker_finder": finder,
         "real_data_marker_finds": None if real is None else real.to_dict("records"),
     }
+
+
+def _ci(d: dict[str, float]) -> str:
+    return f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
+def shortcut_verdict(record: dict[str, Any]) -> list[str]:
+    """Three sentences computed from :func:`shortcut_record`'s output (or ``assets/shortcut.json``): did the
+    confounded model use the marker (its reversed-test AUC against the control's, paired CI), did the explanation
+    show it (map mass on the marker, confounded − control, paired CI), and did the remedy hold up (remedy − control
+    on the reversed test). "Shown" means the 95% interval excludes zero in the stated direction."""
+    diffs = record["operating_point"]["reversed"]["differences"]
+    used = diffs["confounded - control"]["roc_auc"]
+    lines = []
+    if used["ci_high"] < 0:
+        lines.append(f"The confounded model used the marker: on the reversed test its AUC is lower than the "
+                     f"control's by {_ci(used)} (paired 95% CI).")
+    else:
+        lines.append(f"No evidence that the confounded model used the marker at this scale: reversed-test AUC, "
+                     f"confounded − control {_ci(used)} (paired 95% CI includes zero or is positive).")
+    att = record["attention_decorrelated_test"]["paired_differences"].get("confounded - control", {})
+    mass = att.get("marker_mass")
+    if mass is None or not np.isfinite(mass["value"]):
+        lines.append("The maps were not measured against the marker (no marked test images were mapped).")
+    elif mass["ci_low"] > 0:
+        lines.append(f"The explanation showed it: the confounded model's maps put more mass on the marker than the "
+                     f"control's, {_ci(mass)} (share of map mass, paired 95% CI).")
+    else:
+        lines.append(f"The explanation did not separate the two models on the marker: map mass on the marker, "
+                     f"confounded − control {_ci(mass)} (paired 95% CI includes zero or is negative).")
+    remedy = diffs["remedy - control"]["roc_auc"]
+    if remedy["ci_low"] > 0 or remedy["ci_high"] < 0:
+        word = "above" if remedy["ci_low"] > 0 else "below"
+        lines.append(f"The remedy's reversed-test AUC is {word} the control's: {_ci(remedy)}.")
+    else:
+        lines.append(f"The remedy matches the control on the reversed test within the noise: AUC {_ci(remedy)}.")
+    return lines
