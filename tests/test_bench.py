@@ -141,3 +141,22 @@ def test_int8_paths_benchmark_smoke(tmp_path):
     assert report["file_mb"]["int8 ORT QDQ"] < 0.5 * report["file_mb"]["fp32 ONNX Runtime"]
     assert all(v["latency_ms_median"] > 0 for v in report["results"].values())
     assert "skipped" in report["notes"]["int8 torchao PT2E + compile"]
+    assert report["first_prediction_s"]["int8 ORT QDQ"] > 0
+
+
+def test_untied_relu_resnet_computes_the_same_function():
+    """The PT2E benchmark's copy with a separate post-addition ReLU per block is the same network."""
+    import torch
+
+    from benchmarks.int8_paths import _untie_relu
+    from utils.train.model import build_model
+
+    model, _ = build_model("none", seed=0)
+    model.eval()
+    untied = _untie_relu(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), untied(x), atol=1e-6)
+    blocks = [m for m in untied.modules() if hasattr(m, "relu_out")]
+    assert len(blocks) == 8 and all(b.relu_out is not b.relu for b in blocks)
+    assert not any(hasattr(m, "relu_out") for m in model.modules())  # the original is untouched

@@ -8,11 +8,12 @@
                                                       # then every Conv/Gemm gets int8 weights and Q/DQ pairs
 
 The old eager/FX flow (``torch.ao.quantization``) is deprecated upstream and not used. Its successor in the
-PyTorch world, torchao's PT2E flow with the x86 inductor quantiser, failed here in ``prepare_pt2e`` on the
-torchvision ResNet-18 ("Input partition has more than one output node"). Measured on the 2-core CPU at 224 px
-(``benchmarks/int8_paths.py``, ``docs/BENCHMARKS.md``): ONNX Runtime INT8 has the highest throughput (74.6 img/s
-at batch 16 vs 41.5 for FP32 in ONNX Runtime and 25.2 for eager PyTorch), while at batch 1 it is slower than the
-FP32 ONNX graph (37.2 vs 29.4 ms; eager PyTorch 79.6 ms). Its file is what a deployment would ship anyway.
+PyTorch world is torchao's PT2E flow (x86 inductor quantiser, lowered with ``torch.compile``). Both were measured
+on the 2-core CPU at 224 px, 2 threads (``benchmarks/int8_paths.py``; ``docs/BENCHMARKS.md``): ONNX Runtime INT8
+was the faster of the two at batch 1 (about 21 ms vs 25 ms for PT2E; FP32: 40–44 ms in ONNX Runtime, 67 ms eager)
+and at batch 16 (52–64 vs 41–59 img/s), and reaches its first prediction 0.07 s after loading the file, where
+PT2E compiles for 14 s in every new process (and needs a C++ toolchain). So ONNX Runtime is the primary path; its
+file is what a deployment would ship anyway.
 
 **What is quantised**: every convolution and the head. Weights are int8 *per output channel* and symmetric
 (zero-point 0); activations are uint8, per tensor, with a scale and zero-point fixed by the calibration images.
@@ -207,6 +208,9 @@ class Int8Model:
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+        # no busy-waiting after a run: idle ORT threads would otherwise spin on the cores the next model (or a
+        # notebook cell) needs, and interleaved timings would charge ORT's spinning to PyTorch
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path, self.meta = Path(path), dict(meta)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
