@@ -460,7 +460,7 @@ def bench_predict_command(ckpt: Path, image: Path, tmp: Path, threads: int | Non
     """Wall time of the whole ``python -m utils.deploy.predict`` process (start-up, imports, load, one image)."""
     root = Path(__file__).resolve().parent.parent
     if not (Path(__file__).resolve().parents[1] / "utils" / "deploy" / "predict.py").exists():
-        return {"predict_cmd_wall_s": None, "predict_cmd_note": "utils/predict.py not found: not measured"}
+        return {"predict_cmd_wall_s": None, "predict_cmd_note": "utils/deploy/predict.py not found: not measured"}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])]),
                PYTHONUNBUFFERED="1")
     if threads:

@@ -48,12 +48,20 @@ def test_image_size_must_fit_the_patches():
         build_model("none", arch="vit_huge")
 
 
-def test_phantom_weights_of_another_size_are_refused(tmp_path):
-    model, _ = build_vit("none", 2, 32, seed=0)
+def test_weights_of_another_size_get_resampled_position_embeddings(tmp_path, capsys):
+    model, _ = build_vit("none", 2, 32, seed=0)  # a 2x2 token grid
     path = tmp_path / "vit32.pt"
     torch.save({"model": model.state_dict()}, path)
-    with pytest.raises(UserError, match="another image size"):
-        build_vit(str(path), 2, SIZE)
+    big, desc = build_vit(str(path), 2, 64)  # a 4x4 grid
+    assert big.pos_embed.shape == (1, 17, 192) and "resampled from a 2x2 to a 4x4" in desc
+    assert "resampled" in capsys.readouterr().out
+    assert torch.equal(big.pos_embed[0, 0], model.pos_embed[0, 0])  # [CLS] kept as it was
+    assert torch.equal(big.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)  # the rest loads unchanged
+    state = model.state_dict()
+    state["pos_embed"] = state["pos_embed"][:, :4]  # 3 patch tokens: no square grid
+    torch.save({"model": state}, path)
+    with pytest.raises(UserError, match="do not fit this model"):
+        build_vit(str(path), 2, 64)
 
 
 def test_tokens_to_grid_lays_patches_out_row_major():

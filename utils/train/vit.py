@@ -11,6 +11,7 @@ weights when online; offline a one-line message and random initialisation), ``"n
 """
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,24 @@ def _imagenet_state(image_size: int) -> dict[str, torch.Tensor] | None:
         socket.setdefaulttimeout(old)
 
 
+def _resized_pos_embed(pos: torch.Tensor, model: nn.Module, weights: str) -> tuple[torch.Tensor, str]:
+    """Position embeddings of weights trained at another image size, resampled (bicubic, [CLS] kept) to this
+    model's token grid — what timm does for ImageNet weights — and a one-line note saying so. A grid that is not
+    square, or embeddings of another width, are refused with one line."""
+    from timm.layers import resample_abs_pos_embed
+
+    target: torch.Tensor = model.pos_embed  # type: ignore[assignment]
+    old_n, new_n = pos.shape[1] - 1, target.shape[1] - 1
+    old_side, new_side = math.isqrt(old_n), math.isqrt(new_n)
+    if pos.shape[-1] != target.shape[-1] or old_side ** 2 != old_n or new_side ** 2 != new_n:
+        raise UserError(f"ViT weights {weights!r} do not fit this model (position embedding {tuple(pos.shape)}, "
+                        f"this model {tuple(target.shape)}): use weights of a ViT-Tiny/16.")
+    out = resample_abs_pos_embed(pos, [new_side, new_side], [old_side, old_side], num_prefix_tokens=1)
+    return out, (f"ViT weights {weights!r}: position embeddings resampled from a {old_side}x{old_side} to a "
+                 f"{new_side}x{new_side} token grid (trained at {old_side * PATCH} px, this run "
+                 f"{new_side * PATCH} px).")
+
+
 def build_vit(weights: str = "none", num_classes: int = 2, image_size: int = 128, seed: int | None = None
               ) -> tuple[nn.Module, str]:
     """ViT-Tiny with a fresh ``num_classes`` head and the requested weights; returns ``(model, description)``."""
@@ -88,9 +107,9 @@ def build_vit(weights: str = "none", num_classes: int = 2, image_size: int = 128
         desc = f"phantom-pretrained ViT ({path.name})" if weights == "phantom" else f"checkpoint {path}"
     backbone = {k: v.float() for k, v in state.items() if not k.startswith("head.")}
     if "pos_embed" in backbone and backbone["pos_embed"].shape != model.pos_embed.shape:
-        raise UserError(f"ViT weights {weights!r} were made for another image size (position embedding "
-                        f"{tuple(backbone['pos_embed'].shape)}, this model {tuple(model.pos_embed.shape)}): use the "
-                        "IMAGE_SIZE they were trained at.")
+        backbone["pos_embed"], note = _resized_pos_embed(backbone["pos_embed"], model, weights)
+        print(note)
+        desc += f"; {note.split(': ', 1)[1].rstrip('.')}"
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
         raise UserError(f"weights {weights!r} do not fit a ViT-Tiny (unexpected: {unexpected[:3]}, missing: "
