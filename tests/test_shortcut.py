@@ -126,3 +126,6 @@ def test_shortcut_verdict_follows_the_intervals():
     assert null[0].startswith("No evidence") and null[1].startswith("The explanation did not separate")
     assert "below the control" in null[2]
     assert "not measured" in shortcut_verdict(_record((0, -1, 1), (float("nan"),) * 3, (0, -1, 1)))[1]
+    # the demo's measured case: intervals that exclude zero around differences far too small to matter
+    tiny = shortcut_verdict(_record((-0.002, -0.004, -0.001), (0.0003, 0.0001, 0.0006), (0.0001, -0.0006, 0.0014)))
+    assert "negligibly" in tiny[0] and "negligibly" in tiny[1] and tiny[2].startswith("The remedy matches")

@@ -271,17 +271,22 @@ def _ci(d: dict[str, float]) -> str:
     return f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
 
 
-def shortcut_verdict(record: dict[str, Any]) -> list[str]:
+def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.01, min_mass: float = 0.005) -> list[str]:
     """Three sentences computed from :func:`shortcut_record`'s output (or ``assets/shortcut.json``): did the
     confounded model use the marker (its reversed-test AUC against the control's, paired CI), did the explanation
     show it (map mass on the marker, confounded − control, paired CI), and did the remedy hold up (remedy − control
-    on the reversed test). "Shown" means the 95% interval excludes zero in the stated direction."""
+    on the reversed test). A difference counts as *shown* when its 95% interval excludes zero in the stated
+    direction **and** the estimate is at least the practical margin (``min_auc`` of AUC, ``min_mass`` of the map's
+    mass); an interval that excludes zero around a smaller estimate is reported as detectable but negligible."""
     diffs = record["operating_point"]["reversed"]["differences"]
     used = diffs["confounded - control"]["roc_auc"]
     lines = []
-    if used["ci_high"] < 0:
+    if used["ci_high"] < 0 and used["value"] <= -min_auc:
         lines.append(f"The confounded model used the marker: on the reversed test its AUC is lower than the "
                      f"control's by {_ci(used)} (paired 95% CI).")
+    elif used["ci_high"] < 0:
+        lines.append(f"The confounded model's reversed-test AUC is detectably but negligibly below the control's "
+                     f"({_ci(used)}, smaller than {min_auc}): no shortcut that matters at this scale.")
     else:
         lines.append(f"No evidence that the confounded model used the marker at this scale: reversed-test AUC, "
                      f"confounded − control {_ci(used)} (paired 95% CI includes zero or is positive).")
@@ -289,16 +294,21 @@ def shortcut_verdict(record: dict[str, Any]) -> list[str]:
     mass = att.get("marker_mass")
     if mass is None or not np.isfinite(mass["value"]):
         lines.append("The maps were not measured against the marker (no marked test images were mapped).")
-    elif mass["ci_low"] > 0:
+    elif mass["ci_low"] > 0 and mass["value"] >= min_mass:
         lines.append(f"The explanation showed it: the confounded model's maps put more mass on the marker than the "
                      f"control's, {_ci(mass)} (share of map mass, paired 95% CI).")
+    elif mass["ci_low"] > 0:
+        lines.append(f"The maps' mass on the marker differs detectably but negligibly between the confounded model "
+                     f"and the control ({_ci(mass)} of the map, below {min_mass}): the explanation would not have "
+                     f"told a reader anything.")
     else:
         lines.append(f"The explanation did not separate the two models on the marker: map mass on the marker, "
                      f"confounded − control {_ci(mass)} (paired 95% CI includes zero or is negative).")
     remedy = diffs["remedy - control"]["roc_auc"]
-    if remedy["ci_low"] > 0 or remedy["ci_high"] < 0:
+    if (remedy["ci_low"] > 0 or remedy["ci_high"] < 0) and abs(remedy["value"]) >= min_auc:
         word = "above" if remedy["ci_low"] > 0 else "below"
         lines.append(f"The remedy's reversed-test AUC is {word} the control's: {_ci(remedy)}.")
     else:
-        lines.append(f"The remedy matches the control on the reversed test within the noise: AUC {_ci(remedy)}.")
+        lines.append(f"The remedy matches the control on the reversed test within the noise or the margin "
+                     f"({min_auc}): AUC {_ci(remedy)}.")
     return lines
