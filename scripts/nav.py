@@ -42,18 +42,18 @@ SETUP_TAG = "colab-setup"
 BADGE_IMG = "https://colab.research.google.com/assets/colab-badge.svg"
 NUMBERED_GLOB = "[0-9][0-9]_*.ipynb"
 
-#: Wall-clock time per notebook, measured: `make demo` from a fresh clone on a 2-core CPU (demo profile), commit
-#: 0bc10f5 (docs/BENCHMARKS.md). "–" = not measured.
+#: Wall-clock time per notebook, measured: `make demo` from a fresh clone on the 2-core CPU (demo profile), commit
+#: b9a0148 (docs/BENCHMARKS.md; an earlier run of nearly the same code on an idle machine took 9 min 54 s in all).
 TIMES: dict[str, str] = {
-    "01": "27 s",
-    "02": "31 s",
-    "03": "57 s",
-    "04": "20 s",
-    "05": "107 s",
-    "06": "24 s",
-    "07": "26 s",
-    "08": "199 s",
-    "09": "104 s",
+    "01": "48 s",
+    "02": "54 s",
+    "03": "100 s",
+    "04": "39 s",
+    "05": "192 s",
+    "06": "33 s",
+    "07": "41 s",
+    "08": "330 s",
+    "09": "178 s",
 }
 
 _COLAB_PREFIX = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)\"']+/[^/\s)\"']+/blob/[^/\s)\"']+/notebooks/")

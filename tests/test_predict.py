@@ -142,6 +142,7 @@ def test_a_checkpoint_without_a_chosen_threshold_needs_one(corpus, capsys, tmp_p
     code, stdout, err = _run(capsys, "--image_path", corpus["good"]["gray_L.jpeg"], "--model_path", unchosen,
                              "--no-overlay")
     assert code == 2 and stdout == "" and len(err) == 1 and "no operating threshold chosen on validation" in err[0]
+    assert "unchosen.pt" in err[0] and "--threshold" in err[0]  # names the file and the way out
     code, stdout, _ = _run(capsys, "--image_path", corpus["good"]["gray_L.jpeg"], "--model_path", unchosen,
                            "--no-overlay", "--threshold", "0.3", "--json")
     assert code == 0 and json.loads(stdout)["threshold_source"] == "--threshold"

@@ -45,11 +45,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint not found: {path} (train it with notebooks 02-03, or pass --model_path).")
+        raise UserError(f"checkpoint not found: {path} (notebooks 02-04 train it and choose its threshold, "
+                        "or pass --model_path).")
     if path.is_dir():
         raise UserError(f"checkpoint path is a folder, not a file: {path}.")
     if path.stat().st_size == 0:
-        raise UserError(f"checkpoint is empty (0 bytes): {path}; re-create it with notebooks 02-03.")
+        raise UserError(f"checkpoint is empty (0 bytes): {path}; re-create it with notebooks 02-04.")
     if path.suffix.lower() == ".onnx":
         raise UserError(f"{path} is an ONNX model, not a PyTorch checkpoint: the INT8 model is read with --int8 "
                         "(pneumonia-predict) or utils.deploy.int8.load_int8.")

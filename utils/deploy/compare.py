@@ -66,8 +66,6 @@ def proba_with(forward: Callable[[torch.Tensor], Any], images_uint8: np.ndarray,
     return torch.softmax(logits, dim=1)[:, 1].numpy()
 
 
-
-
 def int8_changes(results: Any, diff: Mapping[str, Mapping[str, float]], n_flipped: int, n_test: int,
                  fp32: str = "FP32 (PyTorch)", fp32_same_runtime: str = "FP32 (ONNX Runtime)",
                  int8: str = "INT8 (ONNX Runtime)") -> str:

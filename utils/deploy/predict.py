@@ -378,6 +378,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         args.model_path = args.model_path or str(artifact("model"))
         model, meta = load_model(args.model_path, resolve_device(args.device))
+    if args.threshold is None:  # before any work: name the file and the way out
+        try:
+            operating_threshold(meta, int8_path if int8_path is not None else args.model_path)
+        except UserError as exc:
+            raise UserError(f"{exc} Or pass --threshold T to set one yourself.") from None
     if model is not None and args.overlay:
         choose_explanation(model, meta, args.layer)  # a bad --layer is a usage error before any work
     overlays = {}
