@@ -6,7 +6,8 @@ Both quantise the same FP32 ResNet-18 (random weights: speed does not depend on 
 images, static, per-channel int8 weights and 8-bit activations:
 
 * **ORT** — :func:`utils.deploy.int8.quantize_int8` (the series' path: ``onnxruntime.quantization.quantize_static``,
-  QDQ), run by an ONNX Runtime CPU session with ``threads`` intra-op threads;
+  QDQ), run by :class:`utils.deploy.int8.Int8Model` (the runner notebook 07 and ``--int8`` use) with ``threads``
+  intra-op threads;
 * **torchao PT2E** — ``torch.export`` → ``prepare_pt2e`` with ``X86InductorQuantizer`` → calibrate →
   ``convert_pt2e`` → ``torch.compile`` (Inductor, freezing on), which is what makes PT2E INT8 fast on x86; the
   one-time compile is timed separately;
@@ -64,19 +65,6 @@ def _time(fns: dict[str, Any], x1: torch.Tensor, xb: torch.Tensor, runs: int, wa
                 "throughput_img_s": len(xb) / float(np.median(thr[k]))} for k in fns}
 
 
-def _ort_session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    # no busy-waiting after a run: idle ORT threads would otherwise spin on the cores the next model (or a
-    # notebook cell) needs, and interleaved timings would charge ORT's spinning to PyTorch
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x.numpy()})[0]
-
-
 def _untie_relu(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of a torchvision ResNet whose BasicBlocks use a *separate* ReLU after the residual addition.
 
@@ -131,10 +119,12 @@ def _pt2e(model: torch.nn.Module, calib: torch.Tensor, example: torch.Tensor) ->
     return compiled, {"quantise_s": t1 - t0, "compile_s": time.perf_counter() - t1}
 
 
-def _ort_first_prediction_s(path: Path, threads: int, x1: torch.Tensor) -> float:
+def _ort_first_prediction_s(path: Path, meta: dict[str, Any], threads: int, x1: torch.Tensor) -> float:
     """Seconds from an INT8 ONNX file on disk to its first prediction (session creation + one image)."""
+    from utils.deploy.int8 import Int8Model
+
     t0 = time.perf_counter()
-    _ort_session(path, threads)(x1)
+    Int8Model(path, meta, threads=threads)(x1)
     return time.perf_counter() - t0
 
 
@@ -154,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace, size: int, runs: int) -> int:
-    from utils.deploy.int8 import export_onnx, quantize_int8
+    from utils.deploy.int8 import Int8Model, export_onnx, quantize_int8
     from utils.train.model import preprocess
 
     model, meta = _model(size)
@@ -172,10 +162,10 @@ def _run(a: argparse.Namespace, size: int, runs: int) -> int:
         t0 = time.perf_counter()
         quantize_int8(model, calib_u8, meta, int8, fp32_path=fp32)
         setup_s["int8 ORT QDQ"] = time.perf_counter() - t0
-        first_s["int8 ORT QDQ"] = _ort_first_prediction_s(int8, a.threads, x1)
+        first_s["int8 ORT QDQ"] = _ort_first_prediction_s(int8, meta, a.threads, x1)
         export_onnx(model, meta, fp32)
-        fns["fp32 ONNX Runtime"] = _ort_session(fp32, a.threads)
-        fns["int8 ORT QDQ"] = _ort_session(int8, a.threads)
+        fns["fp32 ONNX Runtime"] = Int8Model(fp32, meta, threads=a.threads)  # the runner predict uses, FP32 graph
+        fns["int8 ORT QDQ"] = Int8Model(int8, meta, threads=a.threads)
         if a.smoke:
             notes["int8 torchao PT2E + compile"] = "skipped (--smoke)"
         else:

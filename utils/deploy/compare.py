@@ -73,11 +73,12 @@ def int8_changes(results: Any, diff: Mapping[str, Mapping[str, float]], n_flippe
     and throughput against **both** FP32 runners (the same-runtime one isolates what quantisation itself buys);
     test AUC, sensitivity and specificity with the paired INT8 − FP32 interval; flipped decisions.
     ``results`` is the table of :func:`variant_row` rows indexed by model name."""
+    from utils.evaluate.metrics import format_ci
+
     r32, rs, r8 = results.loc[fp32], results.loc[fp32_same_runtime], results.loc[int8]
 
     def ci(metric: str) -> str:
-        d = diff[metric]
-        return f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+        return format_ci(diff[metric], signed=True)
 
     def speed(ref: Any) -> str:
         return (f"latency {ref.latency_ms:.1f} -> {r8.latency_ms:.1f} ms ({ref.latency_ms / r8.latency_ms:.2f}x), "

@@ -444,9 +444,11 @@ def nll(y_true: ArrayLike, prob: ArrayLike) -> float:
 
 
 # -------------------------------------------------------------------------------- reporting and JSON
-def format_ci(entry: Mapping[str, float], digits: int = 3) -> str:
-    """``{"value", "ci_low", "ci_high"}`` as ``"0.950 [0.920, 0.970]"``."""
-    return f"{entry['value']:.{digits}f} [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
+def format_ci(entry: Mapping[str, float], digits: int = 3, signed: bool = False) -> str:
+    """``{"value", "ci_low", "ci_high"}`` as ``"0.950 [0.920, 0.970]"``; ``signed`` for a difference:
+    ``"+0.012 [-0.004, +0.030]"``."""
+    f = f"{'+' if signed else ''}.{digits}f"
+    return f"{entry['value']:{f}} [{entry['ci_low']:{f}}, {entry['ci_high']:{f}}]"
 
 
 def compare_models(results: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] = HEADLINE_METRICS,

@@ -147,10 +147,6 @@ def compare_architectures(cfg: Config, bundle: DataBundle, paths: dict[str, Path
     return out
 
 
-def _fmt(d: dict[str, float]) -> str:
-    return f"{d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
-
-
 def comparison_table(cmp: ArchComparison) -> pd.DataFrame:
     """The one table of notebook 09: rows = measurements, columns = the two models and ``b - a`` with its interval."""
     a, b = list(cmp.models)
@@ -159,9 +155,8 @@ def comparison_table(cmp: ArchComparison) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for metric in ("roc_auc", "sensitivity", "specificity"):
         d = op["differences"][f"{b} - {a}"][metric]
-        rows.append({"measure": f"{metric} (test, 95% CI)", a: _fmt(op["models"][a][metric]),
-                     b: _fmt(op["models"][b][metric]), f"{b} - {a}": f"{d['value']:+.3f} [{d['ci_low']:+.3f}, "
-                                                                      f"{d['ci_high']:+.3f}]"})
+        rows.append({"measure": f"{metric} (test, 95% CI)", a: M.format_ci(op["models"][a][metric]),
+                     b: M.format_ci(op["models"][b][metric]), f"{b} - {a}": M.format_ci(d, signed=True)})
     rows.append({"measure": "threshold (validation)", a: f"{A.threshold:.4f}", b: f"{B.threshold:.4f}",
                  f"{b} - {a}": ""})
     n_pos = len(cmp.positives)
@@ -176,14 +171,14 @@ def comparison_table(cmp: ArchComparison) -> pd.DataFrame:
         ct = cmp.common_tp
         rows.append({"measure": f"{label}, {len(ct)} common TPs", a: f"{A.scores[metric].to_numpy()[ct].mean():.3f}",
                      b: f"{B.scores[metric].to_numpy()[ct].mean():.3f}",
-                     f"{b} - {a}": f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"})
+                     f"{b} - {a}": M.format_ci(d, signed=True)})
     for metric in ("near", "energy"):
         if not cmp.baseline_verdicts:
             break
         va, vb = cmp.baseline_verdicts[a][metric], cmp.baseline_verdicts[b][metric]
-        cell = lambda v: (f"{v['difference']['value']:+.3f} [{v['difference']['ci_low']:+.3f}, "  # noqa: E731
-                          f"{v['difference']['ci_high']:+.3f}] vs {v['best_baseline']}")
-        rows.append({"measure": f"{metric}: map - best image-blind baseline (own TPs)", a: cell(va), b: cell(vb),
+        rows.append({"measure": f"{metric}: map - best image-blind baseline (own TPs)",
+                     **{k: f"{M.format_ci(v['difference'], signed=True)} vs {v['best_baseline']}"
+                        for k, v in ((a, va), (b, vb))},
                      f"{b} - {a}": ""})
     for key, label in (("latency_ms_median", "CPU latency, batch 1 (ms, median)"),
                        ("throughput_img_s", "CPU throughput, batch 16 (img/s)")):

@@ -112,7 +112,7 @@ def differences_table(paired: dict[str, dict[str, Any]], metrics: tuple[str, ...
     ``estimate [95% CI]``."""
     rows = [{"test": version, "difference": pair, "metric": metric, **{k: d[metric][k] for k in ("value", "ci_low",
                                                                                                     "ci_high")},
-             "estimate [95% CI]": f"{d[metric]['value']:+.3f} [{d[metric]['ci_low']:+.3f}, {d[metric]['ci_high']:+.3f}]"}
+             "estimate [95% CI]": M.format_ci(d[metric], signed=True)}
             for version, boot in paired.items() for pair, d in boot["differences"].items() for metric in metrics]
     return pd.DataFrame(rows)
 
@@ -267,10 +267,6 @@ def shortcut_record(run: ShortcutRun, finder: dict[str, Any] | None, real: pd.Da
     }
 
 
-def _ci(d: dict[str, float]) -> str:
-    return f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
-
-
 def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.01, min_mass: float = 0.005) -> list[str]:
     """Three sentences computed from :func:`shortcut_record`'s output (or ``assets/shortcut.json``): did the
     confounded model use the marker (its reversed-test AUC against the control's, paired CI), did the explanation
@@ -278,37 +274,40 @@ def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.01, min_mass: fl
     on the reversed test). A difference counts as *shown* when its 95% interval excludes zero in the stated
     direction **and** the estimate is at least the practical margin (``min_auc`` of AUC, ``min_mass`` of the map's
     mass); an interval that excludes zero around a smaller estimate is reported as detectable but negligible."""
+    def ci(d: dict[str, float]) -> str:
+        return M.format_ci(d, signed=True)
+
     diffs = record["operating_point"]["reversed"]["differences"]
     used = diffs["confounded - control"]["roc_auc"]
     lines = []
     if used["ci_high"] < 0 and used["value"] <= -min_auc:
         lines.append(f"The confounded model used the marker: on the reversed test its AUC is lower than the "
-                     f"control's by {_ci(used)} (paired 95% CI).")
+                     f"control's by {ci(used)} (paired 95% CI).")
     elif used["ci_high"] < 0:
         lines.append(f"The confounded model's reversed-test AUC is detectably but negligibly below the control's "
-                     f"({_ci(used)}, smaller than {min_auc}): no shortcut that matters at this scale.")
+                     f"({ci(used)}, smaller than {min_auc}): no shortcut that matters at this scale.")
     else:
         lines.append(f"No evidence that the confounded model used the marker at this scale: reversed-test AUC, "
-                     f"confounded − control {_ci(used)} (paired 95% CI includes zero or is positive).")
+                     f"confounded − control {ci(used)} (paired 95% CI includes zero or is positive).")
     att = record["attention_decorrelated_test"]["paired_differences"].get("confounded - control", {})
     mass = att.get("marker_mass")
     if mass is None or not np.isfinite(mass["value"]):
         lines.append("The maps were not measured against the marker (no marked test images were mapped).")
     elif mass["ci_low"] > 0 and mass["value"] >= min_mass:
         lines.append(f"The explanation showed it: the confounded model's maps put more mass on the marker than the "
-                     f"control's, {_ci(mass)} (share of map mass, paired 95% CI).")
+                     f"control's, {ci(mass)} (share of map mass, paired 95% CI).")
     elif mass["ci_low"] > 0:
         lines.append(f"The maps' mass on the marker differs detectably but negligibly between the confounded model "
-                     f"and the control ({_ci(mass)} of the map, below {min_mass}): the explanation would not have "
+                     f"and the control ({ci(mass)} of the map, below {min_mass}): the explanation would not have "
                      f"told a reader anything.")
     else:
         lines.append(f"The explanation did not separate the two models on the marker: map mass on the marker, "
-                     f"confounded − control {_ci(mass)} (paired 95% CI includes zero or is negative).")
+                     f"confounded − control {ci(mass)} (paired 95% CI includes zero or is negative).")
     remedy = diffs["remedy - control"]["roc_auc"]
     if (remedy["ci_low"] > 0 or remedy["ci_high"] < 0) and abs(remedy["value"]) >= min_auc:
         word = "above" if remedy["ci_low"] > 0 else "below"
-        lines.append(f"The remedy's reversed-test AUC is {word} the control's: {_ci(remedy)}.")
+        lines.append(f"The remedy's reversed-test AUC is {word} the control's: {ci(remedy)}.")
     else:
         lines.append(f"The remedy matches the control on the reversed test within the noise or the margin "
-                     f"({min_auc}): AUC {_ci(remedy)}.")
+                     f"({min_auc}): AUC {ci(remedy)}.")
     return lines

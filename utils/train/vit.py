@@ -69,7 +69,7 @@ def _imagenet_state(image_size: int) -> dict[str, torch.Tensor] | None:
 
 def _resized_pos_embed(pos: torch.Tensor, model: nn.Module, weights: str) -> tuple[torch.Tensor, str]:
     """Position embeddings of weights trained at another image size, resampled (bicubic, [CLS] kept) to this
-    model's token grid — what timm does for ImageNet weights — and a one-line note saying so. A grid that is not
+    model's token grid — what timm does for ImageNet weights — and a phrase saying so. A grid that is not
     square, or embeddings of another width, are refused with one line."""
     from timm.layers import resample_abs_pos_embed
 
@@ -80,9 +80,8 @@ def _resized_pos_embed(pos: torch.Tensor, model: nn.Module, weights: str) -> tup
         raise UserError(f"ViT weights {weights!r} do not fit this model (position embedding {tuple(pos.shape)}, "
                         f"this model {tuple(target.shape)}): use weights of a ViT-Tiny/16.")
     out = resample_abs_pos_embed(pos, [new_side, new_side], [old_side, old_side], num_prefix_tokens=1)
-    return out, (f"ViT weights {weights!r}: position embeddings resampled from a {old_side}x{old_side} to a "
-                 f"{new_side}x{new_side} token grid (trained at {old_side * PATCH} px, this run "
-                 f"{new_side * PATCH} px).")
+    return out, (f"position embeddings resampled from a {old_side}x{old_side} to a {new_side}x{new_side} token grid "
+                 f"(trained at {old_side * PATCH} px, this run {new_side * PATCH} px)")
 
 
 def build_vit(weights: str = "none", num_classes: int = 2, image_size: int = 128, seed: int | None = None
@@ -107,9 +106,9 @@ def build_vit(weights: str = "none", num_classes: int = 2, image_size: int = 128
         desc = f"phantom-pretrained ViT ({path.name})" if weights == "phantom" else f"checkpoint {path}"
     backbone = {k: v.float() for k, v in state.items() if not k.startswith("head.")}
     if "pos_embed" in backbone and backbone["pos_embed"].shape != model.pos_embed.shape:
-        backbone["pos_embed"], note = _resized_pos_embed(backbone["pos_embed"], model, weights)
-        print(note)
-        desc += f"; {note.split(': ', 1)[1].rstrip('.')}"
+        backbone["pos_embed"], resampled = _resized_pos_embed(backbone["pos_embed"], model, weights)
+        print(f"ViT weights {weights!r}: {resampled}.")
+        desc += f"; {resampled}"
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
         raise UserError(f"weights {weights!r} do not fit a ViT-Tiny (unexpected: {unexpected[:3]}, missing: "
