@@ -110,6 +110,15 @@ def test_layer_and_no_overlay(corpus, capsys, tmp_path):
     assert not (tmp_path / "assets").exists()
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_layer_with_no_overlay_is_a_usage_error(corpus, capsys, int8):
+    extra = ("--int8", str(corpus["ckpt"].with_suffix(".onnx"))) if int8 else ()
+    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["palette.png"], "--model_path", corpus["ckpt"],
+                             "--layer", "layer3", "--no-overlay", *extra)
+    assert code != 0 and stdout == ""
+    assert len(err) == 1 and "--layer layer3" in err[0] and "--no-overlay" in err[0]
+
+
 def test_choose_explanation_from_checkpoint_meta(loaded):
     model, meta = loaded
     spec = {"name": "Grad-CAM @ layer3", "method": "gradcam", "layer": "layer3", "shifts": [0]}

@@ -45,8 +45,8 @@ def estimate_seconds(stage: str, cfg: Config, bundle: DataBundle) -> float:
         return cfg["phase2"]["epochs"] * (n_train / _rate("full", size) + len(bundle["val"]) / _rate("predict", size))
     if stage == "evaluation":
         return 2 * n_eval / _rate("predict", size) + 5.0
-    if stage == "explanation":
-        return 12 * n_eval / _rate("full", size)
+    if stage == "explanation":  # candidates' maps on the validation and test images: ~1 training pass each
+        return 1.5 * n_eval / _rate("full", size)
     raise ValueError(f"unknown stage {stage!r}")
 
 

@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute parsed arguments; returns the exit code (raises :class:`UserError` for usage mistakes)."""
+    if args.layer is not None and not args.overlay:  # contradictory: a map on a layer, and no map at all
+        raise UserError(f"--layer {args.layer} chooses the map and --no-overlay asks for none: drop one of them.")
     inputs = [Path(p).expanduser() for p in args.image_path]
     out = Path(args.output).expanduser() if args.output else None
     out_is_dir = out is not None and (out.is_dir() or str(args.output).endswith(("/", os.sep)))
