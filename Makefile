@@ -36,10 +36,10 @@ ENV := $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help env demo test test-unit test-notebooks lint nav strip bench lab clean distclean
+.PHONY: help env demo test test-unit test-notebooks lint nav strip bench bench-demo lab clean distclean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 env: $(STAMP) ## create .venv (if missing) with the pinned torch pair and the project (editable)
 
@@ -82,6 +82,9 @@ strip: $(ENV) ## clear outputs of the source notebooks
 
 bench: $(ENV) ## training, data, Grad-CAM and inference benchmark (python -m benchmarks.bench)
 	$(PY) -m benchmarks.bench
+
+bench-demo: $(ENV) ## time every notebook as `make demo` runs it, in an empty root (python -m benchmarks.demo_time)
+	$(PY) -m benchmarks.demo_time --out docs/runs/demo_time.json
 
 lab: $(ENV) ## open JupyterLab at the index notebook
 	$(PY) -m jupyterlab $(NB_DIR)/00_index.ipynb

@@ -160,3 +160,85 @@ def test_untied_relu_resnet_computes_the_same_function():
     blocks = [m for m in untied.modules() if hasattr(m, "relu_out")]
     assert len(blocks) == 8 and all(b.relu_out is not b.relu for b in blocks)
     assert not any(hasattr(m, "relu_out") for m in model.modules())  # the original is untouched
+
+
+# ------------------------------------------------------------------------------ benchmarks.demo_time
+def _notebooks(folder, numbers=("01", "02")):
+    import nbformat
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in numbers:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+            "import os, pathlib\n"
+            "root = pathlib.Path(os.environ['CXR_PROJECT_ROOT'])\n"
+            f"(root / 'ran_{n}').parent.mkdir(parents=True, exist_ok=True)\n"
+            f"(root / 'ran_{n}').write_text(str(len(list(root.glob('ran_*')))))")])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        path = folder / f"{n}_step.ipynb"
+        nbformat.write(nb, path)
+        paths.append(path)
+    return paths
+
+
+def test_demo_time_runs_notebooks_in_order_in_one_fresh_root(tmp_path):
+    from benchmarks import demo_time
+
+    nbs = _notebooks(tmp_path / "repo" / "notebooks")
+    root = tmp_path / "root"
+    seconds = demo_time.time_notebooks(nbs, root, tmp_path / "executed", progress=False)
+    assert list(seconds) == ["01", "02"] and all(s > 0 for s in seconds.values())
+    # the second notebook saw what the first wrote, in the root it was given (papermill, a real kernel)
+    assert (root / "ran_01").read_text() == "0" and (root / "ran_02").read_text() == "1"
+    assert sorted(p.name for p in (tmp_path / "executed").iterdir()) == ["01_step.ipynb", "02_step.ipynb"]
+
+
+def test_demo_time_failing_notebook_is_one_line_naming_it(tmp_path):
+    from benchmarks import demo_time
+    from utils.config import UserError
+
+    nbs = _notebooks(tmp_path / "nb", ("01", "02", "03"))
+    calls = []
+
+    def runner(nb, out, cwd, env):
+        calls.append((nb.name, env["CXR_PROJECT_ROOT"]))
+        return (1, "Traceback …\nValueError: boom\n") if nb.name.startswith("02") else (0, "")
+
+    with pytest.raises(UserError, match=r"02_step.ipynb failed .*ValueError: boom.*see .*02_step.ipynb"):
+        demo_time.time_notebooks(nbs, tmp_path / "root", tmp_path / "ex", env={}, runner=runner, progress=False)
+    assert [c[0] for c in calls] == ["01_step.ipynb", "02_step.ipynb"]  # stops at the failure
+    assert {c[1] for c in calls} == {str(tmp_path / "root")}
+
+
+def test_demo_time_targets_are_reported_not_assumed():
+    from benchmarks.demo_time import TARGETS, summarise
+
+    fast = {f"0{i}": 60.0 for i in range(1, 10)}
+    slow = {**fast, "08": 400.0}
+    assert summarise(fast) == {"01-07": {"seconds": 420.0, "target_s": 600.0, "meets": True},
+                               "01-09": {"seconds": 540.0, "target_s": 720.0, "meets": True}}
+    assert summarise(slow)["01-09"]["meets"] is False and summarise(slow)["01-07"]["meets"] is True
+    assert summarise({"01": 5.0, "02": 5.0}) == {}  # a partial run claims no target
+    assert TARGETS["01-07"][1] == 600 and TARGETS["01-09"][1] == 720  # the issues' 10 and 12 minutes
+
+
+def test_demo_time_command_bad_notebook_number_is_one_line(capsys):
+    from benchmarks import demo_time
+
+    assert demo_time.main(["--only", "42", "--no-probe"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no notebook numbered 42" in err[0]
+
+
+def test_demo_time_report_with_a_fake_runner(tmp_path):
+    import json
+
+    from benchmarks import demo_time
+
+    args = demo_time.build_parser().parse_args(["--only", "01", "02", "--no-probe", "--quiet",
+                                                "--out", str(tmp_path / "r.json")])
+    rep = demo_time.run(args, runner=lambda nb, out, cwd, env: (0, ""))
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert list(saved["seconds"]) == ["01", "02"] and saved["targets"] == {} and saved["probe"] is None
+    assert rep["_path"] == str(tmp_path / "r.json")
+    assert "01:" in demo_time.format_report(saved)
