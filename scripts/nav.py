@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -42,19 +43,23 @@ SETUP_TAG = "colab-setup"
 BADGE_IMG = "https://colab.research.google.com/assets/colab-badge.svg"
 NUMBERED_GLOB = "[0-9][0-9]_*.ipynb"
 
-#: Wall-clock time per notebook, measured: `make demo` from a fresh clone on the 2-core CPU (demo profile), commit
-#: b9a0148 (docs/BENCHMARKS.md; an earlier run of nearly the same code on an idle machine took 9 min 54 s in all).
-TIMES: dict[str, str] = {
-    "01": "48 s",
-    "02": "54 s",
-    "03": "100 s",
-    "04": "39 s",
-    "05": "192 s",
-    "06": "33 s",
-    "07": "41 s",
-    "08": "330 s",
-    "09": "178 s",
-}
+#: The measured wall time per notebook shown in the tables: the report of ``make bench-demo``
+#: (``benchmarks/demo_time.py``: each notebook as ``make demo`` runs it, from an empty project root, 2-core CPU).
+DEMO_TIME_REPORT = ROOT / "docs" / "runs" / "demo_time.json"
+
+
+def measured_times(report: Path = DEMO_TIME_REPORT) -> dict[str, str]:
+    """``{"01": "26 s", …}`` from the demo-time report; empty (the table then shows "–") when there is none or it
+    was run with knobs in the environment (then its times are not the demo profile's)."""
+    if not report.is_file():
+        return {}
+    rep = json.loads(report.read_text(encoding="utf-8"))
+    if rep.get("knobs"):
+        return {}
+    return {num: f"{float(sec):.0f} s" for num, sec in rep.get("seconds", {}).items()}
+
+
+TIMES: dict[str, str] = measured_times()
 
 _COLAB_PREFIX = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)\"']+/[^/\s)\"']+/blob/[^/\s)\"']+/notebooks/")
 _REPO_LINE = re.compile(r"^(?P<indent>[ \t]*)REPO_URL, BRANCH = .*$", re.MULTILINE)

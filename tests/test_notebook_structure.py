@@ -328,3 +328,14 @@ def test_make_notebook_rejects_bad_input(tmp_path, kw, message):
 def test_make_notebook_rejects_a_bad_file_name(tmp_path):
     with pytest.raises(ValueError, match="file name"):
         nbtemplate.make_notebook(tmp_path / "1_x.ipynb", 1, "T", ["o"], "i", [], "s", ["a hint", "b hint"])
+
+
+def test_table_times_come_from_the_demo_time_report(tmp_path):
+    import json
+
+    report = tmp_path / "demo_time.json"
+    assert nav.measured_times(report) == {}  # no report: the tables show "–"
+    report.write_text(json.dumps({"seconds": {"01": 25.8, "09": 112.4}, "knobs": {}}))
+    assert nav.measured_times(report) == {"01": "26 s", "09": "112 s"}
+    report.write_text(json.dumps({"seconds": {"01": 300.0}, "knobs": {"CXR_PROFILE": "full"}}))
+    assert nav.measured_times(report) == {}  # another profile's times are not the demo's
