@@ -10,8 +10,8 @@ clone's ``make demo`` does. The knobs in the environment (``CXR_PROFILE``, ``CXR
 
 A machine probe runs first (``--no-probe`` skips it): the project's own training loop
 (:func:`utils.train.engine.train_one_epoch`, phase 1 and phase 2) at the demo's 128 px and batch 32, on random
-images, as ``benchmarks.bench`` times it. Demo times from different machines are comparable only with it: the same
-commit took 1.7× longer on one 2-core machine than on another (docs/BENCHMARKS.md).
+images, as ``benchmarks.bench`` times it. Demo times from different machines are comparable only with it: nearly
+the same code took 1.7× longer on one 2-core machine than on another (docs/BENCHMARKS.md).
 
 The report holds the seconds per notebook, the totals against the targets of the issues (:data:`TARGETS`), the
 probe, the machine and the commit. A target not met is reported (``meets: false``, exit code 1), never hidden; no
