@@ -31,8 +31,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from utils.cli import EXIT_OK, EXIT_PARTIAL, Parser, run_main
 from utils.config import KNOB_ENV, UserError, repo_root
+from utils.deploy.timing import machine_info
 from utils.fileio import write_json
 
 #: Wall-time targets (seconds) for groups of notebooks: the first seven (issues 14 and 16), all nine (17 and 18).
@@ -75,20 +78,19 @@ def time_notebooks(notebooks: Sequence[Path], root: Path, executed: Path, env: d
     env = dict(os.environ if env is None else env)
     env["CXR_PROJECT_ROOT"] = str(root)
     repo = notebooks[0].parent.parent
-    env["PYTHONPATH"] = os.pathsep.join([str(repo), *filter(None, [env.get("PYTHONPATH")])])  # this checkout's utils
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)  # this checkout's utils
     executed.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     for nb in notebooks:
-        out = executed / nb.name
+        num, out = nb.name[:2], executed / nb.name
         t0 = time.perf_counter()
         code, tail = runner(nb, out, nb.parent, env)
-        seconds[nb.name[:2]] = round(time.perf_counter() - t0, 1)
+        seconds[num] = round(time.perf_counter() - t0, 1)
         if code != 0:
             last = next((line for line in reversed(tail.strip().splitlines()) if line.strip()), "no output")
-            raise UserError(f"{nb.name} failed after {seconds[nb.name[:2]]:.0f} s ({last.strip()[:200]}); "
-                            f"see {out}.")
+            raise UserError(f"{nb.name} failed after {seconds[num]:.0f} s ({last.strip()[:200]}); see {out}.")
         if progress:
-            print(f"{nb.name}: {seconds[nb.name[:2]]:.0f} s", file=sys.stderr, flush=True)
+            print(f"{nb.name}: {seconds[num]:.0f} s", file=sys.stderr, flush=True)
     return seconds
 
 
@@ -105,8 +107,6 @@ def summarise(seconds: dict[str, float], targets: dict[str, tuple[tuple[str, ...
 
 def machine_probe() -> dict[str, Any]:
     """Images/s of the project's training loop at 128 px, batch 32 (phase 1 frozen, phase 2 all), on this CPU/GPU."""
-    import torch
-
     from benchmarks.bench import _GpuPeaks, bench_train
     from utils.train.model import resolve_device
 
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace, runner: Runner = papermill_runner) -> dict[str
         seconds = time_notebooks(notebooks, tmp / "project", tmp / "executed", runner=runner,
                                  progress=not args.quiet)
         rep = {"date": time.strftime("%Y-%m-%d"), "commit": _commit(repo),
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
+               "machine": machine_info(torch.get_num_threads()), "python": platform.python_version(),
                "knobs": {var: os.environ[var] for var in KNOB_ENV.values() if os.environ.get(var)},
                "seconds": seconds, "total_s": round(time.perf_counter() - t0, 1), "targets": summarise(seconds),
                "probe": probe}

@@ -240,5 +240,6 @@ def test_demo_time_report_with_a_fake_runner(tmp_path):
     rep = demo_time.run(args, runner=lambda nb, out, cwd, env: (0, ""))
     saved = json.loads((tmp_path / "r.json").read_text())
     assert list(saved["seconds"]) == ["01", "02"] and saved["targets"] == {} and saved["probe"] is None
+    assert saved["machine"]["cores_available"] >= 1 and "load_average_1min" in saved["machine"]
     assert rep["_path"] == str(tmp_path / "r.json")
     assert "01:" in demo_time.format_report(saved)
