@@ -2,10 +2,12 @@
 #
 #   make demo   build .venv if missing, then run notebooks 01..NN offline (demo profile) with papermill;
 #               executed copies go to notebooks/executed/ (git-ignored), the sources stay output-free
-#   make test   build .venv if missing, then lint (ruff, mypy), the unit tests, and the notebook tests: every
-#               notebook alone in a fresh temporary project root (nbval, demo profile shrunk by TEST_KNOBS) and
-#               the whole series on the official Kaggle layout (full profile). Nothing is written into data/,
-#               model/ or assets/ (conftest.py).
+#   make test   build .venv if missing, then lint (ruff, mypy, the import contract), the unit tests, and the
+#               notebook tests: every notebook alone in a fresh temporary project root (nbval, demo profile shrunk
+#               by TEST_KNOBS) and the whole series on the official Kaggle layout (full profile). Nothing is
+#               written into data/, model/ or assets/ (conftest.py). What CI runs (.ci/run).
+#   make test-unit   the fast lane: the unit tests alone (no notebook runs), about 2 CPU-minutes;
+#               run it while you work, `make lint test-unit` before a commit, `make test` before a push.
 #
 # Variables (override on the command line, e.g. `make env TORCH_PIN="torch==2.9.1 torchvision==0.24.1"`):
 SHELL := /bin/bash
@@ -31,12 +33,15 @@ NB_DIR := notebooks
 EXEC_DIR := $(NB_DIR)/executed
 NOTEBOOKS = $(sort $(wildcard $(NB_DIR)/0[1-9]_*.ipynb))
 STAMP := $(VENV)/.cxr-env.stamp
+# import-linter's command (it has no `python -m` entry point): the layer table of docs/DESIGN.md, in pyproject.toml
+LINT_IMPORTS = $(PY) -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())'
+
 # targets that run Python depend on the venv only when PY is the venv's own
 ENV := $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help env demo test test-unit test-notebooks lint nav strip bench bench-demo lab clean distclean
+.PHONY: help env demo test test-unit test-notebooks lint nav results record-demo strip bench bench-demo lab clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,18 +69,26 @@ demo: $(ENV) ## run the whole series on the default (demo) profile; executed cop
 
 test: lint test-unit test-notebooks ## lint, unit tests, then the notebook tests (what CI runs)
 
-lint: $(ENV) ## ruff (lint + import order, notebooks included) and mypy on utils/
+lint: $(ENV) ## ruff (lint + import order, notebooks included), mypy on utils/, the import contract (layers)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	$(LINT_IMPORTS) --no-logo
 
-test-unit: $(ENV) ## the unit tests (tests/, without tests/notebooks/)
+test-unit: $(ENV) ## the fast lane: the unit tests (tests/, without tests/notebooks/), no notebook runs
 	$(PY) -m pytest tests --ignore=tests/notebooks $(PYTEST_ARGS)
 
 test-notebooks: $(ENV) ## every notebook alone in a fresh root (nbval), and the series on the official layout
 	$(TEST_KNOBS) $(PY) -m pytest tests/notebooks $(if $(NOTEBOOKS),--nbval-lax --nbval-current-env $(NOTEBOOKS)) $(PYTEST_ARGS)
 
-nav: $(ENV) ## refresh navigation cells, Colab links and the notebook tables
+nav: $(ENV) ## refresh navigation cells, Colab links, the notebook tables and README's results block
 	$(PY) scripts/nav.py
+	$(PY) scripts/results.py
+
+results: $(ENV) ## regenerate README's results block from the run reports in docs/runs/ (scripts/results.py)
+	$(PY) scripts/results.py
+
+record-demo: $(ENV) ## after `make demo`: copy its reports into docs/runs/demo_cpu_128px/ and regenerate README's results
+	$(PY) scripts/results.py --record-demo
 
 strip: $(ENV) ## clear outputs of the source notebooks
 	$(PY) scripts/nav.py --strip-only

@@ -48,8 +48,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.cli import EXIT_OK, Parser, run_main
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, artifact, project_root
+from utils.config import IMAGENET_MEAN, IMAGENET_STD
+from utils.errors import UserError
 from utils.fileio import write_json
+from utils.machine import cpu_count
+from utils.paths import artifact, project_root
 
 #: Kermany's chest_xray: 5,216 train + 16 val images, pooled; the full profile carves 15 % of them (by
 #: patient) for validation. Used for the full-profile wall-time *estimate* only.
@@ -88,14 +91,6 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 def _pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
-def _cpu_threads() -> int:
-    """Cores this process may run on (affinity / cgroup-aware where the OS tells)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def _rss_mib() -> float:
@@ -430,7 +425,7 @@ def bench_latency(ckpt: Path, image: Path, s: dict, progress: bool, threads: int
     from utils.deploy.predict import predict_images
     from utils.train.model import cpu_threads, load_model
 
-    threads = threads or _cpu_threads()
+    threads = threads or cpu_count()
     runs = max(20, s["latency_runs"])
     with cpu_threads(threads):
         model, meta = load_model(ckpt, "cpu")
@@ -637,7 +632,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"{platform.processor() or platform.machine()}, {_cpu_threads()} cores"
+        name = f"{platform.processor() or platform.machine()}, {cpu_count()} cores"
     rep: dict[str, Any] = {"device": device.type, "device_name": name, "torch": torch.__version__,
                            "size": s["size"], "batch": s["batch"], "compile": bool(args.compile),
                            "smoke": bool(args.smoke), "torch_threads": torch.get_num_threads(),

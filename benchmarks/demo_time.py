@@ -34,9 +34,11 @@ from typing import Any
 import torch
 
 from utils.cli import EXIT_OK, EXIT_PARTIAL, Parser, run_main
-from utils.config import KNOB_ENV, UserError, repo_root
+from utils.config import KNOB_ENV
 from utils.deploy.timing import machine_info
+from utils.errors import UserError
 from utils.fileio import write_json
+from utils.paths import repo_root
 
 #: Wall-time targets (seconds) for groups of notebooks: the first seven (issues 14 and 16), all nine (17 and 18).
 TARGETS: dict[str, tuple[tuple[str, ...], float]] = {

@@ -6,7 +6,7 @@ For every numbered notebook ``notebooks/NN_*.ipynb`` this script, in place and i
 * writes one navigation cell at the top and one at the bottom (``< prev | Contents | next >`` plus an
   "Open in Colab" badge), recognised by the cell metadata ``{"nav": true}`` and the comment ``<!-- nav -->``;
 * writes the Colab setup cell (tag ``colab-setup``, :func:`setup_source`) — the same in every notebook — and
-  points every Colab badge and clone URL at ``utils.config.GITHUB_REPO`` / ``GITHUB_BRANCH``, so owner/repo
+  points every Colab badge and clone URL at ``utils.paths.GITHUB_REPO`` / ``GITHUB_BRANCH``, so owner/repo
   is written in exactly one place;
 * clears outputs and execution counts (source notebooks are committed output-free);
 * regenerates the notebook table between ``<!-- notebooks:start -->`` and ``<!-- notebooks:end -->`` in
@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # running as `python scripts/nav.py` before `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from utils.config import GITHUB_BRANCH, GITHUB_REPO
+from utils.paths import GITHUB_BRANCH, GITHUB_REPO, NOTEBOOKS
 
 NB_DIR = ROOT / "notebooks"
 README = ROOT / "README.md"
-INDEX_NAME = "00_index.ipynb"
+INDEX_NAME = NOTEBOOKS["index"]
 NAV_MARK = "<!-- nav -->"
 TABLE_START, TABLE_END = "<!-- notebooks:start -->", "<!-- notebooks:end -->"
 SETUP_TAG = "colab-setup"
@@ -83,7 +83,7 @@ def colab_badge(name: str) -> str:
 def repo_line(indent: str = "    ") -> str:
     """The line of the Colab setup cell that names the repository to clone."""
     return (f'{indent}REPO_URL, BRANCH = "https://github.com/{GITHUB_REPO}.git", "{GITHUB_BRANCH}"'
-            "  # set by scripts/nav.py from utils/config.py")
+            "  # set by scripts/nav.py from utils/paths.py")
 
 
 def setup_source() -> str:

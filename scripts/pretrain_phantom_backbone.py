@@ -41,15 +41,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from utils.checkpoint import make_meta, save_checkpoint
-from utils.config import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SHIPPED,
-)
+from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.data import phantom
 from utils.data.augment import AugmentSpec, augment_pair
+from utils.machine import cpu_count
+from utils.paths import SHIPPED
 from utils.train.engine import autocast_for, class_weights
-from utils.train.model import build_model, preprocess
+from utils.train.model import build_model, pneumonia_probability, preprocess
 from utils.train.vit import build_vit
 
 PRETEXTS = ("label", "label+lesion-map")
@@ -138,10 +136,8 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Ten
     from utils.explain.localisation import localisation_scores
 
     model.eval()
-    probs = []
-    for i in range(0, len(x), batch):
-        probs.append(torch.softmax(model(preprocess(x[i:i + batch], IMAGENET_MEAN, IMAGENET_STD)).float(), 1)[:, 1])
-    probs = torch.cat(probs).cpu().numpy()
+    logits = [model(preprocess(x[i:i + batch], IMAGENET_MEAN, IMAGENET_STD)) for i in range(0, len(x), batch)]
+    probs = pneumonia_probability(torch.cat(logits))
     yn = y.cpu().numpy()
     out = {"val_auc": float(roc_auc_score(yn, probs)), "val_recall@0.5": float((probs[yn == 1] >= 0.5).mean()),
            "val_specificity@0.5": float((probs[yn == 0] < 0.5).mean())}
@@ -171,7 +167,7 @@ def main(argv=None) -> int:
                    help="label: labels only (the shipped default); label+lesion-map: the mask-supervised ablation")
     p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the lesion-map loss (ablation only)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--workers", type=int, default=max(1, mp.cpu_count()))
+    p.add_argument("--workers", type=int, default=cpu_count())
     p.add_argument("--out", default=None, help="default: the shipped file of --arch under model/")
     p.add_argument("--report", default="", help="also write the measurements to this JSON file")
     p.add_argument("--legacy-spec", action="store_true",

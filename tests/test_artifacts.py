@@ -9,7 +9,7 @@ import torch
 from utils import artifacts as A
 from utils.artifacts import threshold_for_recall
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from utils.config import UserError
+from utils.errors import UserError
 from utils.evaluate import metrics as M
 
 Y10 = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
@@ -54,6 +54,15 @@ def test_threshold_for_recall_uses_only_given_arrays():
     assert both != t  # adding data changes it, so nothing else leaks in
 
 
+def test_the_rule_and_the_metrics_check_their_input_alike():
+    for bad, message in ((([1, 0, 1], [0.2, 0.9]), "3 values but prob has 2"), (([1, 2], [0.2, 0.9]), "only 0")):
+        for fn in (threshold_for_recall, lambda y, p: M.threshold_metrics(y, p, 0.5)):
+            with pytest.raises(ValueError, match=message):
+                fn(*bad)
+    key, = (k for k in M.choose_thresholds(Y10, P10, 0.8) if k.startswith("recall"))
+    assert key == A.rule_name(0.8) and M.choose_thresholds(Y10, P10, 0.8)[key] == threshold_for_recall(Y10, P10, 0.8)
+
+
 def test_predictions_frame_roundtrip_and_validation(tmp_path):
     frame = A.predictions_frame(["i1", "i2"], [1, 0], [0.9, 0.2], ["007", "p2"], ["virus", "normal"], "test")
     assert tuple(frame.columns) == A.PREDICTION_COLUMNS and (frame["split"] == "test").all()
@@ -66,12 +75,6 @@ def test_predictions_frame_roundtrip_and_validation(tmp_path):
         A.read_predictions(path)
     with pytest.raises(ValueError):
         A.predictions_frame(["i1"], [1, 0], [0.9, 0.2], ["p"], ["virus"], "test")
-
-
-
-
-def test_the_rule_lives_in_one_place():
-    assert M.threshold_for_recall is threshold_for_recall  # metrics uses the artifacts rule, no copy
 
 
 def _ckpt(path, **meta):

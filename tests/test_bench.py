@@ -195,7 +195,7 @@ def test_demo_time_runs_notebooks_in_order_in_one_fresh_root(tmp_path):
 
 def test_demo_time_failing_notebook_is_one_line_naming_it(tmp_path):
     from benchmarks import demo_time
-    from utils.config import UserError
+    from utils.errors import UserError
 
     nbs = _notebooks(tmp_path / "nb", ("01", "02", "03"))
     calls = []

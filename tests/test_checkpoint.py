@@ -9,7 +9,7 @@ import torch
 
 from utils import checkpoint as CK
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint, state_fingerprint, update_meta
-from utils.config import UserError
+from utils.errors import UserError
 
 
 class Custom:  # a class a plain checkpoint must never need

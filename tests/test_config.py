@@ -1,17 +1,17 @@
-"""Profiles, environment overrides, artifact paths and the "run notebook NN first" messages."""
+"""Profiles and the named knobs: environment overrides, checks, the phantom fallback."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from utils import config as C
-from utils.config import PROFILES, UserError, get_config
+from utils.config import KNOB_ENV, PROFILES, get_config
+from utils.errors import UserError
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(tmp_path, monkeypatch):
-    for var in C.KNOB_ENV.values():
+    for var in KNOB_ENV.values():
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path))
 
@@ -109,37 +109,3 @@ def test_overrides_merge_nested_dicts_and_leave_profiles_alone():
     assert cfg["phantom"]["n_patients_train"] == 10 and cfg["phantom"]["seed"] == PROFILES["demo"]["phantom"]["seed"]
     assert PROFILES["demo"]["phase1"] == before and PROFILES["demo"]["image_size"] == 128
     assert get_config("demo")["phase1"]["epochs"] == before["epochs"]
-
-
-def test_require_names_the_notebook_to_run_first(tmp_path):
-    cfg = get_config("demo")
-    with pytest.raises(UserError) as exc:
-        cfg.require("phase1_best")
-    msg = str(exc.value)
-    assert "02_phase1_warmup.ipynb" in msg and str(tmp_path.resolve() / "model/phase1_best.pt") in msg
-    assert "\n" not in msg
-    with pytest.raises(UserError, match="03_phase2_finetune.ipynb"):
-        cfg.require("final_best")
-    cfg.path("final_best").write_bytes(b"x")
-    assert cfg.require("final_best") == cfg.path("final_best")
-
-
-def test_every_produced_artifact_is_known():
-    assert set(C.PRODUCED_BY) <= set(C.ARTIFACTS)
-    with pytest.raises(KeyError, match="unknown artifact"):
-        C.artifact("no_such_thing")
-
-
-def test_shipped_files_come_from_the_repository_whatever_the_project_root(tmp_path):
-    assert C.repo_root() is not None
-    path = C.shipped("pretrained_backbone")
-    assert path.is_file() and path.parent == C.repo_root() / "model"
-    assert not str(path).startswith(str(tmp_path))  # CXR_PROJECT_ROOT points at tmp_path here
-
-
-def test_an_installed_package_without_a_checkout_asks_for_a_project_root(monkeypatch):
-    monkeypatch.delenv("CXR_PROJECT_ROOT")
-    monkeypatch.setattr(C, "repo_root", lambda: None)
-    with pytest.raises(UserError, match="set CXR_PROJECT_ROOT") as exc:
-        C.project_root()
-    assert "\n" not in str(exc.value)

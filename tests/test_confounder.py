@@ -18,8 +18,8 @@ from utils.data.confounder import (
     find_markers_all,
     glyph,
     marker_probability,
-    remove_markers,
 )
+from utils.studies.shortcut import remove_markers
 
 SIZE = 128
 

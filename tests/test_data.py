@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from utils import data as D
-from utils.config import UserError
 from utils.data import (
     LeakageError,
     Split,
@@ -26,6 +25,7 @@ from utils.data import (
     subtype_from_name,
 )
 from utils.data import images as I
+from utils.errors import UserError
 
 
 # ------------------------------------------------------------------------------------------ ids
@@ -342,6 +342,33 @@ def test_load_data_phantom_source_through_config(tmp_path, monkeypatch):
     b2 = D.load_data(cfg, progress=False)  # same spec: not regenerated
     assert (tmp_path / "data/phantom_chest_xray/DATASET.json").stat().st_mtime_ns == stamp
     assert b2.fingerprint == b.fingerprint
+
+
+def test_the_phantom_folder_has_one_stamp_and_a_stale_one_regenerates_it(tmp_path):
+    from utils.data import phantom
+    from utils.data.sources import ensure_phantom_dataset
+    from utils.fileio import read_json, write_json
+
+    drawn = {"n_patients_train": 6, "n_patients_test": 4, "seed": 3}
+    root = ensure_phantom_dataset(tmp_path / "ph", 24, drawn, progress=False)
+    stamp = root / phantom.DATASET_STAMP
+    want = phantom.dataset_stamp(phantom.spec_for("default", 24), **drawn)
+    assert read_json(stamp) == want and sorted(p.name for p in root.glob("*.json")) == [phantom.DATASET_STAMP]
+    pixels = {p.name: p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+    def regenerated(stale) -> bool:
+        stale(stamp)
+        (root / "left_by_the_test").touch()  # regenerating starts from an empty folder
+        ensure_phantom_dataset(root, 24, drawn, progress=False)
+        assert read_json(stamp) == want
+        return not (root / "left_by_the_test").exists()
+
+    assert not regenerated(lambda path: None)  # the same dataset: kept
+    assert regenerated(lambda path: write_json(path, {**want, "seed": 4}))  # drawn otherwise
+    assert regenerated(lambda path: write_json(path, {**want, "spec": {**want["spec"], "image_size": 32}}))
+    assert regenerated(lambda path: path.write_text("{broken"))  # unreadable: regenerated, not a crash
+    assert regenerated(lambda path: path.unlink())  # a folder cut short before its stamp
+    assert {p.name: p.read_bytes() for p in sorted(root.rglob("*.png"))} == pixels  # the same images each time
 
 
 def test_verify_kermany_reports_an_incomplete_download(tmp_path):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.config import UserError
 from utils.data import Split, duplicate_table, file_level_leak, image_sizes
+from utils.errors import UserError
 
 
 def _split(ids, pids, hashes, name="train") -> Split:

@@ -5,6 +5,8 @@ import re
 from pathlib import Path
 
 import tomllib
+import yaml
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 # conda package names that differ from PyPI's
@@ -25,40 +27,12 @@ def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
-def conda_dependencies(text: str) -> tuple[list[str], list[str]]:
-    """(conda entries, pip entries) of an environment.yml, parsed for the simple subset it uses.
-
-    Handles ``dependencies:`` with ``- item`` lines and one nested ``- pip:`` list; comments and quotes are
-    stripped. Anything fancier fails loudly rather than being misread.
-    """
-    conda, pip = [], []
-    section, pip_indent = None, None
-    for raw in text.splitlines():
-        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip())
-        if indent == 0:
-            section = line.split(":", 1)[0].strip()
-            pip_indent = None
-            continue
-        if section != "dependencies":
-            continue
-        item = line.strip()
-        assert item.startswith("- "), f"environment.yml: unexpected line under dependencies: {raw!r}"
-        value = item[2:].strip().strip("'\"")
-        if value == "pip:":
-            pip_indent = indent
-        elif pip_indent is not None and indent > pip_indent:
-            pip.append(value)
-        else:
-            pip_indent = None
-            conda.append(value)
-    return conda, pip
-
-
 def environment_yml() -> tuple[list[str], list[str]]:
-    return conda_dependencies((ROOT / "environment.yml").read_text(encoding="utf-8"))
+    """(conda entries, pip entries) of environment.yml, read with a YAML parser."""
+    doc = yaml.safe_load((ROOT / "environment.yml").read_text(encoding="utf-8"))
+    conda = [str(d) for d in doc["dependencies"] if not isinstance(d, dict)]
+    pip = [str(p) for d in doc["dependencies"] if isinstance(d, dict) for p in d["pip"]]
+    return conda, pip
 
 
 def yml_names() -> set[str]:
@@ -66,14 +40,6 @@ def yml_names() -> set[str]:
     names = {CONDA_TO_PYPI.get(n, n) for n in (norm(re.split(r"[\s<>=!~]", c, maxsplit=1)[0]) for c in conda)}
     names |= {req_name(p) for p in pip if not p.startswith("-")}  # "-e ." installs the project itself
     return names - NOT_DEPENDENCIES
-
-
-def test_parser_reads_the_subset():
-    conda, pip = conda_dependencies(
-        "name: x\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11  # note\n  - pip\n"
-        "  - pip:\n      - torch>=2.2\n      - '-e .'\n  - pytorch\n")
-    assert conda == ["python=3.11", "pip", "pytorch"]
-    assert pip == ["torch>=2.2", "-e ."]
 
 
 def declared() -> list[str]:
@@ -104,8 +70,10 @@ def test_online_extras_stay_out_of_the_core():
     online = {req_name(r) for r in project["optional-dependencies"]["online"]}
     assert {"medmnist", "kagglehub"} <= online
     core = {req_name(r) for r in project["dependencies"]}
+    dev = {req_name(r) for r in project["optional-dependencies"]["dev"]}
     assert online & core == set(), f"online extras in the core dependencies: {sorted(online & core)}"
-    assert online & yml_names() == set(), f"online extras in environment.yml: {sorted(online & yml_names())}"
+    extra = online & yml_names() - dev  # medmnist is a dev tool too: the tests read a synthetic file with it
+    assert extra == set(), f"online extras in environment.yml: {sorted(extra)}"
 
 
 def test_development_tools_stay_out_of_the_core():
@@ -145,11 +113,16 @@ def test_what_the_notebooks_and_utils_import_is_declared_in_the_core():
     assert "cv2" not in third_party  # OpenCV is not imported (grad-cam brings it; the series does not use it)
 
 
-def test_makefile_pins_the_torch_pair():
+def test_makefile_pins_an_exact_torch_pair_inside_the_pyproject_ranges():
     text = (ROOT / "Makefile").read_text(encoding="utf-8")
     m = re.search(r"^TORCH_PIN\s*\?=\s*(.+)$", text, re.MULTILINE)
     assert m, "Makefile: no `TORCH_PIN ?= ...` line"
-    assert m.group(1).split() == ["torch==2.14.1", "torchvision==0.29.1"]
+    pins = {r.name: r.specifier for r in map(Requirement, m.group(1).split())}
+    ranges = {r.name: r.specifier for r in map(Requirement, pyproject()["project"]["dependencies"])}
+    assert set(pins) == {"torch", "torchvision"}
+    for name, pin in pins.items():
+        (exact,) = pin  # one exact version, installable under the range Colab sees
+        assert exact.operator == "==" and ranges[name].contains(exact.version), f"{name}{pin} vs {ranges[name]}"
 
 
 def readme_quick_start() -> list[str]:
@@ -180,3 +153,19 @@ def test_readme_has_generated_and_result_markers():
     for marker in ("<!-- notebooks:start -->", "<!-- notebooks:end -->",
                    "<!-- results:start -->", "<!-- results:end -->"):
         assert text.count(marker) == 1, f"README.md: marker {marker} must appear exactly once"
+
+
+def test_pre_commit_runs_what_make_lint_runs():
+    import shlex
+
+    make = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = re.search(r"^lint:.*\n((?:\t.*\n)+)", make, re.MULTILINE)
+    assert recipe, "Makefile: no lint target"
+    lint_imports = re.search(r"^LINT_IMPORTS\s*=\s*(.+)$", make, re.MULTILINE).group(1)
+    commands = [shlex.split(line.strip().replace("$(LINT_IMPORTS)", lint_imports).replace("$(PY)", "python"))
+                for line in recipe.group(1).splitlines()]
+    hooks = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8"))["repos"][0]["hooks"]
+    entries = [shlex.split(h["entry"]) for h in hooks]
+    # the same commands; make checks the whole tree ("."), pre-commit passes the changed files (honouring excludes)
+    assert sorted([t for t in c if t != "."] for c in commands) == \
+        sorted([t for t in e if t != "--force-exclude"] for e in entries)

@@ -9,9 +9,17 @@ from torchvision.models import resnet18
 
 from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.explain import checks as cam_eval
-from utils.explain import selection as E
 from utils.explain.gradcam import GradCAM, average_unshifted, gradcam, shift_averaged_gradcam, shift_grid, shift_images
 from utils.explain.localisation import argmax_point, distance_to_mask
+from utils.explain.maps import Explainer, candidate_maps, explain, main_explanation, main_maps
+from utils.explain.selection import choose_explanation
+from utils.explain.spec import (
+    DEMO_EXPLANATION,
+    EXPLANATION_CANDIDATES,
+    UNMEASURED_EXPLANATION,
+    check_spec,
+    make_spec,
+)
 from utils.train.model import preprocess
 
 META = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "threshold": 0.5}
@@ -161,48 +169,47 @@ def test_unknown_weighting_is_rejected(resnet):
 
 # ----------------------------------------------------------------------------------------- specs
 def test_specs_validate_and_round_trip():
-    spec = E.make_spec("xgradcam", "layer3", (8, 0))
+    spec = make_spec("xgradcam", "layer3", (8, 0))
     assert spec == {"name": "shift-averaged XGradCAM @ layer3 (4 shifts)", "method": "xgradcam",
                     "layer": "layer3", "shifts": [0, 8]}
-    assert E.check_spec(dict(spec)) == spec and E.DEFAULT_EXPLANATION in E.EXPLANATION_CANDIDATES
-    assert E.make_spec("gradcam", "layer4")["name"] == "Grad-CAM @ layer4"
+    assert check_spec(dict(spec)) == spec and DEMO_EXPLANATION in EXPLANATION_CANDIDATES
+    assert make_spec("gradcam", "layer4")["name"] == "Grad-CAM @ layer4"
     for bad in (dict(method="lime"), dict(shifts=(4, 8)), dict(layer="")):
         with pytest.raises(ValueError):
-            E.make_spec(**{"method": "gradcam", "layer": "layer3", **bad})
+            make_spec(**{"method": "gradcam", "layer": "layer3", **bad})
     with pytest.raises(ValueError):
-        E.check_spec({"method": "gradcam"})
+        check_spec({"method": "gradcam"})
 
 
-def test_main_explanation_is_the_recorded_one_or_an_unmeasured_default():
-    chosen = E.make_spec("xgradcam", "layer3", (0, 8))
-    assert E.main_explanation({"gradcam_layer": "layer3", "explanation": chosen}) == chosen
-    assert E.main_explanation({"explanation": chosen}, layer="layer3") == chosen
-    assert E.main_explanation({"explanation": chosen}, layer="layer4") == E.make_spec("gradcam", "layer4")  # --layer wins
-    assert E.main_explanation({}) == E.UNMEASURED_EXPLANATION == E.make_spec("gradcam", "layer4")
-    assert E.main_explanation({"explanation": {"junk": 1}}) == E.UNMEASURED_EXPLANATION
-    assert E.main_explanation({"explanation": chosen}, layer="layer2.1") == E.make_spec("gradcam", "layer2.1")
+def test_main_explanation_is_the_recorded_one_or_an_unmeasured_default(resnet):
+    chosen = make_spec("xgradcam", "layer3", (0, 8))
+    assert main_explanation({"gradcam_layer": "layer3", "explanation": chosen}) == chosen
+    assert main_explanation({"explanation": chosen}, resnet) == chosen  # checked against the model: it fits
+    assert main_explanation({"explanation": chosen}, layer="layer3") == make_spec("gradcam", "layer3")  # --layer wins
+    assert main_explanation({}) == UNMEASURED_EXPLANATION == make_spec("gradcam", "layer4")
+    assert main_explanation({"explanation": chosen}, layer="layer2.1") == make_spec("gradcam", "layer2.1")
 
 
 def test_main_maps_is_explain_of_the_main_explanation(resnet):
     images = np.random.default_rng(4).integers(0, 256, (3, 64, 64)).astype(np.uint8)
-    meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "explanation": E.make_spec("gradcam", "layer3")}
-    maps, probs = E.main_maps(resnet, meta, images, targets=1)
+    meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "explanation": make_spec("gradcam", "layer3")}
+    maps, probs = main_maps(resnet, meta, images, targets=1)
     x = preprocess(torch.from_numpy(images), meta["mean"], meta["std"])
-    ref, logits = E.explain(resnet, x, meta["explanation"], targets=1)
+    ref, logits = explain(resnet, x, meta["explanation"], targets=1)
     np.testing.assert_allclose(maps, ref, atol=1e-6)
     np.testing.assert_allclose(probs, torch.softmax(logits, 1)[:, 1].numpy(), atol=1e-6)
 
 
 def test_explainer_and_explain_match_the_functions(resnet, x):
-    spec = E.DEFAULT_EXPLANATION
+    spec = DEMO_EXPLANATION
     ref, ref_logits = shift_averaged_gradcam(resnet, x, spec["layer"], 1, shift_grid(spec["shifts"]), spec["method"])
-    with E.Explainer(resnet, spec) as ex:
+    with Explainer(resnet, spec) as ex:
         maps, logits = ex(x, 1)
     np.testing.assert_allclose(maps, ref, atol=1e-6)
-    chunked, chunk_logits = E.explain(resnet, x, spec, targets=[1, 1, 1], batch_size=4)  # one image per pass
+    chunked, chunk_logits = explain(resnet, x, spec, targets=[1, 1, 1], batch_size=4)  # one image per pass
     np.testing.assert_allclose(chunked, ref, atol=1e-5)
     torch.testing.assert_close(chunk_logits, ref_logits, atol=1e-4, rtol=1e-4)
-    plain, _ = E.explain(resnet, x, E.make_spec("gradcam", "layer4"), targets=1)
+    plain, _ = explain(resnet, x, make_spec("gradcam", "layer4"), targets=1)
     np.testing.assert_allclose(plain, gradcam(resnet, x, "layer4", 1)[0], atol=1e-6)
     assert not any(m._forward_hooks for m in resnet.modules())
 
@@ -210,13 +217,13 @@ def test_explainer_and_explain_match_the_functions(resnet, x):
 def test_candidate_maps_share_one_pass_and_match_separate_calls(resnet, x):
     sizes, handle = count_forwards(resnet)
     try:
-        maps, logits, _ = E.candidate_maps(resnet, x, E.EXPLANATION_CANDIDATES, targets=1)
+        maps, logits, _ = candidate_maps(resnet, x, EXPLANATION_CANDIDATES, targets=1)
     finally:
         handle.remove()
-    n_copies = max(len(s["shifts"]) for s in E.EXPLANATION_CANDIDATES) ** 2
+    n_copies = max(len(s["shifts"]) for s in EXPLANATION_CANDIDATES) ** 2
     assert sizes == [n_copies * len(x)]  # layer3 and layer4 candidates from one pass
-    for spec in E.EXPLANATION_CANDIDATES:
-        alone, _ = E.explain(resnet, x, spec, targets=1)
+    for spec in EXPLANATION_CANDIDATES:
+        alone, _ = explain(resnet, x, spec, targets=1)
         np.testing.assert_allclose(maps[spec["name"]], alone, atol=1e-5, err_msg=spec["name"])
     assert not any(m._forward_hooks for m in resnet.modules())
 
@@ -237,8 +244,8 @@ def test_choose_explanation_picks_the_best_from_the_data_passed(monkeypatch):
     imgs = np.concatenate([imgs, np.zeros((1, 32, 32), np.uint8), spots([(5, 5)])[0]])
     masks = np.concatenate([masks, spots([(9, 9)])[1], spots([(5, 5)])[1]])
     labels = np.r_[labels, 1, 0]
-    coarse, fine = E.make_spec("gradcam", "coarse"), E.make_spec("gradcam", "fine")
-    best, table = E.choose_explanation(model, imgs, masks, labels, META, [coarse, fine])
+    coarse, fine = make_spec("gradcam", "coarse"), make_spec("gradcam", "fine")
+    best, table = choose_explanation(model, imgs, masks, labels, META, [coarse, fine])
     assert best == fine  # listed second, chosen for its near-pointing
     top = table.iloc[0]
     assert top["method"] == fine["name"] and top["near"] == 1.0 and top["pointing"] == 1.0
@@ -246,22 +253,22 @@ def test_choose_explanation_picks_the_best_from_the_data_passed(monkeypatch):
     assert set(table["n"]) == {10}  # the 10 true positives of the arrays passed in
     assert table["baseline"].tolist() == [False, False, True, True]  # centre prior and random maps
     # other masks, other scores: the lesion masks passed are the ones used
-    _, shuffled = E.choose_explanation(model, imgs, np.roll(masks, 1, axis=0), labels, META, [coarse, fine])
+    _, shuffled = choose_explanation(model, imgs, np.roll(masks, 1, axis=0), labels, META, [coarse, fine])
     assert shuffled.loc[shuffled["method"] == fine["name"], "near"].item() < 0.5
 
 
 def test_choose_explanation_ties_and_errors():
     model = Tiny()
     imgs, masks = spots([(4, 4), (20, 12)])
-    a, b = E.make_spec("gradcam", "fine"), E.make_spec("xgradcam", "fine")  # identical maps on this model
-    best, _ = E.choose_explanation(model, imgs, masks, np.ones(2, np.int64), META, [b, a])
+    a, b = make_spec("gradcam", "fine"), make_spec("xgradcam", "fine")  # identical maps on this model
+    best, _ = choose_explanation(model, imgs, masks, np.ones(2, np.int64), META, [b, a])
     assert best == b  # a tie keeps the earlier candidate
     with pytest.raises(ValueError, match="no true positive"):
-        E.choose_explanation(model, np.zeros_like(imgs), masks, np.ones(2, np.int64), META, [a])
+        choose_explanation(model, np.zeros_like(imgs), masks, np.ones(2, np.int64), META, [a])
     with pytest.raises(ValueError, match="lesion masks"):
-        E.choose_explanation(model, imgs, None, np.ones(2, np.int64), META, [a])
+        choose_explanation(model, imgs, None, np.ones(2, np.int64), META, [a])
     with pytest.raises(ValueError, match="unique"):
-        E.choose_explanation(model, imgs, masks, np.ones(2, np.int64), META, [a, a])
+        choose_explanation(model, imgs, masks, np.ones(2, np.int64), META, [a, a])
 
 
 def test_predict_uses_the_checkpoint_explanation_in_one_pass(resnet, tmp_path, monkeypatch):
@@ -276,7 +283,7 @@ def test_predict_uses_the_checkpoint_explanation_in_one_pass(resnet, tmp_path, m
     png = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 80)).astype(np.uint8)).save(png)
     meta = make_meta(image_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
-                     threshold_rule="test rule", gradcam_layer="layer3", explanation=E.DEFAULT_EXPLANATION)
+                     threshold_rule="test rule", gradcam_layer="layer3", explanation=DEMO_EXPLANATION)
     seen = {}
     monkeypatch.setattr(predict, "save_overlay_figure", lambda out, gray, cam_map, **kw: seen.update(cam=cam_map))
     sizes, handle = count_forwards(resnet)
@@ -285,9 +292,9 @@ def test_predict_uses_the_checkpoint_explanation_in_one_pass(resnet, tmp_path, m
     finally:
         handle.remove()
     assert not failures and results[0]["layer"] == "layer3"
-    assert results[0]["explanation"] == E.DEFAULT_EXPLANATION["name"]
+    assert results[0]["explanation"] == DEMO_EXPLANATION["name"]
     assert sizes == [4]  # the 4 shifted copies of the one image, one forward
     x = preprocess(torch.from_numpy(read_image(png, 64))[None], meta["mean"], meta["std"])
-    expected, logits = E.explain(resnet, x, E.DEFAULT_EXPLANATION, targets=1)
+    expected, logits = explain(resnet, x, DEMO_EXPLANATION, targets=1)
     np.testing.assert_allclose(seen["cam"], expected[0], atol=1e-5)
     assert results[0]["probability"] == pytest.approx(float(torch.softmax(logits, 1)[0, 1]), abs=1e-5)

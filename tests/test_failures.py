@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from utils.config import UserError
 from utils.data import phantom
+from utils.errors import UserError
 from utils.explain import localisation as loc
 from utils.studies import failures as F
 from utils.viz import cams as cam_plots
@@ -294,7 +294,7 @@ def test_class_gradcams_on_a_tiny_model():
     assert all(m.shape == (3, 32, 32) and m.min() >= 0 and m.max() <= 1 for m in maps.values())
     assert np.allclose(probs, predict_proba(model, images, meta), atol=1e-5)
     assert not any(m._forward_hooks for m in model.modules())  # hooks removed
-    from utils.explain.selection import main_maps
+    from utils.explain.maps import main_maps
 
     np.testing.assert_allclose(maps["PNEUMONIA"], main_maps(model, meta, images, 1)[0], atol=1e-6)  # one function
     only, probs1 = F.class_gradcams(model, images, meta, progress=False, classes=["NORMAL"])
@@ -368,3 +368,34 @@ def test_study_failures_bookkeeping_by_id(pneumonia_phantoms):
     bad.loc[0, "prob"] = 1.0 - bad.loc[0, "prob"]  # a file the model no longer agrees with
     with pytest.raises(UserError, match="disagrees"):
         F.study_failures(model, meta, split, bad, t, progress=False)
+
+
+def test_outside_lung_comparison_and_threshold_tradeoff_read_the_study():
+    from utils.artifacts import predictions_frame
+    from utils.data.bundle import Split
+    from utils.train.model import build_model, predict_proba
+
+    model, _ = build_model("none", seed=0)
+    model.eval()
+    arr = phantom.stack(phantom.generate(6, seed=11, spec=phantom.PhantomSpec(image_size=32)))
+    split = Split("test", arr["images"], arr["labels"], arr["ids"], arr["patient_ids"], arr["subtypes"],
+                  arr["ids"], arr["lung_masks"], arr["lesion_masks"], arr["info"])
+    meta = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "classes": ["NORMAL", "PNEUMONIA"]}
+    probs = predict_proba(model, split.images, meta)
+    preds = predictions_frame(split.ids, split.labels, probs, split.patient_ids, split.subtypes, "test")
+    t = float(np.median(probs[split.labels == 1]))
+    study = F.study_failures(model, meta, split, preds, t, n_near=2, progress=False)
+    out = F.compare_outside_lung(study)
+    rest = study.outside_of(study.tp["id"])
+    assert np.array_equal(out.groups["FN"], study.outside_of(study.fn["id"]))
+    assert out.cutoff == pytest.approx(np.quantile(rest, 0.9))  # "distracted": beyond 9 in 10 detections
+    assert out.above == (int((study.outside_of(study.fn["id"]) > out.cutoff).sum()), int((rest > out.cutoff).sum()))
+    assert out.stats == F.compare_groups(study.outside_of(study.fn["id"]), rest, ("FN", "TP"))
+    assert f"{out.above[0]} of {len(study.fn)} FN" in out.lines[-1]
+    lower = float(study.fn["prob"].min())
+    cost = F.threshold_cost(preds, t, lower)
+    lines = F.threshold_tradeoff(study, preds)
+    assert f"{cost['fn']} missed, {cost['fp']} false alarms" in lines[0] and f"{cost['fn_new']} missed" in lines[1]
+    assert cost["fn_new"] == 0  # the lowest-scoring miss is caught at its own probability
+    none_missed = F.study_failures(model, meta, split, preds, float(probs.min()), n_near=2, progress=False)
+    assert not none_missed.has_fn and F.threshold_tradeoff(none_missed, preds)[0].startswith("no miss at")

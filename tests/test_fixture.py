@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.config import UserError, get_config
+from utils.config import get_config
 from utils.data import load_data, patient_key_evidence, scan_folder, shared_patients_by_rule
 from utils.data.fixture import VAL_NAMES, FixtureSpec, build_kermany_fixture, official_names, select_names
 from utils.data.images import read_image
 from utils.data.patients import parse_name, patient_id_from_name
+from utils.errors import UserError
 
 SMALL = FixtureSpec(test_patients=16, train_patients=20, cross_folder=4)
 

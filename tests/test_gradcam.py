@@ -11,7 +11,17 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import resnet18
 
-from utils.explain.gradcam import GradCAM, gradcam, gray_to_float, normalise_maps, overlay, resize_map
+from utils.explain.gradcam import (
+    GradCAM,
+    cam_steps,
+    gradcam,
+    gray_to_float,
+    normalise_maps,
+    overlay,
+    resize_map,
+    shift_averaged_gradcam,
+    shift_grid,
+)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +171,25 @@ def test_batch_shapes_and_internals(model, x):
     np.testing.assert_allclose(maps, normalise_maps(up).numpy(), atol=1e-5)
     with torch.no_grad():
         np.testing.assert_allclose(logits.numpy(), model(x).numpy(), atol=1e-5)  # logits of the same forward
+
+
+def test_every_map_comes_from_cam_steps(model, x):
+    """One function turns a pass's activations and gradients into maps: GradCAM's maps, and the shift-averaged ones
+    (whose copies GradCAM records, shift-major), are cam_steps of what was recorded."""
+    with GradCAM(model, "layer3", "xgradcam") as cam:
+        maps, _ = cam(x, targets=1)
+        act, grad = torch.from_numpy(cam.activations), torch.from_numpy(cam.gradients)
+        steps = cam_steps(act, grad, "xgradcam", (64, 64))
+        np.testing.assert_allclose(steps.maps.numpy(), maps, atol=1e-6)
+        np.testing.assert_allclose(steps.raw.numpy(), cam.raw_maps, atol=1e-6)
+        shifts = shift_grid((0, 8))
+        averaged, _ = cam.shift_averaged(x, 1, shifts)
+        assert cam.activations.shape[0] == len(shifts) * len(x) and cam.maps.shape == (len(x), 64, 64)
+        again = cam_steps(torch.from_numpy(cam.activations), torch.from_numpy(cam.gradients), "xgradcam", (64, 64),
+                          shifts)
+    np.testing.assert_allclose(again.maps.numpy(), averaged, atol=1e-6)
+    np.testing.assert_array_equal(averaged, shift_averaged_gradcam(model, x, "layer3", 1, shifts, "xgradcam")[0])
+    assert not np.allclose(averaged, maps, atol=1e-3)  # averaging the shifted copies changed the map
 
 
 def test_targets_default_int_and_per_image(model, x):

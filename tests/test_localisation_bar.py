@@ -3,7 +3,7 @@
 Nothing is trained here. The shipped phantom-pretrained ResNet-18 (``model/phantom_resnet18_pretrained.pt``, the
 demo's offline stand-in for ImageNet, pretrained with **labels only** — no lesion mask ever reached its loss) is
 loaded as a full model, its ``fc`` head being the pretraining classifier, and explained with
-:data:`utils.explain.selection.DEFAULT_EXPLANATION` on a phantom set generated with a seed disjoint from the
+:data:`utils.explain.spec.DEMO_EXPLANATION` on a phantom set generated with a seed disjoint from the
 pretraining corpus and the demo data. The baselines include the two hard ones, the mean lesion and the mean lung
 field of a separate phantom "training" set (where lesions usually are), and the margin over the best of them must
 hold with a patient-resampled 95 % interval. The test fails when a change to the phantoms, the backbone or the
@@ -16,11 +16,13 @@ import torch
 from torchvision.models import resnet18
 
 from utils.checkpoint import load_checkpoint
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, shipped
+from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.data import phantom
 from utils.evaluate.metrics import paired_difference_ci
 from utils.explain import localisation as L
-from utils.explain.selection import DEFAULT_EXPLANATION, score_explanations
+from utils.explain.selection import score_explanations
+from utils.explain.spec import DEMO_EXPLANATION
+from utils.paths import shipped
 
 BAR = 0.75  # near-pointing within 5 % of the image side of a lesion (measured 0.83 on these 58 true positives)
 SEED, N_PATIENTS, SIZE = 31, 50, 128  # ≈ 60 true positives
@@ -54,16 +56,16 @@ def test_default_explanation_beats_the_hard_baselines(backbone):
     assert set(priors) == {"mean-lesion prior", "lung-field prior"}
     meta = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "threshold": 0.5}
     table, (maps, tp) = score_explanations(model, data["images"], data["lesion_masks"], data["labels"], meta,
-                                           [DEFAULT_EXPLANATION], return_maps=True, priors=priors)
+                                           [DEMO_EXPLANATION], return_maps=True, priors=priors)
     row, base = table.iloc[0], table[table["baseline"]]
     summary = table[["method", "pointing", "near", "energy", "n"]].round(3).to_string(index=False)
-    assert row["method"] == DEFAULT_EXPLANATION["name"]
+    assert row["method"] == DEMO_EXPLANATION["name"]
     assert 40 <= row["n"] <= 150, f"expected ~60 true positives to score, got {row['n']}\n{summary}"
     assert row["near"] >= BAR, f"near-pointing {row['near']:.3f} < {BAR} for {row['method']}\n{summary}"
     assert {"mean-lesion prior", "lung-field prior"} <= set(base["method"]), summary
 
     masks = data["lesion_masks"][tp]
-    ours = L.per_image_scores(maps[DEFAULT_EXPLANATION["name"]], masks)
+    ours = L.per_image_scores(maps[DEMO_EXPLANATION["name"]], masks)
     baselines = L.baseline_per_image(masks, priors)
     best = max(baselines, key=lambda k: baselines[k]["near"].mean())
     diff = paired_difference_ci(ours["near"], baselines[best]["near"], data["patient_ids"][tp], n_boot=500)

@@ -10,15 +10,20 @@ from torch import nn
 from torchvision import models
 
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, UserError, shipped
+from utils.config import IMAGENET_MEAN, IMAGENET_STD
+from utils.errors import UserError
+from utils.paths import shipped
 from utils.train.engine import DeviceData, class_weights, setup_phase, train_one_epoch
 from utils.train.model import (
     LAYER_GROUPS,
+    batched_logits,
     build_model,
     freeze_backbone,
     layer_groups,
     load_model,
     param_groups,
+    pneumonia_probability,
+    predict_logits,
     predict_proba,
     preprocess,
     resolve_device,
@@ -217,6 +222,29 @@ def test_load_model_and_predict_proba(tmp_path):
     save_checkpoint(tmp_path / "bad.pt", {"model": {"x": torch.zeros(1)}, "meta": meta})
     with pytest.raises(UserError, match="do not match a ResNet-18"):
         load_model(tmp_path / "bad.pt")
+
+
+def test_pneumonia_probability_is_the_softmax_column_of_pneumonia():
+    logits = torch.tensor([[0.0, 0.0], [2.0, -1.0], [-3.0, 3.0]])
+    expected = 1 / (1 + np.exp(-(logits[:, 1] - logits[:, 0]).numpy()))  # two-class softmax = logistic of the gap
+    np.testing.assert_allclose(pneumonia_probability(logits), expected, rtol=1e-6)
+    np.testing.assert_allclose(pneumonia_probability(logits.numpy().astype(np.float64)), expected, rtol=1e-6)
+    assert pneumonia_probability(torch.zeros((0, 0))).shape == (0,)  # no image (an empty pass), no probability
+
+
+def test_batched_logits_serve_any_forward_alike(tmp_path):
+    """The one batched loop: a model, or any callable (the INT8 runner), gives the same logits in any batch size."""
+    model, _ = build_model("none", seed=2)
+    model.eval()
+    x = _batch(5).numpy()
+    ref = predict_logits(model, x, META, batch_size=5)
+    with torch.inference_mode():
+        as_callable = batched_logits(lambda t: model(t).numpy(), x, META, batch_size=2)  # numpy out, like ONNX Runtime
+    np.testing.assert_allclose(as_callable, ref, atol=1e-5)
+    assert batched_logits(model, x[:0], META).shape == (0, 2)
+    model.train()
+    predict_logits(model, x, META)
+    assert model.training  # the caller's mode is restored
 
 
 def test_resolve_device():

@@ -63,7 +63,7 @@ def check_setup_and_parameters(nb) -> list[str]:
         if not re.search(r"""^if ["']google\.colab["'] in sys\.modules:""", src, re.MULTILINE):
             problems.append("the setup cell is not guarded by `if \"google.colab\" in sys.modules:`")
         if nav.repo_line().strip() not in src:
-            problems.append("the setup cell's REPO_URL does not match utils/config.py (run scripts/nav.py)")
+            problems.append("the setup cell's REPO_URL does not match utils/paths.py (run scripts/nav.py)")
         elif src != nav.setup_source():
             problems.append("the setup cell differs from scripts/nav.py's (PERSIST, install; run scripts/nav.py)")
     if len(params) != 1 or params[0].cell_type != "code":

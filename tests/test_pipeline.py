@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from utils.checkpoint import load_checkpoint, state_fingerprint
-from utils.config import UserError, get_config, project_root
+from utils.config import get_config
 from utils.data import load_data
+from utils.errors import UserError
+from utils.paths import project_root
 from utils.train import pipeline
 from utils.train.model import load_model
 
@@ -62,6 +64,10 @@ def test_phase1_then_phase2_on_a_tiny_config(tmp_path):
     m2, meta2 = load_model(cfg.path("final_best"))
     assert meta2["phase"] == "phase2" and meta2["data_fingerprint"] == bundle.fingerprint
     assert meta2["init"] == state_fingerprint(m1.state_dict())
+    for phase, name, init in (("phase1", "phase1_best", weights), ("phase2", "final_best", meta2["init"]),
+                              ("phase1", "phase1_last", weights), ("phase2", "phase2_last", meta2["init"])):
+        meta = load_checkpoint(cfg.path(name))["meta"]  # whichever phase ships, it says how it was made
+        assert meta["init"] == init and meta["recipe"] == pipeline.phase_settings(cfg, phase, True)["recipe"], name
     sd1, sd2 = m1.state_dict(), m2.state_dict()
     assert not torch.equal(sd1["conv1.weight"], sd2["conv1.weight"])  # phase 2 trains the backbone too
     assert not torch.equal(sd1["fc.weight"], sd2["fc.weight"])
@@ -74,6 +80,17 @@ def test_phase1_then_phase2_on_a_tiny_config(tmp_path):
     assert "\n" not in str(exc.value) and "02_phase1_warmup.ipynb" in str(exc.value)
     with pytest.raises(UserError, match="trained at 48 px, this data is 64 px"):
         pipeline.run_phase2(cfg, replace(bundle, image_size=64), device="cpu", progress=False)
+
+
+def test_each_phase_states_its_recipe_for_either_start():
+    cfg = get_config("demo")
+    for pretrained in (True, False):
+        for phase in ("phase1", "phase2"):
+            settings = pipeline.phase_settings(cfg, phase, pretrained)
+            assert ("random start" in settings["recipe"]) == (not pretrained), (phase, pretrained)
+            assert f"lr {settings['lr']:g}" in settings["recipe"]  # the rate that actually trains
+    assert pipeline.phase_settings(cfg, "phase2", False)["lr"] == cfg["phase2"]["lr_scratch"]
+    assert pipeline.phase_settings(cfg, "phase1", False)["lr"] == cfg["phase1"]["lr"]  # the head learns alike
 
 
 def test_phase2_without_phase1_names_the_notebook(tmp_path, monkeypatch):

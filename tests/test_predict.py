@@ -15,10 +15,13 @@ import torch
 from helpers import run_cli
 from PIL import Image
 
-from utils.config import UserError, project_root
 from utils.data.images import read_image
 from utils.deploy import predict
 from utils.deploy.predict import FIG_DPI, FIG_SIZE, main, predict_images
+from utils.errors import UserError
+from utils.explain.maps import main_explanation, resolve_explanation
+from utils.explain.spec import UNMEASURED_EXPLANATION, VIT_EXPLANATION_CANDIDATES
+from utils.paths import project_root
 from utils.train.model import load_model, predict_proba
 
 try:
@@ -119,31 +122,63 @@ def test_layer_with_no_overlay_is_a_usage_error(corpus, capsys, int8):
     assert len(err) == 1 and "--layer layer3" in err[0] and "--no-overlay" in err[0]
 
 
-def test_choose_explanation_from_checkpoint_meta(loaded):
+def test_the_map_is_decided_once_from_the_checkpoint(loaded):
+    """resolve_explanation is the one decision (the inference command, the notebooks and the studies call it)."""
     model, meta = loaded
     spec = {"name": "Grad-CAM @ layer3", "method": "gradcam", "layer": "layer3", "shifts": [0]}
-    chosen, source = predict.choose_explanation(model, {**meta, "explanation": spec})
+    chosen, source = resolve_explanation({**meta, "explanation": spec}, model)
     assert (chosen["layer"], source) == ("layer3", "checkpoint (notebook 05)")
-    assert predict.choose_explanation(model, meta)[0]["layer"] == "layer4"
-    assert predict.choose_explanation(model, meta)[1] == "default"
-    plain, source = predict.choose_explanation(model, {**meta, "explanation": {**spec, "method": "xgradcam"}}, "layer3")
+    assert resolve_explanation(meta, model) == (UNMEASURED_EXPLANATION, "default")
+    plain, source = resolve_explanation({**meta, "explanation": {**spec, "method": "xgradcam"}}, model, "layer3")
     assert (plain["method"], plain["layer"], source) == ("gradcam", "layer3", "--layer")  # --layer: plain Grad-CAM
-    foreign = {**spec, "layer": "blocks.11.norm1"}  # a ViT's layer recorded in a ResNet checkpoint
-    chosen, source = predict.choose_explanation(model, {**meta, "explanation": foreign})
-    assert chosen["layer"] == "layer4" and source.startswith("default (the recorded explanation is unusable")
     with pytest.raises(UserError, match="not a layer Grad-CAM can read"):
-        predict.choose_explanation(model, meta, "fc")
+        resolve_explanation(meta, model, "fc")
 
 
-def test_choose_explanation_for_a_vit():
+def test_a_recorded_map_the_model_cannot_use_is_a_one_line_error(corpus, loaded, capsys, tmp_path):
+    """A spec naming a layer the model lacks (a ViT's, in a ResNet checkpoint) is refused with the fix named, never
+    replaced by a default in silence — in the library and in the command."""
+    from utils.checkpoint import update_meta
+
+    model, meta = loaded
+    foreign = {"name": "Grad-CAM @ blocks.11.norm1", "method": "gradcam", "layer": "blocks.11.norm1", "shifts": [0]}
+    with pytest.raises(UserError, match=r"names layer 'blocks.11.norm1', which this model does not have.*05_gradcam"):
+        resolve_explanation({**meta, "explanation": foreign}, model)
+    with pytest.raises(UserError, match="cannot be read"):
+        resolve_explanation({**meta, "explanation": {"junk": 1}}, model)
+    ckpt = tmp_path / "foreign.pt"
+    shutil.copy(corpus["ckpt"], ckpt)
+    update_meta(ckpt, explanation=foreign)
+    code, stdout, err = _run(capsys, "--image_path", corpus["good"]["palette.png"], "--model_path", ckpt, "-o", tmp_path)
+    assert code == 2 and stdout == "" and len(err) == 1 and "foreign.pt" in err[0] and "--layer" in err[0]
+    assert not list(tmp_path.glob("*.png"))  # refused before any work
+    code, stdout, _ = _run(capsys, "--image_path", corpus["good"]["palette.png"], "--model_path", ckpt, "--json",
+                           "--layer", "layer4", "-o", tmp_path)
+    assert code == 0 and json.loads(stdout)["layer_source"] == "--layer"  # the named way out works
+
+
+def test_outputs_are_planned_from_the_inputs_and_output(tmp_path):
+    one, two = tmp_path / "a.png", tmp_path / "b.png"
+    assert predict.plan_outputs([one], None) == predict.OutputPlan(batch=False)
+    assert predict.plan_outputs([one], str(tmp_path / "o.png")).single_png == tmp_path / "o.png"
+    table = predict.plan_outputs([one, two], str(tmp_path / "r.csv"))
+    assert table.batch and table.csv_path == tmp_path / "r.csv" and table.overlay_dir == tmp_path / "r_overlays"
+    assert predict.plan_outputs([one], str(tmp_path / "r.csv")).batch  # a table asked for: batch, even for one
+    assert predict.plan_outputs([one, two], f"{tmp_path}/maps/").overlay_dir == tmp_path / "maps"
+    for inputs, output in (([one, two], "x.png"), ([one], "x.jpg")):
+        with pytest.raises(UserError, match="--output"):
+            predict.plan_outputs(inputs, str(tmp_path / output))
+
+
+def test_the_map_of_a_vit():
     from utils.train.vit import build_vit
 
     vit, _ = build_vit("none", 2, 64, seed=0)
     meta = {"arch": "vit_tiny"}
-    assert predict.choose_explanation(vit, meta)[0]["layer"] == "blocks.11.norm1"
-    assert predict.choose_explanation(vit, meta, "blocks.9.norm1")[0]["layer"] == "blocks.9.norm1"
+    assert main_explanation(meta, vit) == VIT_EXPLANATION_CANDIDATES[0]
+    assert main_explanation(meta, vit, "blocks.9.norm1")["layer"] == "blocks.9.norm1"
     rollout = {"name": "attention rollout", "method": "rollout", "layer": "blocks", "shifts": [0]}
-    assert predict.choose_explanation(vit, {**meta, "explanation": rollout})[0]["method"] == "rollout"
+    assert main_explanation({**meta, "explanation": rollout}, vit)["method"] == "rollout"
 
 
 def test_a_checkpoint_without_a_chosen_threshold_needs_one(corpus, capsys, tmp_path):

@@ -14,11 +14,12 @@ from helpers import run_cli
 from PIL import Image
 
 from utils.checkpoint import load_checkpoint, make_meta, save_checkpoint, state_fingerprint
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, shipped
+from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.data import phantom
 from utils.data.images import read_image
 from utils.deploy.int8 import int8_meta, load_int8, quantize_int8, write_int8_meta
 from utils.deploy.predict import FIELDS, INT8_FIELDS, main
+from utils.paths import shipped
 from utils.train.model import predict_proba
 
 SIZE = 128

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from utils.checkpoint import load_checkpoint
-from utils.config import shipped
+from utils.paths import shipped
 from utils.train.model import build_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_phantom_backbone.py"

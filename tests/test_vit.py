@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from utils.config import UserError
-from utils.explain import selection as X
+import utils.train.model as model_module
+from utils.errors import UserError
 from utils.explain.checks import oracle_difference
 from utils.explain.gradcam import gradcam
-from utils.explain.vit import VIT_GRADCAM_LAYER, attention_rollout, vit_gradcam_layer, vit_reshape
+from utils.explain.maps import candidate_maps, explain, main_explanation
+from utils.explain.spec import UNMEASURED_EXPLANATION, VIT_EXPLANATION_CANDIDATES, candidates_for, make_spec
+from utils.explain.vit import VIT_GRADCAM_LAYER, attention_rollout, vit_gradcam_layer, vit_last_block, vit_reshape
 from utils.train.model import build_model, layer_groups
 from utils.train.vit import build_vit, is_vit, token_grid, tokens_to_grid
 
@@ -33,7 +35,8 @@ def test_build_is_vit_tiny_patch16(vit):
     assert is_vit(vit) and is_vit({"arch": "vit_tiny"}) and not is_vit({"arch": "resnet18"})
     assert token_grid(vit) == (SIZE // 16, SIZE // 16) and len(vit.blocks) == 12 and vit.embed_dim == 192
     assert 5.0e6 < sum(p.numel() for p in vit.parameters()) < 6.0e6  # ViT-Tiny: 5.5 M
-    assert vit_gradcam_layer(vit) == VIT_GRADCAM_LAYER == "blocks.11.norm1"
+    assert vit_gradcam_layer(vit) == VIT_GRADCAM_LAYER  # the constant names the built model's last block
+    assert vit.get_submodule(vit_last_block(vit)) is vit.blocks[-1]
     model, _ = build_model("none", arch="vit_tiny", image_size=SIZE, seed=0)
     assert is_vit(model)
     groups = layer_groups(model)  # the ResNet's group names, so the same layer-wise rates apply
@@ -79,7 +82,7 @@ def test_tokens_to_grid_lays_patches_out_row_major():
 
 def test_gradcam_through_the_reshape_matches_pytorch_grad_cam(vit, x):
     assert oracle_difference(vit, x, VIT_GRADCAM_LAYER, targets=1, reshape=vit_reshape(vit)) < 1e-4
-    maps, logits = X.explain(vit, x, X.VIT_EXPLANATION_CANDIDATES[0], targets=1)
+    maps, logits = explain(vit, x, VIT_EXPLANATION_CANDIDATES[0], targets=1)
     ours, _ = gradcam(vit, x, VIT_GRADCAM_LAYER, 1, reshape=vit_reshape(vit))
     assert maps.shape == (3, SIZE, SIZE) and np.allclose(maps, ours, atol=1e-6)
     assert torch.allclose(logits, vit(x), atol=1e-5)
@@ -133,24 +136,24 @@ def test_rollout_matches_a_hand_computation(vit, x):
 def test_rollout_is_for_vits_only():
     resnet, _ = build_model("none", seed=0)
     with pytest.raises(ValueError, match="Vision Transformer"):
-        X.explain(resnet.eval(), torch.randn(1, 3, 64, 64), X.make_spec("rollout"))
+        explain(resnet.eval(), torch.randn(1, 3, 64, 64), make_spec("rollout"))
     with pytest.raises(ValueError, match="no shifts"):
-        X.make_spec("rollout", shifts=(0, 8))
+        make_spec("rollout", shifts=(0, 8))
 
 
 def test_a_vit_checkpoint_gets_a_vit_explanation():
-    assert X.main_explanation({"arch": "vit_tiny"})["layer"] == VIT_GRADCAM_LAYER
-    assert X.main_explanation({"arch": "resnet18"}) == X.UNMEASURED_EXPLANATION
-    assert X.candidates_for({"arch": "vit_tiny"}) == X.VIT_EXPLANATION_CANDIDATES
-    names = [s["name"] for s in X.VIT_EXPLANATION_CANDIDATES]
+    assert main_explanation({"arch": "vit_tiny"})["layer"] == VIT_GRADCAM_LAYER
+    assert main_explanation({"arch": "resnet18"}) == UNMEASURED_EXPLANATION
+    assert candidates_for({"arch": "vit_tiny"}) == VIT_EXPLANATION_CANDIDATES
+    names = [s["name"] for s in VIT_EXPLANATION_CANDIDATES]
     assert "attention rollout" in names and len(set(names)) == len(names)
 
 
 def test_candidate_maps_share_work_for_the_vit(vit, x):
-    maps, logits, _ = X.candidate_maps(vit, x, X.VIT_EXPLANATION_CANDIDATES, targets=1)
-    single, _ = X.explain(vit, x, X.VIT_EXPLANATION_CANDIDATES[0], targets=1)
+    maps, logits, _ = candidate_maps(vit, x, VIT_EXPLANATION_CANDIDATES, targets=1)
+    single, _ = explain(vit, x, VIT_EXPLANATION_CANDIDATES[0], targets=1)
     roll, _ = attention_rollout(vit, x)
-    assert np.allclose(maps[X.VIT_EXPLANATION_CANDIDATES[0]["name"]], single, atol=1e-6)
+    assert np.allclose(maps[VIT_EXPLANATION_CANDIDATES[0]["name"]], single, atol=1e-6)
     assert np.allclose(maps["attention rollout"], roll, atol=1e-6)
     assert logits.shape == (3, 2)
 
@@ -165,10 +168,8 @@ def test_imagenet_vit_offline_falls_back_in_one_line(monkeypatch, capsys):
             raise OSError("We couldn't connect to 'https://huggingface.co'")
         return real(name, pretrained=False, **kw)
 
-    import utils.train.vit as vit_module
-
     monkeypatch.setattr(timm, "create_model", offline)
-    monkeypatch.setattr(vit_module, "is_online", lambda host, timeout=3.0: True)  # reachable, then it fails
+    monkeypatch.setattr(model_module, "is_online", lambda host, timeout=3.0: True)  # reachable, then it fails
     model, desc = build_vit("imagenet", 2, SIZE, seed=0)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "ImageNet ViT weights unavailable (OSError" in out[0]
@@ -178,10 +179,8 @@ def test_imagenet_vit_offline_falls_back_in_one_line(monkeypatch, capsys):
 def test_imagenet_vit_offline_never_tries_the_download(monkeypatch, capsys):
     import timm
 
-    import utils.train.vit as vit_module
-
     real = timm.create_model
-    monkeypatch.setattr(vit_module, "is_online", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(model_module, "is_online", lambda host, timeout=3.0: False)
     monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: (
         pytest.fail("tried to download") if pretrained else real(name, pretrained=False, **kw)))
     import huggingface_hub

@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from utils.checkpoint import load_checkpoint, update_meta
-from utils.config import UserError
+from utils.errors import UserError
+from utils.paths import notebook_path
 
-#: How the operating threshold is chosen, in words (stored next to the number).
+#: How the operating threshold is chosen, in words (stored next to the number); :func:`threshold_rule` fills it.
 THRESHOLD_RULE = "highest threshold with validation recall >= {target:g}"
 
 #: Columns of ``assets/predictions_{split}.csv``.
@@ -34,6 +35,28 @@ PREDICTION_COLUMNS: tuple[str, ...] = ("id", "label", "prob", "patient_id", "sub
 
 
 # ------------------------------------------------------------------------------------ the threshold rule
+def threshold_rule(target_recall: float) -> str:
+    """The operating rule in words for this target (a checkpoint's ``threshold_rule``, metrics.json's rule)."""
+    return THRESHOLD_RULE.format(target=target_recall)
+
+
+def rule_name(target_recall: float) -> str:
+    """The operating rule's short name, e.g. ``"recall>=0.98"``: its key among the candidate thresholds."""
+    return f"recall>={target_recall:g}"
+
+
+def labels_and_probs(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(int labels, float probabilities)`` of equal length, labels 0 (NORMAL) / 1 (PNEUMONIA) only;
+    every rule and metric on predictions checks its input here."""
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"y_true has {y.size} values but prob has {p.size}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must contain only 0 (NORMAL) and 1 (PNEUMONIA)")
+    return y, p
+
+
 def threshold_for_recall(y_true: Any, prob: Any, target_recall: float = 0.98) -> float:
     """Highest threshold whose recall on *these* data (validation) is at least ``target_recall``.
 
@@ -41,10 +64,7 @@ def threshold_for_recall(y_true: Any, prob: Any, target_recall: float = 0.98) ->
     the target. Images scoring exactly the threshold are called positive; with ``target_recall=1.0`` the
     result is the lowest positive's probability.
     """
-    y = np.asarray(y_true).astype(np.int64).ravel()
-    p = np.asarray(prob, dtype=np.float64).ravel()
-    if y.shape != p.shape:
-        raise ValueError(f"{y.size} labels for {p.size} probabilities")
+    y, p = labels_and_probs(y_true, prob)
     if not 0.0 < target_recall <= 1.0:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
     pos = np.sort(p[y == 1])[::-1]
@@ -57,7 +77,7 @@ def threshold_for_recall(y_true: Any, prob: Any, target_recall: float = 0.98) ->
 def record_operating_point(path: str | os.PathLike, threshold: float, target_recall: float,
                            **extra: Any) -> dict[str, Any]:
     """Write the validation-chosen threshold (and how it was chosen) into a checkpoint's metadata."""
-    return update_meta(path, threshold=float(threshold), threshold_rule=THRESHOLD_RULE.format(target=target_recall),
+    return update_meta(path, threshold=float(threshold), threshold_rule=threshold_rule(target_recall),
                        target_recall=float(target_recall), **extra)
 
 
@@ -67,7 +87,7 @@ def operating_threshold(meta: Mapping[str, Any], path: str | os.PathLike | None 
     if meta.get("threshold_rule") and meta.get("threshold") is not None:
         return float(meta["threshold"]), str(meta["threshold_rule"])
     where = f"{Path(path).name} " if path else "the checkpoint "
-    raise UserError(f"{where}carries no operating threshold chosen on validation: run notebooks/04_evaluation.ipynb "
+    raise UserError(f"{where}carries no operating threshold chosen on validation: run {notebook_path('evaluation')} "
                     "(or let the notebook rebuild it).")
 
 
@@ -101,7 +121,7 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(PREDICTION_COLUMNS)}); "
-                        "re-run notebooks/04_evaluation.ipynb.")
+                        f"re-run {notebook_path('evaluation')}.")
     return frame
 
 
@@ -110,9 +130,9 @@ def check_predictions_match(frame: pd.DataFrame, ids: Any, labels: Any, what: st
     ids, labels = np.asarray(ids).astype(str), np.asarray(labels).astype(np.int64)
     if len(frame) != len(ids) or not np.array_equal(frame["id"].to_numpy(str), ids):
         raise UserError(f"the predictions do not match {what} ({len(frame)} rows for {len(ids)} images): "
-                        "re-run notebooks/04_evaluation.ipynb with this data.")
+                        f"re-run {notebook_path('evaluation')} with this data.")
     if not np.array_equal(frame["label"].to_numpy(np.int64), labels):
-        raise UserError(f"the predictions' labels differ from {what}: re-run notebooks/04_evaluation.ipynb.")
+        raise UserError(f"the predictions' labels differ from {what}: re-run {notebook_path('evaluation')}.")
 
 
 # ------------------------------------------------------------------------------------ model vs data

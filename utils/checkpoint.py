@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from utils.config import CLASSES, UserError
+from utils.config import CLASSES
+from utils.errors import UserError
 from utils.fileio import atomic_write
 
 FORMAT = "cxr-checkpoint/1"

@@ -1,174 +1,24 @@
-"""Profiles, artifact paths and environment overrides: the one place names are set.
+"""Profiles and knobs: what a run is (its classes, normalisation, profile and the named knobs).
 
 Every notebook calls :func:`get_config` with its parameters cell's values; environment variables
-override them (``CXR_PROFILE``, ``CXR_DATA_DIR``, ``CXR_PROJECT_ROOT``), so CI and Colab can steer a
-run without editing a notebook.
+override them (``CXR_PROFILE``, ``CXR_DATA_DIR``, ``CXR_SOURCE``, ``CXR_IMAGE_SIZE``, ``CXR_EPOCHS_PHASE1/2``),
+so CI and Colab can steer a run without editing a notebook. Where files live (the project root, the artifact
+registry, the notebooks) is :mod:`utils.paths`; the one user-error type is :mod:`utils.errors`.
 """
 from __future__ import annotations
 
 import copy
 import os
-import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from utils.errors import UserError
+from utils.paths import artifact, project_root, require
+
 CLASSES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-#: GitHub ``owner/repo`` used by every Colab link (set in exactly one place).
-GITHUB_REPO = "cxr-xai/explainable-pneumonia-gradcam"
-GITHUB_BRANCH = "main"
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad path, bad option, bad file): shown as one line, never a trace."""
-
-
-def repo_root() -> Path | None:
-    """The repository checkout this package was imported from, or None (a non-editable install).
-
-    A checkout is recognised by ``pyproject.toml`` and ``notebooks/`` next to the ``utils`` package; inside
-    site-packages neither is there, so nothing is ever written next to an installed package.
-    """
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "pyproject.toml").is_file() and (here / "notebooks").is_dir() else None
-
-
-def project_root() -> Path:
-    """Where run-time outputs live (``data/``, ``model/``, ``assets/``): ``CXR_PROJECT_ROOT`` if set, else
-    the repository checkout. Without either (an installed package, no checkout) a one-line error asks for
-    ``CXR_PROJECT_ROOT``."""
-    env = os.environ.get("CXR_PROJECT_ROOT")
-    if env:
-        return Path(env).expanduser().resolve()
-    repo = repo_root()
-    if repo is None:
-        raise UserError("no project folder: set CXR_PROJECT_ROOT to the folder where data/, model/ and assets/ "
-                        "should live (the package is installed without its repository).")
-    return repo
-
-
-#: Files the repository ships (found in the checkout whatever ``CXR_PROJECT_ROOT`` says).
-SHIPPED: dict[str, str] = {
-    "pretrained_backbone": "model/phantom_resnet18_pretrained.pt",
-    "vit_backbone": "model/phantom_vit_tiny_pretrained.pt",
-}
-
-
-def shipped(name: str) -> Path:
-    """Path of a file the repository ships: in the checkout, else under the project root (``model/``)."""
-    if name not in SHIPPED:
-        raise KeyError(f"unknown shipped file {name!r}; known: {', '.join(sorted(SHIPPED))}")
-    repo = repo_root()
-    if repo is not None and (repo / SHIPPED[name]).exists():
-        return repo / SHIPPED[name]
-    if os.environ.get("CXR_PROJECT_ROOT") or repo is not None:
-        return project_root() / SHIPPED[name]
-    return Path(SHIPPED[name])  # neither: a relative path that names the file in the error message
-
-
-#: File names of every artifact passed between notebooks (relative to the project root).
-ARTIFACTS: dict[str, str] = {
-    # data
-    "phantom_dir": "data/phantom_chest_xray",
-    "cache_dir": "data/cache",
-    # model/
-    "phase1_last": "model/phase1_last.pt",
-    "phase1_best": "model/phase1_best.pt",
-    "phase2_last": "model/phase2_last.pt",
-    "final_best": "model/pneumonia_final_best.pt",
-    "model": "model/pneumonia_model.pt",  # the shipped model: the phase chosen on validation, with its threshold
-    "int8_model": "model/pneumonia_model_int8.onnx",  # ONNX Runtime static INT8 (notebook 07)
-    "onnx_fp32": "model/pneumonia_model.onnx",  # the FP32 export it was quantised from
-    # assets/
-    "data_summary": "assets/data_summary.json",
-    "sample_grid": "assets/sample_grid.png",
-    "class_balance": "assets/class_balance.png",
-    "images_per_patient": "assets/images_per_patient.png",
-    "image_sizes": "assets/image_sizes.png",
-    "intensity_histograms": "assets/intensity_histograms.png",
-    "lesion_properties": "assets/lesion_properties.png",
-    "augmentation_examples": "assets/augmentation_examples.png",
-    "phase1_curves": "assets/phase1_curves.png",
-    "history_phase1": "assets/history_phase1.csv",
-    "history_phase2": "assets/history_phase2.csv",
-    "training_curves": "assets/training_curves.png",
-    "predictions": "assets/predictions_{split}.csv",
-    "metrics": "assets/metrics.json",
-    "final_cm": "assets/final_cm.png",
-    "roc_pr": "assets/roc_pr.png",
-    "reliability": "assets/reliability.png",
-    "subtype_recall": "assets/subtype_recall.png",
-    "model_comparison": "assets/model_comparison.png",
-    "gradcam_steps": "assets/gradcam_steps.png",
-    "sanity_check": "assets/sanity_check.png",
-    "localisation_bars": "assets/localisation_bars.png",
-    "faithfulness": "assets/faithfulness.png",
-    "cam_methods": "assets/cam_methods.png",
-    "final_gradcam": "assets/final_gradcam.png",
-    "error_gradcam": "assets/error_gradcam.png",
-    "false_negatives": "assets/false_negatives.csv",
-    "fn_cases": "assets/false_negative_cases.png",
-    "fn_outside_lung": "assets/false_negative_outside_lung.png",
-    "localisation": "assets/localisation.csv",
-    "int8_report": "assets/int8_report.json",
-    "int8_gradcam": "assets/int8_gradcam.png",
-    "benchmark": "assets/benchmark.json",
-    "shortcut": "assets/shortcut.json",  # notebook 08: the controlled shortcut experiment and the real-data finds
-    "shortcut_examples": "assets/shortcut_examples.png",
-    "shortcut_metrics": "assets/shortcut_metrics.png",
-    "shortcut_maps": "assets/shortcut_maps.png",
-    "marker_finds": "assets/marker_finds.png",
-    "marker_summary": "assets/marker_summary.csv",
-    "vit_comparison": "assets/vit_comparison.json",  # notebook 09: ResNet-18 vs ViT-Tiny on the same test set
-    "vit_training_curves": "assets/vit_training_curves.png",
-    "vit_maps": "assets/vit_maps.png",
-    "vit_false_negatives": "assets/vit_false_negatives.png",
-}
-
-
-def artifact(name: str, root: Path | None = None, tag: str | None = None, **fmt: str) -> Path:
-    """Absolute path of the artifact ``name`` (see :data:`ARTIFACTS`); ``fmt`` fills placeholders. A ``tag``
-    names another run of the same stage — the ViT of notebook 09 (``vit``), the shortcut models of notebook 08 —
-    whose files sit beside the main ones with the tag in front (``model/vit_phase1_best.pt``)."""
-    if name not in ARTIFACTS:
-        raise KeyError(f"unknown artifact {name!r}; known: {', '.join(sorted(ARTIFACTS))}")
-    rel = Path(ARTIFACTS[name].format(**fmt) if fmt else ARTIFACTS[name])
-    if tag:
-        rel = rel.with_name(f"{tag}_{rel.name}")
-    return (root or project_root()) / rel
-
-
-#: Which notebook produces which artifact (used in "run notebook NN first" messages).
-PRODUCED_BY: dict[str, str] = {
-    "phantom_dir": "01_data_exploration.ipynb",
-    "data_summary": "01_data_exploration.ipynb",
-    "phase1_best": "02_phase1_warmup.ipynb",
-    "phase1_last": "02_phase1_warmup.ipynb",
-    "final_best": "03_phase2_finetune.ipynb",
-    "model": "04_evaluation.ipynb",
-    "history_phase1": "02_phase1_warmup.ipynb",
-    "history_phase2": "03_phase2_finetune.ipynb",
-    "predictions": "04_evaluation.ipynb",
-    "metrics": "04_evaluation.ipynb",
-    "final_cm": "04_evaluation.ipynb",
-    "localisation": "05_gradcam.ipynb",
-    "int8_model": "07_int8_deployment.ipynb",
-    "shortcut": "08_shortcut_learning.ipynb",
-    "vit_comparison": "09_vit_comparison.ipynb",
-}
-
-
-def require(name: str, root: Path | None = None, tag: str | None = None, **fmt: str) -> Path:
-    """Path of an artifact that must already exist; a :class:`UserError` names the notebook to run first."""
-    path = artifact(name, root, tag, **fmt)
-    if not path.exists():
-        nb = PRODUCED_BY.get(name)
-        hint = f"run notebooks/{nb} first" if nb else "create it first"
-        raise UserError(f"{path} is missing: {hint}.")
-    return path
 
 
 # --------------------------------------------------------------------------------------------- profiles
@@ -365,12 +215,3 @@ def banner(text: str, width: int = 100) -> str:
     """``text`` between two rules of ``=``: for what a reader must not miss."""
     return f"{'=' * width}\n{text}\n{'=' * width}"
 
-
-def is_online(host: str, timeout: float = 3.0) -> bool:
-    """Whether ``host`` answers on port 443 within ``timeout`` seconds: every download asks this first, so that
-    offline a download fails in one line at once instead of hanging or printing a library's traceback."""
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False

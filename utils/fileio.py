@@ -1,10 +1,15 @@
 """Atomic file writes (a temp file in the target's folder, then ``os.replace`` — never a half-written file)
-and the one JSON writer of the project (strict JSON: numpy values become numbers, nan/inf become null)."""
+and the one JSON writer of the project (strict JSON: numpy values become numbers, nan/inf become null).
+
+Every file the package writes goes through here: :func:`atomic_write` (any writer taking a file handle:
+``torch.save``, ``np.savez``, ``fig.savefig``), :func:`write_csv`, :func:`atomic_copy`, :func:`write_json` /
+:func:`update_json_section`."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -40,6 +45,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     with atomic_path(path) as tmp, open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8") as fh:
         write(fh)
     return Path(path)
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the file ``src`` to ``dst`` atomically: a reader of ``dst`` sees the old file or the whole new one."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
+def write_csv(path: str | os.PathLike, frame: Any, **to_csv: Any) -> Path:
+    """A pandas DataFrame as CSV (``frame.to_csv(fh, **to_csv)``, e.g. ``index=False``), atomically."""
+    return atomic_write(path, lambda fh: frame.to_csv(fh, **to_csv), binary=False)
 
 
 def jsonable(obj: Any) -> Any:

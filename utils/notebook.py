@@ -2,7 +2,7 @@
 
 :func:`setup` resolves the named knobs (:func:`utils.config.get_config`; the environment wins), prints the
 versions and one line saying what this run is, stamps that line under every figure, and makes a
-:class:`~utils.config.UserError` (a mistake the reader can fix: a wrong folder, a missing file, an unknown
+:class:`~utils.errors.UserError` (a mistake the reader can fix: a wrong folder, a missing file, an unknown
 option) print as one line instead of a stack trace. The cell still fails, so papermill, nbval and "Run all"
 stop there.
 """
@@ -13,7 +13,9 @@ import platform
 import sys
 from typing import Any
 
-from utils.config import Config, UserError, get_config
+from utils.config import Config, get_config
+from utils.errors import UserError
+from utils.machine import cpu_count
 from utils.viz.common import set_caption
 
 
@@ -53,7 +55,7 @@ def setup(profile: str = "demo", data_dir: str | os.PathLike | None = None, sour
     import numpy as np
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu_count()} cores)"
     print(f"python {platform.python_version()} | torch {torch.__version__} | numpy {np.__version__} | {device}")
     print(cfg.describe())
     set_caption(run_caption(cfg))

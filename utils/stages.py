@@ -22,6 +22,7 @@ import torch
 from utils.artifacts import checkpoint_state
 from utils.config import Config
 from utils.data.bundle import DataBundle
+from utils.paths import notebook_path
 
 #: Measured training throughput (images/s) at 128 px: this project's loop on a 2-core CPU (ResNet-18, batch 32)
 #: and, conservatively, a Colab-class GPU. Scaled by (128 / size)² for other sizes; only for the estimate.
@@ -50,11 +51,11 @@ def estimate_seconds(stage: str, cfg: Config, bundle: DataBundle) -> float:
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def _say(what: str, why: str, stage: str, cfg: Config, bundle: DataBundle, notebook: str) -> None:
+def _say(what: str, why: str, stage: str, cfg: Config, bundle: DataBundle) -> None:
     secs = estimate_seconds(stage, cfg, bundle)
     when = f"about {secs / 60:.0f} min" if secs >= 90 else f"about {max(secs, 1):.0f} s"
     where = "this GPU" if torch.cuda.is_available() else "this CPU"
-    print(f"rebuilding {what} ({why}) with the code of notebooks/{notebook}: {when} on {where}")
+    print(f"rebuilding {what} ({why}) with the code of {notebook_path(stage)}: {when} on {where}")
 
 
 def _root_path(cfg: Config, name: str, tag: str | None = None) -> Path:
@@ -65,12 +66,12 @@ def _root_path(cfg: Config, name: str, tag: str | None = None) -> Path:
 def ensure_phase1(cfg: Config, bundle: DataBundle, device: str = "auto", progress: bool = True,
                   tag: str | None = None) -> Path:
     """``model/phase1_best.pt`` for this data, trained now if missing or trained on other data. ``tag``: another
-    run of the stage (``utils.config.artifact``), e.g. notebook 09's ViT."""
+    run of the stage (``utils.paths.artifact``), e.g. notebook 09's ViT."""
     reason = checkpoint_state(cfg.path("phase1_best", tag), bundle)
     if reason:
         from utils.train.pipeline import run_phase1
 
-        _say(str(_root_path(cfg, "phase1_best", tag)), reason, "phase1", cfg, bundle, "02_phase1_warmup.ipynb")
+        _say(str(_root_path(cfg, "phase1_best", tag)), reason, "phase1", cfg, bundle)
         run_phase1(cfg, bundle, device, progress=progress, tag=tag)
     return cfg.path("phase1_best", tag)
 
@@ -83,7 +84,7 @@ def ensure_phase2(cfg: Config, bundle: DataBundle, device: str = "auto", progres
         from utils.train.pipeline import run_phase2
 
         ensure_phase1(cfg, bundle, device, progress, tag)
-        _say(str(_root_path(cfg, "final_best", tag)), reason, "phase2", cfg, bundle, "03_phase2_finetune.ipynb")
+        _say(str(_root_path(cfg, "final_best", tag)), reason, "phase2", cfg, bundle)
         run_phase2(cfg, bundle, device, progress=progress, tag=tag)
     return cfg.path("final_best", tag)
 
@@ -99,7 +100,7 @@ def ensure_evaluation(cfg: Config, bundle: DataBundle, device: str = "auto", pro
 
         ensure_phase2(cfg, bundle, device, progress, tag)
         ensure_phase1(cfg, bundle, device, progress, tag)
-        _say(str(_root_path(cfg, "model", tag)), reason, "evaluation", cfg, bundle, "04_evaluation.ipynb")
+        _say(str(_root_path(cfg, "model", tag)), reason, "evaluation", cfg, bundle)
         evaluate_models(cfg, bundle, device=device, progress=progress, tag=tag)
     return cfg.path("model", tag)
 
@@ -112,7 +113,6 @@ def ensure_explanation(cfg: Config, bundle: DataBundle, device: str = "auto", pr
     if reason:
         from utils.explain.choice import choose_and_record
 
-        _say("the main explanation" + (f" of the {tag} model" if tag else ""), reason, "explanation", cfg, bundle,
-             "05_gradcam.ipynb")
+        _say("the main explanation" + (f" of the {tag} model" if tag else ""), reason, "explanation", cfg, bundle)
         choose_and_record(cfg, bundle, device=device, progress=progress, tag=tag)
     return cfg.path("model", tag)

@@ -16,7 +16,8 @@ mask of each marker region so a map's attention to it can be *measured*:
 
 :func:`find_markers` is the documented heuristic that looks for marker-like regions in *any* image (bright compact
 blobs near the border that stand out from their surroundings); notebook 08 draws what it finds on real films, and
-:func:`remove_markers` imputes them away (the remedy).
+:func:`utils.studies.shortcut.remove_markers` imputes them away (the remedy: ROAD's imputation, which lives beside
+ROAD in :mod:`utils.explain.road`, a layer above this one).
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from utils.data.bundle import DataBundle, Split, fingerprint, pixel_hashes
-from utils.data.images import linear_impute
 
 MODES = ("correlated", "decorrelated", "reversed", "none")
 
@@ -188,13 +188,3 @@ def find_markers_all(images: np.ndarray, spec: FinderSpec = FinderSpec(), progre
         from tqdm.auto import tqdm
         it = tqdm(images, desc="find markers", unit="img", leave=False)
     return np.stack([find_markers(im, spec) for im in it]) if len(images) else np.zeros(images.shape, bool)
-
-
-def remove_markers(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """The remedy: every masked pixel imputed from its neighbours (ROAD's linear imputation without noise,
-    :func:`utils.data.images.linear_impute`) — the marker is gone, the surrounding background continues."""
-    out = np.array(images, copy=True)
-    for i in np.flatnonzero(np.asarray(masks).reshape(len(masks), -1).any(axis=1)):
-        filled = linear_impute(out[i].astype(np.float64), ~masks[i], noise=0.0)
-        out[i] = np.clip(np.round(filled), 0, 255).astype(np.uint8)
-    return out

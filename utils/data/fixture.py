@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import Parser, run_main
-from utils.config import CLASSES, UserError
+from utils.config import CLASSES
 from utils.data import phantom
 from utils.data.patients import parse_name, patient_id_from_name
+from utils.errors import UserError
 
 NAMES_DIR = Path(__file__).resolve().parent / "kermany_names"
 

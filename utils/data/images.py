@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from utils.config import UserError
+from utils.errors import UserError
 
 #: Largest image accepted (width × height), checked from the header before decoding.
 MAX_PIXELS = 50_000_000
@@ -203,57 +203,3 @@ def image_warnings(path: str | os.PathLike) -> list[str]:
             return out
     except (OSError, ValueError, Image.DecompressionBombError):
         return []
-
-
-# ------------------------------------------------------------------------------------ imputation
-#: The neighbour weights of ROAD's noisy linear imputation (Rong et al., 2022; as in pytorch-grad-cam).
-_NEIGHBOURS: tuple[tuple[tuple[int, int], float], ...] = (
-    ((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
-    ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
-
-
-def linear_impute(image: np.ndarray, keep: np.ndarray, noise: float = 0.01,
-                  rng: np.random.Generator | None = None) -> np.ndarray:
-    """Noisy linear imputation of one 2-D image (ROAD's, Rong et al. 2022): every pixel where ``keep`` is False
-    becomes the weighted mean of its eight neighbours (solved jointly as one sparse linear system), plus Gaussian
-    noise of sd ``noise``. The same equations as pytorch-grad-cam's ``NoisyLinearImputer`` (a test checks the two
-    agree with ``noise=0``), with the system assembled from arrays instead of element by element — about ten times
-    faster, which is what makes 20 fine ROAD steps on 100 images affordable on a CPU. Notebook 08 uses it to
-    remove burned-in markers too."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.linalg import spsolve
-
-    img = np.asarray(image, dtype=np.float64)
-    keep = np.asarray(keep, dtype=bool)
-    h, w = img.shape
-    missing = np.flatnonzero(~keep.ravel())
-    out = img.copy()
-    if missing.size == 0:
-        return out
-    var = np.full(h * w, -1)
-    var[missing] = np.arange(missing.size)
-    r, c = np.divmod(missing, w)
-    diag = np.zeros(missing.size)
-    rhs = np.zeros(missing.size)
-    rows, cols, vals = [], [], []
-    flat_img, flat_keep = img.ravel(), keep.ravel()
-    for (dr, dc), weight in _NEIGHBOURS:
-        rr, cc = r + dr, c + dc
-        inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        eq, nb = np.flatnonzero(inside), rr[inside] * w + cc[inside]
-        diag[eq] += weight
-        known = flat_keep[nb]
-        np.subtract.at(rhs, eq[known], weight * flat_img[nb[known]])
-        rows.append(eq[~known])
-        cols.append(var[nb[~known]])
-        vals.append(np.full(int((~known).sum()), weight))
-    rows.append(np.arange(missing.size))
-    cols.append(np.arange(missing.size))
-    vals.append(-diag)
-    system = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                        shape=(missing.size, missing.size)).tocsc()
-    solved = np.atleast_1d(spsolve(system, rhs))
-    if noise:
-        solved = solved + (rng or np.random.default_rng()).normal(0.0, noise, solved.size)
-    out.ravel()[missing] = solved
-    return out

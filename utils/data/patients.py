@@ -31,10 +31,6 @@ import pandas as pd
 _PERSON = re.compile(r"^person(\d+)_(bacteria|virus)_\d+", re.I)
 _IM = re.compile(r"^(NORMAL2-)?IM-(\d+)-\d+", re.I)
 
-#: The numbering series of the Kermany file names (the first part of a patient key).
-SERIES = ("bacteria", "virus", "IM", "NORMAL2-IM")
-
-
 def parse_name(name: str) -> tuple[str, int] | None:
     """``(series, number)`` of a Kermany file name, or None for a name of no known form."""
     stem = Path(name).stem

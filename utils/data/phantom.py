@@ -19,7 +19,8 @@ y grows downwards.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from utils.data.patients import patient_key
+from utils.fileio import atomic_write, jsonable, read_json, write_csv, write_json
 
 SUBTYPE_KIND = {"bacteria": "consolidation", "virus": "patchy"}
 HARD_KINDS = ("faint", "small", "retrocardiac", "retrodiaphragmatic")
@@ -52,6 +54,7 @@ class PhantomSpec:
     faint_factor: float = 0.12  # hard "faint" lesions keep this fraction of their contrast
     small_factor: float = 0.3  # hard "small" lesions keep this fraction of their radius
     hidden_factor: float = 0.6  # and hard retrocardiac / retrodiaphragmatic ones this fraction of their contrast
+    exposure: float = 1.6  # detector response 1 - exp(-exposure * attenuation): the exposure technique (see shifted_spec)
 
 
 def spec_for(difficulty: str = "default", image_size: int = 128) -> PhantomSpec:
@@ -281,7 +284,7 @@ def render(a: Anatomy, lesions: list[Lesion], rng: np.random.Generator, spec: Ph
         lesion_mask |= op > spec.mask_level
 
     # saturating detector response: dense regions (heart, dome) hide added density
-    img = 1.0 - np.exp(-1.6 * np.clip(mu, 0, None))
+    img = 1.0 - np.exp(-spec.exposure * np.clip(mu, 0, None))
     img = ndimage.gaussian_filter(img, rng.uniform(0.4, 1.0) * size / 128)
     noise_sd = rng.uniform(*spec.noise)
     img = img + rng.normal(0, noise_sd, img.shape).astype(np.float32)
@@ -364,10 +367,27 @@ def stack(samples: list[PhantomSample]) -> dict[str, Any]:
 
 ANNOTATIONS = "_annotations.npz"
 LESION_TABLE = "_lesions.csv"
+#: The folder's one stamp: the spec and how the samples were drawn (written last, after every image).
+DATASET_STAMP = "DATASET.json"
 
 
-def write_kermany_layout(root: str | Path, splits: dict[str, list[PhantomSample]], spec: PhantomSpec) -> Path:
-    """Write ``root/{split}/{NORMAL,PNEUMONIA}/<id>.png`` plus mask and lesion sidecars per split."""
+def dataset_stamp(spec: PhantomSpec, **drawn: Any) -> dict[str, Any]:
+    """What :data:`DATASET_STAMP` records: ``{"spec": …, **drawn}`` (e.g. patient counts and seed), as JSON."""
+    return jsonable({"spec": asdict(spec), **drawn})
+
+
+def stamp_matches(root: str | Path, stamp: dict[str, Any]) -> bool:
+    """Whether the phantom folder ``root`` carries exactly ``stamp`` (a missing or unreadable one does not)."""
+    try:
+        return read_json(Path(root) / DATASET_STAMP) == stamp
+    except ValueError:
+        return False
+
+
+def write_kermany_layout(root: str | Path, splits: dict[str, list[PhantomSample]], spec: PhantomSpec,
+                         **drawn: Any) -> Path:
+    """Write ``root/{split}/{NORMAL,PNEUMONIA}/<id>.png`` plus mask and lesion sidecars per split, then the stamp
+    (:func:`dataset_stamp` of ``spec`` and ``drawn``): a folder cut short carries none and is regenerated."""
     from PIL import Image
 
     root = Path(root)
@@ -378,10 +398,25 @@ def write_kermany_layout(root: str | Path, splits: dict[str, list[PhantomSample]
             cls = "PNEUMONIA" if s.label else "NORMAL"
             Image.fromarray(s.image).save(root / split / cls / f"{s.image_id}.png", optimize=False)
         arr = stack(samples)
-        tmp = root / split / ("tmp" + ANNOTATIONS)
-        np.savez_compressed(tmp, ids=arr["ids"], lung_masks=arr["lung_masks"],
-                            lesion_masks=arr["lesion_masks"])
-        tmp.replace(root / split / ANNOTATIONS)
-        arr["info"].to_csv(root / split / LESION_TABLE, index=False)
-    (root / "SPEC.json").write_text(__import__("json").dumps(asdict(spec), indent=1))
+        masks = {k: arr[k] for k in ("ids", "lung_masks", "lesion_masks")}
+        atomic_write(root / split / ANNOTATIONS, partial(np.savez_compressed, **masks))
+        write_csv(root / split / LESION_TABLE, arr["info"], index=False)
+    write_json(root / DATASET_STAMP, dataset_stamp(spec, **drawn))
     return root
+
+
+# ------------------------------------------------------------------------------------------ another hospital
+#: The exposure of the built-in shifted population (the default spec's is 1.6): chosen so that the demo's shipped
+#: model scores its normals clearly higher while the ranking of its images barely moves (notebook 04, dataset shift).
+SHIFTED_EXPOSURE = 3.0
+
+
+def shifted_spec(image_size: int = 128, difficulty: str = "default", exposure: float = SHIFTED_EXPOSURE) -> PhantomSpec:
+    """The phantoms of another hospital: :func:`spec_for`'s anatomy and lesions, another exposure technique.
+
+    A larger ``exposure`` (a softer, lower-kVp beam) makes every tissue attenuate more, so dense tissue saturates
+    the detector sooner and the lung fields look denser after the per-image stretch — on every image, NORMAL and
+    PNEUMONIA alike, as when a model meets a scanner it was not trained on. Only the exposure differs from
+    ``spec_for(difficulty, image_size)``; the same seed gives the same patients, lesions and acquisitions.
+    """
+    return replace(spec_for(difficulty, image_size), exposure=float(exposure))

@@ -8,7 +8,6 @@ subtype, content hashes and — for phantoms — lung and lesion masks. Validati
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utils.config import CLASSES, REAL_DATA_HINT, Config, UserError, is_online
+from utils.config import CLASSES, REAL_DATA_HINT, Config
 from utils.data import phantom
 from utils.data.bundle import SPLITS, DataBundle, Split, fingerprint, pixel_hashes
 from utils.data.patients import (
@@ -28,6 +27,9 @@ from utils.data.patients import (
     unknown_names,
 )
 from utils.data.splits import check_no_leaks, patient_split
+from utils.errors import UserError
+from utils.fileio import atomic_write
+from utils.machine import is_online
 
 TINY_VAL = 100  # an official val folder smaller than this (Kermany's has 16 images) is merged into train
 
@@ -137,9 +139,7 @@ def decode_cached(df: pd.DataFrame, size: int, cache_dir: Path, progress: bool =
         with np.load(path, allow_pickle=False) as z:
             return z["images"], z["hashes"], [str(b) for b in z["bad"]]
     images, hashes, bad = _decode(list(df["path"]), size, progress)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, hashes=hashes, bad=np.array(bad, dtype=str))
-    tmp.replace(path)
+    atomic_write(path, lambda fh: np.savez(fh, images=images, hashes=hashes, bad=np.array(bad, dtype=str)))
     return images, hashes, bad
 
 
@@ -238,10 +238,9 @@ def load_folder(root: str | Path, size: int, val_fraction: float, seed: int, cac
 def ensure_phantom_dataset(root: Path, size: int, settings: dict[str, Any], progress: bool = True) -> Path:
     """Write the phantom dataset in the Kermany layout unless the same one is already there."""
     spec = phantom.spec_for(settings.get("difficulty", "default"), size)
-    want = {"spec": phantom.asdict(spec), "n_patients_train": settings["n_patients_train"],
-            "n_patients_test": settings["n_patients_test"], "seed": settings["seed"]}
-    stamp = root / "DATASET.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(want)):
+    drawn = {"n_patients_train": settings["n_patients_train"], "n_patients_test": settings["n_patients_test"],
+             "seed": settings["seed"]}
+    if phantom.stamp_matches(root, phantom.dataset_stamp(spec, **drawn)):
         return root
     import shutil
     if root.exists():
@@ -250,8 +249,7 @@ def ensure_phantom_dataset(root: Path, size: int, settings: dict[str, Any], prog
     train = phantom.generate(settings["n_patients_train"], seed, spec, first_pid=1, progress=progress)
     first_test = max(5001, settings["n_patients_train"] + 1)  # test patients never share an id with train
     test = phantom.generate(settings["n_patients_test"], seed + 1, spec, first_pid=first_test, progress=progress)
-    phantom.write_kermany_layout(root, {"train": train, "test": test}, spec)
-    stamp.write_text(json.dumps(want, indent=1))
+    phantom.write_kermany_layout(root, {"train": train, "test": test}, spec, **drawn)
     return root
 
 

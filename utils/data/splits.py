@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from utils.config import UserError
 from utils.data.bundle import Split
+from utils.errors import UserError
 
 
 class LeakageError(UserError):

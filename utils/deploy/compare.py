@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from utils.deploy.timing import file_size_mb
 
@@ -52,18 +51,6 @@ def decision_titles(ids: Sequence[str], labels: Sequence[int], p_fp32: np.ndarra
         return classes[1] if p >= t else classes[0]
     return [f"{i} (truth: {classes[int(y)]})\nFP32 {a:.3g} → {call(a, t_fp32)}\nINT8 {b:.3g} → {call(b, t_int8)}"
             for i, y, a, b in zip(ids, labels, p_fp32, p_int8)]
-
-
-def proba_with(forward: Callable[[torch.Tensor], Any], images_uint8: np.ndarray, meta: Mapping[str, Any],
-               batch_size: int = 64) -> np.ndarray:
-    """P(PNEUMONIA) for uint8 images through any ``forward`` (PyTorch or ONNX Runtime)."""
-    from utils.train.model import preprocess
-
-    images = torch.as_tensor(np.asarray(images_uint8))
-    out = [torch.as_tensor(np.asarray(forward(preprocess(images[i:i + batch_size], meta["mean"], meta["std"]))))
-           for i in range(0, len(images), batch_size)]
-    logits = torch.cat(out).float() if out else torch.zeros(0, len(meta["classes"]))
-    return torch.softmax(logits, dim=1)[:, 1].numpy()
 
 
 def int8_changes(results: Any, diff: Mapping[str, Mapping[str, float]], n_flipped: int, n_test: int,

@@ -45,7 +45,8 @@ from torch import nn
 
 from utils import fileio
 from utils.checkpoint import FORMAT
-from utils.config import UserError
+from utils.errors import UserError
+from utils.paths import notebook_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -220,14 +221,10 @@ class Int8Model:
         return torch.from_numpy(out)
 
     def predict_proba(self, images_uint8: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """P(PNEUMONIA) for uint8 images (N, S, S)."""
-        from utils.train.model import preprocess
+        """P(PNEUMONIA) for uint8 images (N, S, S): the series' batched loop and probability, through this model."""
+        from utils.train.model import batched_logits, pneumonia_probability
 
-        images = torch.as_tensor(np.asarray(images_uint8))
-        out = [self(preprocess(images[i:i + batch_size], self.meta["mean"], self.meta["std"]))
-               for i in range(0, len(images), batch_size)]
-        logits = torch.cat(out).float() if out else torch.zeros(0, len(self.meta["classes"]))
-        return torch.softmax(logits, dim=1)[:, 1].numpy()
+        return pneumonia_probability(batched_logits(self, images_uint8, self.meta, batch_size))
 
 
 def load_int8(path: str | os.PathLike, threads: int = 2) -> Int8Model:
@@ -237,15 +234,15 @@ def load_int8(path: str | os.PathLike, threads: int = 2) -> Int8Model:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"INT8 model not found: {path} (create it with notebooks/07_int8_deployment.ipynb).")
+        raise UserError(f"INT8 model not found: {path} (create it with {notebook_path('int8')}).")
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as exc:
         raise UserError(f"cannot read {path} as an ONNX model ({type(exc).__name__}); pass the INT8 model written "
-                        "by notebooks/07_int8_deployment.ipynb.") from None
+                        f"by {notebook_path('int8')}.") from None
     if META_KEY not in props:
         raise UserError(f"{path} is an ONNX file without this project's metadata (no {META_KEY!r}); create the INT8 "
-                        "model with notebooks/07_int8_deployment.ipynb.")
+                        f"model with {notebook_path('int8')}.")
     meta = json.loads(props[META_KEY])
     if meta.get("arch") != INT8_ARCH:
         raise UserError(f"{path} holds a {meta.get('arch')!r} model, not {INT8_ARCH!r}.")

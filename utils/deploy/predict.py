@@ -5,7 +5,7 @@
 
 The model is loaded once (``utils.train.model.load_model``: ``weights_only=True``, validated metadata); every
 image goes through :func:`utils.data.images.read_image` (the same decoding as training), then ONE forward and
-ONE backward pass of the main explanation (:func:`utils.explain.selection.main_explanation`: the map notebook 05
+ONE backward pass of the main explanation (:func:`utils.explain.maps.resolve_explanation`: the map notebook 05
 chose, explaining the PNEUMONIA class; the probability comes from the logits of that same forward pass). The
 threshold is the one notebook 04 chose on validation (:func:`utils.artifacts.operating_threshold`); a checkpoint
 without one needs ``--threshold``. See docs/INFERENCE.md.
@@ -23,7 +23,8 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,11 @@ import numpy as np
 
 from utils.artifacts import operating_threshold
 from utils.cli import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, Parser, one_line, print_error, run_main
-from utils.config import ARTIFACTS, UserError, artifact, project_root
 from utils.data.images import IMAGE_SUFFIXES, image_warnings, list_images, read_image
+from utils.errors import UserError
 from utils.fileio import atomic_write
+from utils.paths import ARTIFACTS, artifact, notebook_path, project_root
 
-#: Grad-CAM explains this class index (PNEUMONIA): the map shows the evidence *for* pneumonia.
-TARGET_CLASS = 1
-DEFAULT_LAYER = "layer4"
 #: Two-panel overlay figure: 10 × 5 inches at 100 dpi = a 1000 × 500 px PNG.
 FIG_SIZE, FIG_DPI = (10.0, 5.0), 100
 FIELDS = ("image", "diagnosis", "probability", "threshold", "threshold_source", "explanation", "layer",
@@ -57,14 +56,15 @@ outputs:
              when it is a folder, else to assets/predictions/. A bad file is reported on stderr in one
              line and skipped; the other images still get results.
 The map is the main explanation of the series: the one notebook 05 chose on validation and recorded in the
-checkpoint as 'explanation' (without one, plain Grad-CAM on {DEFAULT_LAYER}); it explains the PNEUMONIA class
-(red = evidence for pneumonia). --layer asks for plain Grad-CAM on another layer. Diagnosis = PNEUMONIA when
+checkpoint as 'explanation' (without one, the unmeasured default utils.explain.spec.UNMEASURED_EXPLANATION;
+a recorded one the model cannot use is an error); it explains the PNEUMONIA class (red = evidence for
+pneumonia). --layer asks for plain Grad-CAM on another layer. Diagnosis = PNEUMONIA when
 P(pneumonia) >= threshold: the one notebook 04 chose on validation and recorded in the checkpoint, unless
 --threshold (a checkpoint without a recorded threshold needs --threshold). An image that does not look like the
 grayscale radiographs the model was trained on (colour, or under 64 px) gets a warning. Inputs are never
 overwritten; files are written atomically.
 
-INT8 (--int8, the model of notebooks/07_int8_deployment.ipynb; the flag alone means {ARTIFACTS["int8_model"]}):
+INT8 (--int8, the model of {notebook_path('int8')}; the flag alone means {ARTIFACTS["int8_model"]}):
   diagnosis and P(pneumonia) come from the INT8 ONNX model on the CPU, at its own threshold (chosen on
   validation for it). ONNX Runtime has no autograd, so no map can be taken from the INT8 model: with an
   explicit --model_path, the overlay is the main explanation of that FP32 checkpoint (it must be the
@@ -79,7 +79,7 @@ exit codes:
 """
 
 
-# ----------------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------------------- outputs
 def default_output_dir() -> Path:
     """Where overlays go by default: ``assets/predictions/`` under the project root."""
     return project_root() / "assets" / "predictions"
@@ -98,45 +98,73 @@ def plan_overlays(images: Sequence[Path], folder: Path, protected: Iterable[Path
     return plan
 
 
-def choose_explanation(model, meta: dict, layer: str | None = None) -> tuple[dict[str, Any], str]:
-    """The map's spec and where it came from: plain Grad-CAM on ``--layer`` (validated), else the explanation
-    notebook 05 recorded in the checkpoint when it fits this model, else the unmeasured default
-    (:func:`utils.explain.selection.unmeasured_explanation`). A bad ``--layer`` is a one-line usage error; a recorded
-    explanation that does not fit the model falls back to the default and says why."""
-    from torch import nn
+@dataclass
+class OutputPlan:
+    """Where results go, decided from ``--output`` and the number of inputs (:func:`plan_outputs`)."""
 
-    from utils.artifacts import recorded_explanation
-    from utils.explain.selection import ROLLOUT, check_spec, make_spec, unmeasured_explanation
-    from utils.train.vit import is_vit
+    batch: bool  # several images (or a folder, or a .csv output): a table instead of a report
+    csv_path: Path | None = None
+    overlay_dir: Path | None = None
+    single_png: Path | None = None
 
-    def usable(name: Any) -> bool:
-        try:
-            mod = model.get_submodule(name) if isinstance(name, str) and name else None
-        except AttributeError:
-            return False
-        if mod is None:
-            return False
-        if is_vit(model):  # token layers inside the blocks (read through the reshape)
-            return name.startswith("blocks.") and name.count(".") >= 1
-        return any(isinstance(m, nn.Conv2d) for m in mod.modules())
 
-    if layer is not None:
-        if not usable(layer):
-            tops = ", ".join(n for n, _ in model.named_children() if usable(n)) or "blocks.11.norm1"
-            raise UserError(f"--layer {layer!r} is not a layer Grad-CAM can read in this model; choose one of {tops} "
-                            "or a sub-block such as layer4.1.conv2 (a ViT: blocks.11.norm1).")
-        return make_spec("gradcam", layer), "--layer"
-    recorded = recorded_explanation(meta)
-    if recorded is not None:
-        try:
-            spec = check_spec(recorded)
-            if (spec["method"] == ROLLOUT and is_vit(model)) or usable(spec["layer"]):
-                return spec, "checkpoint (notebook 05)"
-            why = f"its layer {spec['layer']!r} is not in this model"
-        except ValueError as exc:
-            why = str(exc)
-        return unmeasured_explanation(meta), f"default (the recorded explanation is unusable: {why})"
-    return unmeasured_explanation(meta), "default"
+def plan_outputs(inputs: Sequence[Path], output: str | None) -> OutputPlan:
+    """Single image or batch, and the table / overlay paths ``--output`` asks for; a one-line error for an output
+    that does not fit (a .png for several images, another suffix for one)."""
+    out = Path(output).expanduser() if output else None
+    out_is_dir = out is not None and (out.is_dir() or str(output).endswith(("/", os.sep)))
+    suffix = out.suffix.lower() if out is not None and not out_is_dir else ""
+    plan = OutputPlan(batch=len(inputs) > 1 or any(p.is_dir() for p in inputs) or suffix == ".csv")
+    if plan.batch:
+        if suffix == ".csv" and out is not None:
+            plan.csv_path, plan.overlay_dir = out, out.parent / f"{out.stem}_overlays"
+        elif suffix:
+            raise UserError(f"--output {out}: with several images, give a .csv path or a folder for the overlays.")
+        elif out is not None:
+            plan.overlay_dir = out
+    elif out is not None:
+        if out_is_dir:
+            plan.overlay_dir = out
+        elif suffix == ".png":
+            plan.single_png = out
+        else:
+            raise UserError(f"--output {out}: give a .png path (or a folder) for the overlay of a single image.")
+    return plan
+
+
+def collect_images(inputs: Sequence[Path], recursive: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files of ``inputs`` (folders expanded, each file once) and the empty folders as failures (each
+    reported on stderr in one line)."""
+    files: list[Path] = []
+    failures: list[tuple[Path, str]] = []
+    for p in inputs:
+        if p.is_dir():
+            found = list_images(p, recursive=recursive)
+            if not found:
+                failures.append((p, f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                                    f"{'' if recursive else 'use -r for sub-folders, or '}check the path."))
+                print_error(failures[-1][1])
+            files += found
+        else:
+            files.append(p)
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique, failures
+
+
+def check_outputs(plan: OutputPlan, files: Sequence[Path]) -> None:
+    """No output overwrites an input, and the table's folder can be written — or a one-line error."""
+    inputs = {f.resolve() for f in files}
+    if plan.csv_path is not None and plan.csv_path.resolve() in inputs:
+        raise UserError(f"--output {plan.csv_path} is one of the input files; it will not be overwritten.")
+    if plan.single_png is not None and plan.single_png.resolve() in inputs:
+        raise UserError(f"--output {plan.single_png} is the input image; it will not be overwritten.")
+    if plan.csv_path is not None:
+        writable(plan.csv_path, "the --output table")
 
 
 def writable(path: Path, what: str) -> Path:
@@ -151,6 +179,15 @@ def writable(path: Path, what: str) -> Path:
         raise UserError(f"cannot write {what} {path}: {exc.strerror or type(exc).__name__} — choose another "
                         "location.") from None
     return path
+
+
+def overlay_files(plan: OutputPlan, files: Sequence[Path]) -> dict[Path, Path]:
+    """The PNG of each image: ``--output`` as given, else (only now: explicit outputs and --no-overlay need no
+    project folder) ``assets/predictions/``."""
+    if plan.single_png is not None:
+        return {files[0]: writable(plan.single_png, "the overlay")}
+    plan.overlay_dir = plan.overlay_dir if plan.overlay_dir is not None else default_output_dir()
+    return plan_overlays(files, writable(plan.overlay_dir, "the overlay"))
 
 
 def save_overlay_figure(path: Path, gray: np.ndarray, cam_map: np.ndarray, *, probability: float,
@@ -188,24 +225,27 @@ def _stderr_line(text: str, progress: bool) -> None:
 def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, threshold: float | None = None,
                    layer: str | None = None, overlays: dict[Path, Path] | None = None, explain: bool = True,
                    progress: bool = False, on_error: Callable[[Path, str], None] | None = None,
-                   scorer: Callable[[Any], Any] | None = None
-                   ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+                   scorer: Callable[[Any], Any] | None = None, explained_by: Mapping[str, Any] | None = None,
+                   explained_name: str | None = None) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     """Predict (and explain) every image; returns ``(results, failures)``.
 
     ``results``: one dict per successful image (keys of :data:`FIELDS` but model_path/fingerprint).
     ``failures``: ``(path, one-line message)``; ``on_error`` is called as each happens. ``overlays`` maps
     an image path to its PNG (missing = no figure); ``explain=False`` skips Grad-CAM (forward only).
-    Hooks are registered once and always removed; the model's train/eval flags are restored.
-    ``scorer`` (the INT8 model: CPU input → logits) gives the probability instead; ``model`` then only explains
-    (Grad-CAM of the FP32 model) and may be ``None`` when ``explain=False``.
+    The map is :func:`utils.explain.maps.resolve_explanation` of ``explained_by`` (the metadata of the checkpoint
+    that explains; default ``meta``; ``explained_name`` names it in messages). Hooks are registered once and always
+    removed; the model's train/eval flags are restored. ``scorer`` (the INT8 model: CPU input → logits) gives the
+    probability instead; ``model`` then only explains (Grad-CAM of the FP32 model) and may be ``None`` when
+    ``explain=False``.
     """
     from contextlib import nullcontext
 
     import torch
 
     from utils.explain.gradcam import eval_mode
-    from utils.explain.selection import Explainer
-    from utils.train.model import preprocess
+    from utils.explain.maps import Explainer, resolve_explanation
+    from utils.explain.spec import ROLLOUT
+    from utils.train.model import PNEUMONIA, pneumonia_probability, preprocess
 
     files = [Path(p) for p in paths]
     overlays = overlays or {}
@@ -216,8 +256,8 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
         t, t_source = float(threshold), "--threshold"
     if model is None and (scorer is None or explain):
         raise ValueError("predict_images needs a model (a scorer alone cannot explain)")
-    spec, layer_source = choose_explanation(model, meta, layer) if explain else (None, None)
-    layer_name = spec["layer"] if spec is not None else None
+    spec, layer_source = (resolve_explanation(explained_by if explained_by is not None else meta, model, layer,
+                                              name=explained_name) if explain else (None, None))
     classes, size = list(meta["classes"]), int(meta["image_size"])
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     results: list[dict[str, Any]] = []
@@ -228,8 +268,9 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
         it = tqdm(files, desc="predict", unit="img", file=sys.stderr, disable=None)
     # the main explanation (notebook 05's choice; plain Grad-CAM on --layer): ONE batched forward + backward
     cam = Explainer(model, spec) if spec is not None else None
-    explained = None if spec is None else ("none (attention rollout is class-agnostic)" if spec["method"] == "rollout"
-                                           else classes[TARGET_CLASS])
+    rollout = spec is not None and spec["method"] == ROLLOUT
+    explained = None if spec is None else ("none (attention rollout is class-agnostic)" if rollout
+                                           else classes[PNEUMONIA])
     try:
         with eval_mode(model) if model is not None else nullcontext():
             for p in it:
@@ -240,28 +281,26 @@ def predict_images(model, meta: dict, paths: Sequence[str | os.PathLike], *, thr
                     gray = read_image(p, size)
                     x = preprocess(torch.from_numpy(gray)[None].to(device), meta["mean"], meta["std"])
                     if cam is not None:
-                        maps, logits = cam(x, targets=TARGET_CLASS)
+                        maps, logits = cam(x, targets=PNEUMONIA)
                     elif scorer is None:
                         with torch.inference_mode():
                             logits = model(x)
                     if scorer is not None:
                         logits = torch.as_tensor(scorer(x.cpu()))
-                    prob = float(torch.softmax(logits.detach().float(), dim=1)[0, TARGET_CLASS])
-                    diagnosis = classes[TARGET_CLASS] if prob >= t else classes[1 - TARGET_CLASS]
+                    prob = float(pneumonia_probability(logits)[0])
+                    diagnosis = classes[PNEUMONIA] if prob >= t else classes[1 - PNEUMONIA]
                     out = overlays.get(p) if cam is not None else None
-                    if out is not None:
-                        name = spec["name"] if spec is not None else "map"
-                        label = name if scorer is None else f"{name}, FP32 model"
+                    if out is not None and spec is not None:
+                        label = spec["name"] if scorer is None else f"{spec['name']}, FP32 model"
                         try:
                             save_overlay_figure(out, gray, maps[0], probability=prob, diagnosis=diagnosis,
-                                                threshold=t, name=p.name, layer=label,
-                                                evidence=spec is not None and spec["method"] != "rollout")
+                                                threshold=t, name=p.name, layer=label, evidence=not rollout)
                         except OSError as exc:
                             raise UserError(f"cannot write the overlay {out}: {exc.strerror or type(exc).__name__} "
                                             "— choose another --output.") from None
                     results.append({"image": str(p), "diagnosis": diagnosis, "probability": prob, "threshold": t,
                                     "threshold_source": t_source, "explanation": spec["name"] if spec else None,
-                                    "layer": layer_name, "layer_source": layer_source,
+                                    "layer": spec["layer"] if spec else None, "layer_source": layer_source,
                                     "warnings": "; ".join(notes) or None,
                                     "explained_class": explained,
                                     "overlay": str(out) if out is not None else None})
@@ -314,137 +353,113 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    """Execute parsed arguments; returns the exit code (raises :class:`UserError` for usage mistakes)."""
-    if args.layer is not None and not args.overlay:  # contradictory: a map on a layer, and no map at all
-        raise UserError(f"--layer {args.layer} chooses the map and --no-overlay asks for none: drop one of them.")
-    inputs = [Path(p).expanduser() for p in args.image_path]
-    out = Path(args.output).expanduser() if args.output else None
-    out_is_dir = out is not None and (out.is_dir() or str(args.output).endswith(("/", os.sep)))
-    suffix = out.suffix.lower() if out is not None and not out_is_dir else ""
-    batch = len(inputs) > 1 or any(p.is_dir() for p in inputs) or suffix == ".csv"
-    csv_path, overlay_dir, single_png = None, None, None
-    if batch:
-        if suffix == ".csv" and out is not None:
-            csv_path, overlay_dir = out, out.parent / f"{out.stem}_overlays"
-        elif suffix:
-            raise UserError(f"--output {out}: with several images, give a .csv path or a folder for the overlays.")
-        elif out is not None:
-            overlay_dir = out
-    elif out is not None:
-        if out_is_dir:
-            overlay_dir = out
-        elif suffix == ".png":
-            single_png = out
-        else:
-            raise UserError(f"--output {out}: give a .png path (or a folder) for the overlay of a single image.")
+@dataclass
+class Predictor:
+    """What predicts and what explains (:func:`load_predictor`)."""
 
-    files: list[Path] = []
-    failures: list[tuple[Path, str]] = []
-    for p in inputs:
-        if p.is_dir():
-            found = list_images(p, recursive=args.recursive)
-            if not found:
-                failures.append((p, f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-                                    f"{'' if args.recursive else 'use -r for sub-folders, or '}check the path."))
-                print_error(failures[-1][1])
-            files += found
-        else:
-            files.append(p)
-    seen: set[Path] = set()
-    unique = []
-    for f in files:
-        if f.resolve() not in seen:
-            seen.add(f.resolve())
-            unique.append(f)
-    files = unique
-    if csv_path is not None and csv_path.resolve() in seen:
-        raise UserError(f"--output {csv_path} is one of the input files; it will not be overwritten.")
-    if single_png is not None and single_png.resolve() in seen:
-        raise UserError(f"--output {single_png} is the input image; it will not be overwritten.")
-    if csv_path is not None:
-        writable(csv_path, "the --output table")
+    model: Any  # the FP32 model (None: INT8 without --model_path)
+    meta: dict[str, Any]  # the deciding model's metadata (threshold, size, classes, normalisation)
+    model_path: Path | None  # the FP32 checkpoint
+    explained_by: dict[str, Any] | None = None  # the metadata of the checkpoint whose record chooses the map
+    scorer: Any = None  # the INT8 model, or None
+    int8_path: Path | None = None
+    why_none: str = "--no-overlay"  # why there is no overlay, when there is none
+    explain: bool = True
+    fingerprint: str = field(default="", repr=False)
 
-    if not files:  # only empty folders: already reported
-        return EXIT_USAGE
-    if not batch:
-        read_image(files[0])  # fail fast on a bad single image, before importing torch and loading the model
+
+def load_predictor(args: argparse.Namespace) -> Predictor:
+    """Load the model(s) once and check, before any work, that a threshold and the map can be had: a checkpoint
+    without a recorded threshold needs --threshold; a bad --layer or an unusable recorded map is a usage error."""
     from utils.checkpoint import state_fingerprint
+    from utils.explain.maps import resolve_explanation
     from utils.train.model import load_model, resolve_device
 
-    scorer, int8_path, why_none = None, None, "--no-overlay"
     if args.int8 is not None:
-        model, meta, scorer, int8_path = _load_int8(args)
-        if args.overlay and model is None:  # no FP32 checkpoint: nothing can explain the INT8 decision
-            args.overlay, why_none = False, INT8_NO_CAM
+        pred = _load_int8(args)
     else:
-        args.model_path = args.model_path or str(artifact("model"))
-        model, meta = load_model(args.model_path, resolve_device(args.device))
+        path = Path(args.model_path or artifact("model"))
+        model, meta = load_model(path, resolve_device(args.device))
+        pred = Predictor(model, meta, path, meta, explain=args.overlay,
+                         fingerprint=state_fingerprint(model.state_dict()))
     if args.threshold is None:  # before any work: name the file and the way out
         try:
-            operating_threshold(meta, int8_path if int8_path is not None else args.model_path)
+            operating_threshold(pred.meta, pred.int8_path if pred.int8_path is not None else pred.model_path)
         except UserError as exc:
             raise UserError(f"{exc} Or pass --threshold T to set one yourself.") from None
-    if model is not None and args.overlay:
-        choose_explanation(model, meta, args.layer)  # a bad --layer is a usage error before any work
-    overlays = {}
-    if args.overlay and single_png is None and overlay_dir is None:
-        overlay_dir = default_output_dir()  # only now: --no-overlay and explicit outputs need no project folder
-    if args.overlay:
-        target = single_png if single_png is not None else Path(str(overlay_dir))
-        writable(target, "the overlay")
-        overlays = {files[0]: target} if single_png is not None else plan_overlays(files, target)
-    from tqdm.auto import tqdm
+    if pred.model is not None and pred.explain:
+        resolve_explanation(pred.explained_by or pred.meta, pred.model, args.layer, name=str(pred.model_path))
+    return pred
 
-    def report(path: Path, msg: str) -> None:  # one line per bad file, without breaking the progress bar
-        tqdm.write(f"error: {one_line(msg)}", file=sys.stderr)
 
-    results, failed = predict_images(model, meta, files, threshold=args.threshold, layer=args.layer,
-                                     overlays=overlays, explain=args.overlay, progress=batch, on_error=report,
-                                     scorer=scorer)
-    failures += failed
-    if not results:
-        if batch:
-            print_error(f"no image could be processed ({len(failures)} failed).")
-        return EXIT_USAGE
-    fields: tuple[str, ...] = FIELDS
-    if int8_path is None:
-        fingerprint = state_fingerprint(model.state_dict())
+def _load_int8(args: argparse.Namespace) -> Predictor:
+    """The INT8 model for ``--int8``, and the FP32 checkpoint that explains it when ``--model_path`` is given (it
+    must be the one the INT8 model was quantised from)."""
+    from utils.checkpoint import state_fingerprint
+    from utils.deploy.int8 import load_int8
+    from utils.deploy.timing import file_fingerprint
+    from utils.train.model import load_model, resolve_device
+
+    int8_path = Path(args.int8).expanduser() if args.int8 else artifact("int8_model")
+    if not int8_path.exists():
+        hint = f"run {notebook_path('int8')} first" if not args.int8 else "check the path"
+        raise UserError(f"INT8 model not found: {int8_path} ({hint}).")
+    device = resolve_device(args.device)  # a bad --device is a usage error here too
+    int8 = load_int8(int8_path)
+    pred = Predictor(None, int8.meta, None, scorer=int8, int8_path=int8_path, explain=False,
+                     fingerprint=file_fingerprint(int8_path))
+    if args.model_path is None or not args.overlay:
+        if args.layer is not None:
+            raise UserError("--layer needs a map, which the INT8 model cannot give: add --model_path FP32.pt "
+                            "(the checkpoint it was quantised from).")
+        if args.overlay:  # no FP32 checkpoint: nothing can explain the INT8 decision
+            pred.why_none = INT8_NO_CAM
+        return pred
+    model, fp32_meta = load_model(args.model_path, device)
+    found, expected = state_fingerprint(model.state_dict()), int8.meta.get("fp32_fingerprint")
+    if found != expected:
+        raise UserError(f"--model_path {args.model_path} is not the checkpoint {int8_path} was quantised from "
+                        f"(weights {found}, expected {expected}): its map would explain another model.")
+    pred.model, pred.model_path, pred.explained_by, pred.explain = model, Path(args.model_path), fp32_meta, True
+    return pred
+
+
+def add_provenance(results: list[dict[str, Any]], pred: Predictor, model_path_arg: str | None) -> tuple[str, ...]:
+    """The model columns of every result (which file decided, its fingerprint; with --int8 the precision, the FP32
+    checkpoint that explained and why there is no overlay); returns the table's columns."""
+    if pred.int8_path is None:
         for r in results:
-            r.update(model_path=str(args.model_path), fingerprint=fingerprint)
-    else:
-        from utils.deploy.timing import file_fingerprint
+            r.update(model_path=str(model_path_arg or pred.model_path), fingerprint=pred.fingerprint)
+        return FIELDS
+    for r in results:
+        r.update(model_path=str(pred.int8_path), fingerprint=pred.fingerprint, precision="int8",
+                 explained_by=str(model_path_arg) if r["layer"] else None,
+                 overlay_note=None if r["overlay"] else pred.why_none)
+    return FIELDS + INT8_FIELDS
 
-        fingerprint, fields = file_fingerprint(int8_path), FIELDS + INT8_FIELDS
-        for r in results:
-            r.update(model_path=str(int8_path), fingerprint=fingerprint, precision="int8",
-                     explained_by=str(args.model_path) if r["layer"] else None,
-                     overlay_note=None if r["overlay"] else why_none)
 
-    if not batch:
-        r = results[0]
-        if args.json:
-            print(json.dumps(r))
-        else:
-            if int8_path is not None:
-                print(f"model:         INT8 {r['model_path']} (quantised, CPU)")
-            print(f"image:         {r['image']}\n"
-                  f"diagnosis:     {r['diagnosis']}\n"
-                  f"P(pneumonia):  {r['probability']:.4f}  (PNEUMONIA when >= threshold)\n"
-                  f"threshold:     {r['threshold']:.3f}  (from {r['threshold_source']})")
-            if r["layer"]:
-                src = r["layer_source"] if r["layer_source"].startswith("default") else f"from {r['layer_source']}"
-                of = f" of the FP32 checkpoint {r['explained_by']} (the INT8 model has no gradients)" \
-                    if int8_path is not None else ""
-                what = ("explaining the PNEUMONIA class (red = evidence for pneumonia)"
-                        if r["explained_class"] == "PNEUMONIA" else "class-agnostic (where the model attended)")
-                print(f"map:           {r['explanation']} ({src}){of}, {what}")
-            if r["warnings"]:
-                print(f"warning:       {r['warnings']}")
-            print(f"overlay:       {r['overlay'] or f'(none: {why_none})'}\n"
-                  "note:          a teaching model, not a medical device.")
-        return EXIT_OK
+def print_report(r: dict[str, Any], int8: bool, why_none: str) -> None:
+    """The single-image report on stdout."""
+    if int8:
+        print(f"model:         INT8 {r['model_path']} (quantised, CPU)")
+    print(f"image:         {r['image']}\n"
+          f"diagnosis:     {r['diagnosis']}\n"
+          f"P(pneumonia):  {r['probability']:.4f}  (PNEUMONIA when >= threshold)\n"
+          f"threshold:     {r['threshold']:.3f}  (from {r['threshold_source']})")
+    if r["layer"]:
+        src = r["layer_source"] if r["layer_source"].startswith("default") else f"from {r['layer_source']}"
+        of = f" of the FP32 checkpoint {r['explained_by']} (the INT8 model has no gradients)" if int8 else ""
+        what = ("explaining the PNEUMONIA class (red = evidence for pneumonia)"
+                if r["explained_class"] == "PNEUMONIA" else "class-agnostic (where the model attended)")
+        print(f"map:           {r['explanation']} ({src}){of}, {what}")
+    if r["warnings"]:
+        print(f"warning:       {r['warnings']}")
+    print(f"overlay:       {r['overlay'] or f'(none: {why_none})'}\n"
+          "note:          a teaching model, not a medical device.")
 
+
+def write_table(results: list[dict[str, Any]], fields: tuple[str, ...], csv_path: Path | None, as_json: bool) -> None:
+    """The batch results: a CSV (atomically at ``csv_path``, else on stdout) and/or a JSON list on stdout."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -454,44 +469,54 @@ def run(args: argparse.Namespace) -> int:
             atomic_write(csv_path, lambda fh: fh.write(buf.getvalue()), binary=False)
         except OSError as exc:
             raise UserError(f"cannot write the --output table {csv_path}: {exc.strerror or type(exc).__name__}.") from None
-    if args.json:
+    if as_json:
         print(json.dumps(results, indent=1))
     elif csv_path is None:
         sys.stdout.write(buf.getvalue())
-    where = f"; table: {csv_path}" if csv_path else ""
-    pics = f"; overlays in {overlay_dir}" if args.overlay else ""
-    if why_none == INT8_NO_CAM:
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute parsed arguments; returns the exit code (raises :class:`UserError` for usage mistakes)."""
+    if args.layer is not None and not args.overlay:  # contradictory: a map on a layer, and no map at all
+        raise UserError(f"--layer {args.layer} chooses the map and --no-overlay asks for none: drop one of them.")
+    inputs = [Path(p).expanduser() for p in args.image_path]
+    plan = plan_outputs(inputs, args.output)
+    files, failures = collect_images(inputs, args.recursive)
+    check_outputs(plan, files)
+    if not files:  # only empty folders: already reported
+        return EXIT_USAGE
+    if not plan.batch:
+        read_image(files[0])  # fail fast on a bad single image, before importing torch and loading the model
+    pred = load_predictor(args)
+    overlays = overlay_files(plan, files) if pred.explain else {}
+    from tqdm.auto import tqdm
+
+    def report(path: Path, msg: str) -> None:  # one line per bad file, without breaking the progress bar
+        tqdm.write(f"error: {one_line(msg)}", file=sys.stderr)
+
+    results, failed = predict_images(pred.model, pred.meta, files, threshold=args.threshold, layer=args.layer,
+                                     overlays=overlays, explain=pred.explain, progress=plan.batch, on_error=report,
+                                     scorer=pred.scorer, explained_by=pred.explained_by,
+                                     explained_name=str(pred.model_path))
+    failures += failed
+    if not results:
+        if plan.batch:
+            print_error(f"no image could be processed ({len(failures)} failed).")
+        return EXIT_USAGE
+    fields = add_provenance(results, pred, args.model_path)
+    if not plan.batch:
+        if args.json:
+            print(json.dumps(results[0]))
+        else:
+            print_report(results[0], pred.int8_path is not None, pred.why_none)
+        return EXIT_OK
+    write_table(results, fields, plan.csv_path, args.json)
+    where = f"; table: {plan.csv_path}" if plan.csv_path else ""
+    pics = f"; overlays in {plan.overlay_dir}" if pred.explain else ""
+    if pred.why_none == INT8_NO_CAM:
         pics = "; no overlays (INT8 has no gradients: add --model_path for Grad-CAM of its FP32 checkpoint)"
     print(f"{len(results)} of {len(results) + len(failures)} images predicted{where}{pics}.", file=sys.stderr)
     return EXIT_PARTIAL if failures else EXIT_OK
-
-
-def _load_int8(args: argparse.Namespace):
-    """``(fp32 explainer or None, INT8 metadata, INT8 scorer, INT8 path)`` for ``--int8``."""
-    from utils.checkpoint import state_fingerprint
-    from utils.deploy.int8 import load_int8
-    from utils.train.model import load_model, resolve_device
-
-    int8_path = Path(args.int8).expanduser() if args.int8 else artifact("int8_model")
-    if not int8_path.exists():
-        hint = "run notebooks/07_int8_deployment.ipynb first" if not args.int8 else "check the path"
-        raise UserError(f"INT8 model not found: {int8_path} ({hint}).")
-    device = resolve_device(args.device)  # a bad --device is a usage error here too
-    int8 = load_int8(int8_path)
-    meta = int8.meta
-    if args.model_path is None or not args.overlay:
-        if args.layer is not None:
-            raise UserError("--layer needs a map, which the INT8 model cannot give: add --model_path FP32.pt "
-                            "(the checkpoint it was quantised from).")
-        return None, meta, int8, int8_path
-    model, fp32_meta = load_model(args.model_path, device)
-    found, expected = state_fingerprint(model.state_dict()), meta.get("fp32_fingerprint")
-    if found != expected:
-        raise UserError(f"--model_path {args.model_path} is not the checkpoint {int8_path} was quantised from "
-                        f"(weights {found}, expected {expected}): its map would explain another model.")
-    if fp32_meta.get("explanation"):
-        meta = {**meta, "explanation": fp32_meta["explanation"]}
-    return model, meta, int8, int8_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.machine import cpu_count
 from utils.train.model import cpu_threads
 
 
@@ -88,11 +89,7 @@ def benchmark_cpu(forwards: Callable[[torch.Tensor], Any] | Mapping[str, Callabl
 
 def machine_info(threads: int) -> dict[str, Any]:
     """Where the timings were taken (they depend on the CPU and on what else runs on it)."""
-    try:
-        cores: int | None = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    return {"cpu": platform.processor() or platform.machine(), "cores_available": cores, "threads": threads,
+    return {"cpu": platform.processor() or platform.machine(), "cores_available": cpu_count(), "threads": threads,
             "torch": str(torch.__version__),
             "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 

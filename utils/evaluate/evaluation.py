@@ -11,19 +11,20 @@ runs to rebuild the same artifacts (:mod:`utils.stages`): no second implementati
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from utils.artifacts import THRESHOLD_RULE, predictions_frame, record_operating_point
+from utils.artifacts import data_mismatch, predictions_frame, record_operating_point, rule_name, threshold_rule
 from utils.checkpoint import state_fingerprint
-from utils.config import Config, UserError
+from utils.config import Config
 from utils.data.bundle import DataBundle
+from utils.errors import UserError
 from utils.evaluate import metrics as M
-from utils.fileio import update_json_section
+from utils.fileio import atomic_copy, update_json_section, write_csv
+from utils.paths import notebook_path
 from utils.train.model import load_model, predict_proba, resolve_device
 
 #: The two candidates, by checkpoint artifact.
@@ -83,15 +84,16 @@ def evaluate_models(cfg: Config, bundle: DataBundle, target_recall: float | None
     target = float(cfg["target_recall"] if target_recall is None else target_recall)
     boots = int(cfg["n_bootstrap"] if n_boot is None else n_boot)
     dev = resolve_device(device)
-    rule = f"recall>={target:g}"
+    rule = rule_name(target)
     val, test = bundle["val"], bundle["test"]
     models, probs, fingerprints = {}, {}, {}
     for name, art in PHASES.items():
         path = cfg.require(art, tag)
         model, meta = load_model(path, dev)
-        if meta.get("data_fingerprint") not in (None, bundle.fingerprint):
-            raise UserError(f"{path.name} was trained on other data (fingerprint {meta.get('data_fingerprint')} "
-                            f"!= {bundle.fingerprint}): re-run notebooks 02 and 03 with these settings.")
+        reason = data_mismatch(meta, bundle)
+        if reason:
+            raise UserError(f"{path.name} cannot be evaluated: {reason}; re-run {notebook_path('phase1')} and "
+                            f"{notebook_path('phase2')} with these settings.")
         models[name] = (path, meta)
         fingerprints[name] = state_fingerprint(model.state_dict())
         probs[name] = {s: predict_proba(model, bundle[s].images, meta, batch_size=cfg["batch_size"], device=dev,
@@ -104,14 +106,14 @@ def evaluate_models(cfg: Config, bundle: DataBundle, target_recall: float | None
 
     # the shipped model: a copy of the chosen phase, with the operating point in its metadata
     ship_path = cfg.path("model", tag)
-    shutil.copyfile(models[shipped][0], ship_path.with_suffix(".tmp"))
-    ship_path.with_suffix(".tmp").replace(ship_path)
+    atomic_copy(models[shipped][0], ship_path)
     record_operating_point(ship_path, t_ship, target, chosen_phase=shipped, chosen_from=models[shipped][0].name,
                            ship_rule=SHIP_RULE, run=cfg.knobs)
     for split in ("val", "test"):
         s = bundle[split]
-        predictions_frame(s.ids, s.labels, probs[shipped][split], s.patient_ids, s.subtypes, split).to_csv(
-            cfg.path("predictions", tag, split=split), index=False)
+        write_csv(cfg.path("predictions", tag, split=split),
+                  predictions_frame(s.ids, s.labels, probs[shipped][split], s.patient_ids, s.subtypes, split),
+                  index=False)
 
     groups = test.patient_ids
     test_eval = {n: M.evaluate_predictions(test.labels, probs[n]["test"], thresholds[n][rule], groups=groups,
@@ -138,7 +140,7 @@ def evaluate_models(cfg: Config, bundle: DataBundle, target_recall: float | None
                        "after": {"ece": M.expected_calibration_error(test.labels, p_cal),
                                  "nll": M.nll(test.labels, p_cal)}}
 
-    rule_text = THRESHOLD_RULE.format(target=target)
+    rule_text = threshold_rule(target)
     common = {"profile": cfg.profile, "run": cfg.knobs, "data": bundle.describe()}
     records = {
         "test": M.metrics_record(test_eval[shipped], "test", rule_text, fingerprints[shipped], bundle.fingerprint,

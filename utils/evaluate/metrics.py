@@ -9,7 +9,6 @@ confusion matrices.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import binomtest
 from sklearn.metrics import average_precision_score, brier_score_loss, confusion_matrix, roc_auc_score, roc_curve
 
-from utils.artifacts import threshold_for_recall
+from utils.artifacts import labels_and_probs, rule_name, threshold_for_recall
 from utils.fileio import jsonable
 
 ArrayLike = Sequence[float] | np.ndarray
@@ -31,17 +30,6 @@ THRESHOLD_FREE_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "brier", "ece")
 HEADLINE_METRICS: tuple[str, ...] = THRESHOLD_METRICS + THRESHOLD_FREE_METRICS
 
 _EPS = 1e-7  # probability clip before taking logits
-
-
-def _arrays(y_true: ArrayLike, prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Validated ``(int labels, float probabilities)`` of equal length."""
-    y = np.asarray(y_true).astype(np.int64).ravel()
-    p = np.asarray(prob, dtype=np.float64).ravel()
-    if y.shape != p.shape:
-        raise ValueError(f"y_true has {y.size} values but prob has {p.size}")
-    if y.size and not np.isin(y, (0, 1)).all():
-        raise ValueError("y_true must contain only 0 (NORMAL) and 1 (PNEUMONIA)")
-    return y, p
 
 
 def _ratio(num: float, den: float) -> float:
@@ -56,7 +44,7 @@ def _both_classes(y: np.ndarray) -> bool:
 # ------------------------------------------------------------------------------------------ thresholds
 def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1 (first, i.e. highest, on ties)."""
-    y, p = _arrays(y_true, prob)
+    y, p = labels_and_probs(y_true, prob)
     if not _both_classes(y):
         raise ValueError("youden_threshold needs both classes")
     fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
@@ -67,11 +55,11 @@ def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
 def choose_thresholds(y_val: ArrayLike, p_val: ArrayLike, target_recall: float = 0.98) -> dict[str, float]:
     """The candidate operating points, all fitted on validation data only.
 
-    Keys: ``f"recall>={target_recall:g}"`` (e.g. ``"recall>=0.98"``, :func:`threshold_for_recall`, the
+    Keys: :func:`utils.artifacts.rule_name` (e.g. ``"recall>=0.98"``, :func:`threshold_for_recall`, the
     recall-first rule), ``"youden"`` (:func:`youden_threshold`, balanced) and ``"0.5"`` (the naive
     default rule, for comparison).
     """
-    return {f"recall>={target_recall:g}": threshold_for_recall(y_val, p_val, target_recall),
+    return {rule_name(target_recall): threshold_for_recall(y_val, p_val, target_recall),
             "youden": youden_threshold(y_val, p_val),
             "0.5": 0.5}
 
@@ -84,7 +72,7 @@ def threshold_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> d
     TP/(TP+FP)), ``npv`` (TN/(TN+FN)), ``f1``, ``accuracy`` and the counts ``tp fp tn fn``. A rate whose
     denominator is zero is nan.
     """
-    y, p = _arrays(y_true, prob)
+    y, p = labels_and_probs(y_true, prob)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, (p >= threshold).astype(np.int64),
                                                        labels=[0, 1]).ravel())
     return {"sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
@@ -95,7 +83,7 @@ def threshold_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> d
 
 def outcome_groups(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> np.ndarray:
     """Each image's outcome at ``prob >= threshold`` (the series' decision rule): ``"TP" "FN" "FP" "TN"``."""
-    y, p = _arrays(y_true, prob)
+    y, p = labels_and_probs(y_true, prob)
     called = p >= threshold
     return np.where(y == 1, np.where(called, "TP", "FN"), np.where(called, "FP", "TN"))
 
@@ -113,7 +101,7 @@ def reliability_curve(y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> p
     Columns: ``bin_lower``, ``bin_upper``, ``mean_pred`` (mean probability in the bin), ``frac_pos``
     (observed fraction of PNEUMONIA), ``count``. Empty bins have count 0 and nan means.
     """
-    count, sum_p, sum_y = _bin_sums(*_arrays(y_true, prob), n_bins)
+    count, sum_p, sum_y = _bin_sums(*labels_and_probs(y_true, prob), n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:], "mean_pred": sum_p / count,
@@ -127,7 +115,7 @@ def expected_calibration_error(y_true: ArrayLike, prob: ArrayLike, n_bins: int =
     observed frequency); up to 1 for a confidently wrong one. Empty bins contribute nothing. The bins
     are those of :func:`reliability_curve`.
     """
-    y, p = _arrays(y_true, prob)
+    y, p = labels_and_probs(y_true, prob)
     _, sum_p, sum_y = _bin_sums(y, p, n_bins)
     return float(np.abs(sum_p - sum_y).sum() / y.size) if y.size else math.nan  # n_b/N*|sum_p/n_b - sum_y/n_b|
 
@@ -137,7 +125,7 @@ def threshold_free_metrics(y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10)
 
     The ranking metrics are nan when only one class is present.
     """
-    y, p = _arrays(y_true, prob)
+    y, p = labels_and_probs(y_true, prob)
     both = _both_classes(y)
     return {"roc_auc": float(roc_auc_score(y, p)) if both else math.nan,
             "pr_auc": float(average_precision_score(y, p)) if both else math.nan,
@@ -228,27 +216,15 @@ def _bootstrap_matrix(y: np.ndarray, p: np.ndarray, fn: Callable[[np.ndarray, np
     return np.vstack([np.full(width, np.nan) if r is None else r.reshape(width) for r in rows])
 
 
-def _percentiles(samples: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Column-wise percentile interval ignoring nan (undefined) resamples."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-nan column gives nan, silently
-        lo, hi = np.nanpercentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
-    return lo, hi
-
-
-def bootstrap_ci(y_true: ArrayLike, prob: ArrayLike, metric_fn: Callable[[np.ndarray, np.ndarray], float],
-                 groups: ArrayLike | None = None, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float, float]:
-    """``(point, lo, hi)``: ``metric_fn(y, p)`` on all data and its percentile bootstrap (1-alpha) CI.
-
-    With ``groups`` (patient ids) patients are resampled whole (:func:`bootstrap_indices`). Resamples on
-    which the metric is undefined (returns nan or raises ValueError, e.g. one class only) are skipped;
-    :func:`evaluate_predictions` reports how many.
-    """
-    y, p = _arrays(y_true, prob)
-    samples = _bootstrap_matrix(y, p, lambda a, b: [metric_fn(a, b)], groups, n_boot, seed)
-    lo, hi = _percentiles(samples, alpha)
-    return float(metric_fn(y, p)), float(lo[0]), float(hi[0])
+def percentile_interval(values: ArrayLike, alpha: float = 0.05) -> dict[str, float]:
+    """The percentile bootstrap (1 - alpha) interval ``{"ci_low", "ci_high"}`` of resampled ``values``, ignoring
+    non-finite ones (resamples on which the statistic is undefined); nan when none is finite."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    ok = v[np.isfinite(v)]
+    if not ok.size:
+        return {"ci_low": math.nan, "ci_high": math.nan}
+    lo, hi = np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {"ci_low": float(lo), "ci_high": float(hi)}
 
 
 def evaluate_predictions(y_true: ArrayLike, prob: ArrayLike, threshold: float,
@@ -261,17 +237,16 @@ def evaluate_predictions(y_true: ArrayLike, prob: ArrayLike, threshold: float,
     "bootstrap": {"n_boot", "unit" ("patient" | "image"), "alpha", "seed", "n_skipped": {name: count}}}``.
     ``n_skipped`` counts the resamples on which a metric was undefined (left out of its interval).
     """
-    y, p = _arrays(y_true, prob)
+    y, p = labels_and_probs(y_true, prob)
     point = headline_metrics(y, p, threshold, n_bins)
     samples = _bootstrap_matrix(y, p, lambda a, b: _headline_fast(a, b, threshold, n_bins),  # = headline_metrics
                                 groups, n_boot, seed)
-    lo, hi = _percentiles(samples, alpha)
     counts = threshold_metrics(y, p, threshold)
     return {
         "threshold": float(threshold), "n": int(y.size), "n_positive": int(y.sum()),
         "n_patients": None if groups is None else int(np.unique(np.asarray(groups)).size),
         "counts": {k: counts[k] for k in ("tp", "fp", "tn", "fn")},
-        "metrics": {name: {"value": point[name], "ci_low": float(lo[i]), "ci_high": float(hi[i])}
+        "metrics": {name: {"value": point[name], **percentile_interval(samples[:, i], alpha)}
                     for i, name in enumerate(point)},
         "bootstrap": {"n_boot": int(n_boot), "unit": "image" if groups is None else "patient",
                       "alpha": alpha, "seed": seed,
@@ -281,14 +256,6 @@ def evaluate_predictions(y_true: ArrayLike, prob: ArrayLike, threshold: float,
 
 #: Metrics of :func:`operating_point_bootstrap` (threshold-dependent ones are at the re-chosen threshold).
 OPERATING_METRICS: tuple[str, ...] = ("sensitivity", "specificity", "precision", "roc_auc")
-
-
-def _interval(values: np.ndarray, alpha: float) -> dict[str, float]:
-    ok = values[np.isfinite(values)]
-    if not ok.size:
-        return {"ci_low": math.nan, "ci_high": math.nan}
-    lo, hi = np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return {"ci_low": float(lo), "ci_high": float(hi)}
 
 
 def operating_point_bootstrap(y_val: ArrayLike, val_probs: Mapping[str, ArrayLike], y_test: ArrayLike,
@@ -341,13 +308,13 @@ def operating_point_bootstrap(y_val: ArrayLike, val_probs: Mapping[str, ArrayLik
     cols = ["threshold", *metrics]
     out: dict[str, Any] = {"models": {}, "differences": {}}
     for k in names:
-        out["models"][k] = {c: {"value": float(point[k][i]), **_interval(arr[k][:, i], alpha)}
+        out["models"][k] = {c: {"value": float(point[k][i]), **percentile_interval(arr[k][:, i], alpha)}
                             for i, c in enumerate(cols)}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             diff = arr[a] - arr[b]
             out["differences"][f"{a} - {b}"] = {
-                c: {"value": float(point[a][j] - point[b][j]), **_interval(diff[:, j], alpha),
+                c: {"value": float(point[a][j] - point[b][j]), **percentile_interval(diff[:, j], alpha),
                     "p_le_0": float(np.mean(diff[np.isfinite(diff[:, j]), j] <= 0)) if np.isfinite(diff[:, j]).any()
                     else math.nan}
                 for j, c in enumerate(cols) if c != "threshold"}
@@ -366,7 +333,7 @@ def paired_difference_ci(a: ArrayLike, b: ArrayLike, groups: ArrayLike | None = 
     if d.size == 0:
         return {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_le_0": math.nan, "n": 0}
     means = np.array([d[idx].mean() for idx in bootstrap_indices(d.size, groups, n_boot, seed)])
-    return {"value": float(d.mean()), **_interval(means, alpha), "p_le_0": float(np.mean(means <= 0)),
+    return {"value": float(d.mean()), **percentile_interval(means, alpha), "p_le_0": float(np.mean(means <= 0)),
             "n": int(d.size)}
 
 
@@ -386,7 +353,7 @@ def per_group_recall(y_true: ArrayLike, prob: ArrayLike, threshold: float, group
     ``recall``, ``ci_low``, ``ci_high`` (Wilson interval; images treated as independent, so it is
     optimistic when patients contribute several images).
     """
-    y, p = _arrays(y_true, prob)
+    y, p = labels_and_probs(y_true, prob)
     g = np.asarray(groups).astype(str).ravel()
     if g.size != y.size:
         raise ValueError(f"groups has {g.size} values for {y.size} predictions")
@@ -423,7 +390,7 @@ def fit_temperature(scores: ArrayLike, y_true: ArrayLike, from_logits: bool = Fa
     of images are unchanged (a threshold must be mapped through :func:`apply_temperature`, or re-chosen).
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
-    y, _ = _arrays(y_true, s)
+    y, _ = labels_and_probs(y_true, s)
     logits = s if from_logits else prob_to_logit(s)
     res = minimize_scalar(lambda log_t: _nll(logits, y, math.exp(log_t)), method="bounded",
                           bounds=(math.log(bounds[0]), math.log(bounds[1])), options={"xatol": 1e-6})
@@ -439,7 +406,7 @@ def apply_temperature(prob: ArrayLike, temperature: float) -> np.ndarray:
 
 def nll(y_true: ArrayLike, prob: ArrayLike) -> float:
     """Mean negative log-likelihood (log loss) of probabilities clipped to [1e-7, 1 - 1e-7]."""
-    y, p = _arrays(y_true, prob)
+    y, p = labels_and_probs(y_true, prob)
     return _nll(prob_to_logit(p), y, 1.0)
 
 

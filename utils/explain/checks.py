@@ -1,12 +1,17 @@
 """Checking the maps: a sanity check, faithfulness curves, other CAM methods and an oracle comparison.
 
-* :func:`cascading_randomisation` — Adebayo et al. (2018), "Sanity checks for saliency maps": if the
-  maps barely change when the trained weights are replaced by random ones, top layers first, they
-  explain the image (edges, brightness), not the model.
+The checks with verdicts against nulls that can win live in their own modules: :mod:`utils.explain.sanity`
+(randomisation against a reference level, :func:`~utils.explain.sanity.randomisation_check`) and
+:mod:`utils.explain.road` (ROAD in both orders, in logit margin, against a null of the map's own geometry,
+:func:`~utils.explain.road.road_test`). This module keeps the series' first versions until the notebooks switch:
+
+* :func:`cascading_randomisation` (from :mod:`utils.explain.sanity`) with :func:`sanity_verdict`, a fixed
+  mean-|ρ| threshold (:data:`SANITY_RHO`) without a reference level;
 * :func:`road` — faithfulness by ROAD (Rong et al., 2022, "Remove and debias"): remove the most relevant
   pixels first, *imputing* them from their neighbours (pytorch-grad-cam's noisy linear imputer) instead of
   painting a constant — a grey or blurred patch on a chest film looks like an opacity and would *raise*
-  P(pneumonia) — and read the fall of the probability against random maps of the same smoothness.
+  P(pneumonia) — and read the fall of the probability against random maps of the same smoothness (most
+  relevant first only, probability scale, smoothed-noise maps: superseded by ``road_test``).
 * :func:`compare_methods` — our Grad-CAM next to GradCAM++, HiResCAM, ScoreCAM and EigenCAM from
   ``pytorch_grad_cam``, scored with the same localisation table.
 * :func:`oracle_difference` — our hand-written Grad-CAM against the library's (must be ≈ 0).
@@ -26,12 +31,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import nn
 
-from utils.data.images import linear_impute
 from utils.explain import localisation as loc
-from utils.explain.gradcam import Targets, eval_mode, gradcam, resolve_layer
+from utils.explain._model import fixed_targets as _fixed_targets
+from utils.explain._model import layer_name as _layer_name
+from utils.explain._model import model_device as _device
+from utils.explain.gradcam import Targets, eval_mode, gradcam
+from utils.explain.road import linear_impute, road_images
+from utils.explain.sanity import (
+    RANDOMISATION_ORDER,
+    _reset_block,  # noqa: F401  (tests reach the stem's reset through this module)
+    cascading_randomisation,
+    spearman_maps,
+)
 
 __all__ = [
     "LIBRARY_METHODS",
@@ -51,109 +64,9 @@ __all__ = [
 ]
 
 
-
-def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
-    """The dotted name of ``layer`` in ``model`` (so the same layer can be found in a deep copy)."""
-    if isinstance(layer, str):
-        resolve_layer(model, layer)
-        return layer
-    for name, m in model.named_modules():
-        if m is layer:
-            return name
-    raise ValueError("the target layer is not a submodule of the model")
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _fixed_targets(model: nn.Module, x: torch.Tensor, targets: Targets) -> np.ndarray:
-    """Targets as N ints; None = the model's predicted class."""
-    if targets is None:
-        device = _device(model)
-        with torch.inference_mode(), eval_mode(model):
-            return model(x.to(device)).argmax(1).cpu().numpy()
-    t = np.broadcast_to(np.asarray(targets, dtype=np.int64), (len(x),)).copy()
-    return t
-
-
-def spearman_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of flattened maps, per image.
-
-    A constant (flat) map has no ranking: against a structured map it scores 0 (nothing shared);
-    when both maps are flat the value is NaN (undefined) and is left out of means.
-    """
-    out = np.full(len(a), np.nan)
-    for i, (u, v) in enumerate(zip(a, b)):
-        flat_u, flat_v = np.ptp(u) == 0, np.ptp(v) == 0
-        if not (flat_u or flat_v):
-            out[i] = stats.spearmanr(u.ravel(), v.ravel()).statistic
-        elif flat_u != flat_v:
-            out[i] = 0.0
-    return out
-
-
-# ----------------------------------------------------------------------------- sanity check
-#: The blocks of a ResNet, randomised top first (the stem = conv1 + bn1, the last one reached).
-RANDOMISATION_ORDER: tuple[str, ...] = ("fc", "layer4", "layer3", "layer2", "layer1", "stem")
+# ----------------------------------------------------------------------------- sanity check (first version)
 #: The |Spearman ρ| below which a map "no longer resembles" the trained one (Adebayo et al. use rank correlation).
 SANITY_RHO = 0.5
-
-
-def _reset_block(model: nn.Module, block: str) -> None:
-    """Re-initialise every parameter (and BatchNorm statistic) of ``block``; ``"stem"`` = conv1 + bn1."""
-    names = ["conv1", "bn1"] if block == "stem" else [block]
-    for top in (model.get_submodule(n) for n in names):
-        for m in top.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
-                m.reset_parameters()  # conv/linear: fresh random weights; batch-norm: affine and statistics reset
-
-
-def cascading_randomisation(model: nn.Module, x: torch.Tensor, targets: Targets = None,
-                            layer: str | nn.Module = "layer4", order: Sequence[str] = RANDOMISATION_ORDER,
-                            seed: int = 0, cam_fn: Callable[..., np.ndarray] | None = None) -> pd.DataFrame:
-    """Re-initialise the weights block by block from the top — down to the stem — and recompute the maps.
-
-    Runs on a deep copy (the model passed in is untouched); targets are fixed before randomising
-    (None = the trained model's predictions). Returns one row per step: ``step`` (0 = trained),
-    ``randomised`` (the block re-initialised at this step), ``blocks`` (all so far), ``rho`` (per-image
-    Spearman rank correlations with the trained maps, an array: a map gone flat scores 0), ``spearman`` /
-    ``abs_spearman`` (means of ρ and |ρ|), ``spearman_std``, ``q25`` / ``q75`` (quartiles of |ρ|),
-    ``n_flat`` (constant maps) and ``maps`` (N, H, W). A map that keeps a large **|ρ|** — positive or
-    negative, an inverted map still reproduces the image's structure — after its model was randomised
-    explains the image, not the model (:func:`sanity_verdict`).
-
-    ``cam_fn(model, x, layer_name, targets) -> maps`` computes the maps (default: plain Grad-CAM), so the
-    same check runs on any explanation, e.g. ``lambda m, x, l, t: utils.explain.explain(m, x, spec, t)[0]``.
-    """
-    name = _layer_name(model, layer)
-    cam_fn = cam_fn or (lambda m, x_, layer_, t_: gradcam(m, x_, layer_, t_)[0])
-    work = copy.deepcopy(model)
-    t = _fixed_targets(work, x, targets)
-    trained = cam_fn(work, x, name, t)
-
-    def row(step: int, block: str, blocks: str, maps: np.ndarray, rho: np.ndarray) -> dict:
-        ok = rho[np.isfinite(rho)]
-        a = np.abs(ok)
-        return {"step": step, "randomised": block, "blocks": blocks, "rho": rho,
-                "spearman": float(ok.mean()) if ok.size else float("nan"),
-                "abs_spearman": float(a.mean()) if a.size else float("nan"),
-                "spearman_std": float(ok.std()) if ok.size else float("nan"),
-                "q25": float(np.percentile(a, 25)) if a.size else float("nan"),
-                "q75": float(np.percentile(a, 75)) if a.size else float("nan"),
-                "n_flat": int(sum(np.ptp(m) == 0 for m in maps)), "maps": maps}
-
-    rows = [row(0, "", "none (trained)", trained, np.ones(len(trained)))]
-    done: list[str] = []
-    for i, block in enumerate(order, start=1):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + i)
-            _reset_block(work, block)
-        done.append(block)
-        maps = cam_fn(work, x, name, t)
-        rows.append(row(i, block, "+".join(done), maps, spearman_maps(trained, maps)))
-    return pd.DataFrame(rows)
 
 
 def sanity_verdict(table: pd.DataFrame, after: str = "layer4", rho: float = SANITY_RHO) -> dict[str, Any]:
@@ -173,24 +86,6 @@ def sanity_verdict(table: pd.DataFrame, after: str = "layer4", rho: float = SANI
 # ----------------------------------------------------------------------------- faithfulness: ROAD
 #: Fractions of the pixels removed, most relevant first: 0.5 % steps up to 10 % (a phantom lesion is ~3 %).
 ROAD_FRACTIONS: tuple[float, ...] = tuple(round(0.005 * k, 4) for k in range(1, 21))
-
-
-def road_images(x: torch.Tensor, maps: np.ndarray, fractions: Sequence[float] = ROAD_FRACTIONS,
-                most_relevant_first: bool = True, noise: float = 0.01, seed: int = 0) -> torch.Tensor:
-    """The perturbed copies (N × S, C, H, W) of ROAD: for each image and fraction f, the f most (or least)
-    relevant pixels of its map removed and imputed (:func:`linear_impute`). The imputation runs on one channel
-    and is copied to the others (the series' images are three identical channels)."""
-    n, c, h, w = x.shape
-    rng = np.random.default_rng(seed)
-    gray = x[:, 0].detach().cpu().numpy()
-    out = np.empty((n, len(fractions), h, w), dtype=np.float32)
-    for i in range(n):
-        rank = np.argsort(-maps[i].ravel() if most_relevant_first else maps[i].ravel(), kind="stable")
-        for k, f in enumerate(fractions):
-            keep = np.ones(h * w, dtype=bool)
-            keep[rank[:max(1, round(f * h * w))]] = False
-            out[i, k] = linear_impute(gray[i], keep.reshape(h, w), noise, rng)
-    return torch.from_numpy(out).view(n * len(fractions), 1, h, w).expand(-1, c, -1, -1).to(x.dtype)
 
 
 def road(model: nn.Module, x: torch.Tensor, maps: np.ndarray, target: Targets = 1,

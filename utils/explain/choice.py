@@ -27,21 +27,21 @@ from utils.checkpoint import state_fingerprint
 from utils.config import Config
 from utils.data.bundle import DataBundle
 from utils.evaluate.metrics import paired_difference_ci
+from utils.evaluate.verdicts import difference_verdict
 from utils.explain import localisation as L
-from utils.explain.selection import (
+from utils.explain.localisation import TOLERANCE_FRAC
+from utils.explain.selection import choose_explanation, score_explanations
+from utils.explain.spec import (
     VIT_EXPLANATION_CANDIDATES,
     candidates_for,
     check_spec,
-    choose_explanation,
     make_spec,
-    score_explanations,
     unmeasured_explanation,
 )
-from utils.fileio import update_json_section
+from utils.fileio import update_json_section, write_csv
 from utils.train.model import load_model, resolve_device
 from utils.train.vit import is_vit
 
-TOLERANCE_FRAC = 0.05  # near-pointing: within 5 % of the image side of a lesion pixel
 SELECTION_RULE = "best near-pointing on validation true positives (ties: pointing, then energy)"
 SCORE_KEYS = ("pointing", "near", "energy", "area", "n", "n_pointing", "n_near")
 
@@ -76,7 +76,7 @@ def verdict_against_baselines(maps: np.ndarray, lesion_masks: np.ndarray, groups
                                 np.asarray(groups)[keep], n_boot=n_boot, seed=seed)
     return {"metric": metric, "map": float(ours.loc[keep, metric].mean()), "best_baseline": best,
             "best_baseline_value": means[best], "baselines": means, "difference": diff,
-            "beats_best_baseline": bool(diff["ci_low"] > 0), "n": int(keep.sum())}
+            "beats_best_baseline": difference_verdict(diff) == "above", "n": int(keep.sum())}
 
 
 def reference_specs(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -131,7 +131,7 @@ def choose_and_record(cfg: Config, bundle: DataBundle, candidates: list[dict[str
                   validation={r["method"]: {k: r[k] for k in SCORE_KEYS} for _, r in val_table.iterrows()})
     per_method = pd.concat([val_table.assign(split="val"), test_table.assign(split="test")], ignore_index=True)
     per_method["chosen"] = per_method["method"] == spec["name"]
-    per_method.to_csv(cfg.path("localisation", tag), index=False)
+    write_csv(cfg.path("localisation", tag), per_method, index=False)
     update_json_section(cfg.path("metrics", tag), "localisation", record)
     record_explanation(path, spec, SELECTION_RULE)
     return ExplanationChoice(spec, True, val_table, test_table, test_maps, test_tp, priors, verdict, record)

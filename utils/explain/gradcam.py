@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,9 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "BORDERS",
+    "SHIFT_BORDER",
     "WEIGHTINGS",
+    "CamSteps",
     "GradCAM",
     "average_unshifted",
+    "cam_steps",
     "channel_weights",
     "eval_mode",
     "gradcam",
@@ -53,6 +57,7 @@ __all__ = [
     "shift_averaged_gradcam",
     "shift_grid",
     "shift_images",
+    "shifted_size",
 ]
 
 #: How the channel weights alpha_k are computed from the activations A and gradients G of one pass:
@@ -129,14 +134,44 @@ def channel_weights(act: torch.Tensor, grad: torch.Tensor, weighting: str = "gra
     raise ValueError(f"unknown weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
 
 
+class CamSteps(NamedTuple):
+    """The steps of :func:`cam_steps` (tensors): ``alphas`` (N, K), ``weighted`` (N, h, w) = sum_k alpha_k A^k
+    before the ReLU, ``raw`` (N, h, w) after it, and ``maps`` (N, H, W) in [0, 1] — one per image, or, with
+    ``shifts``, one per image of the N // S unshifted ones."""
+
+    alphas: torch.Tensor
+    weighted: torch.Tensor
+    raw: torch.Tensor
+    maps: torch.Tensor
+
+
+def cam_steps(act: torch.Tensor, grad: torch.Tensor, weighting: str, size: Sequence[int],
+              shifts: Sequence[tuple[int, int]] | None = None, border: str | None = None,
+              layout: Sequence[tuple[int, int]] | None = None) -> CamSteps:
+    """THE map from one pass's activations and gradients (N, K, h, w): channel weights (:data:`WEIGHTINGS`),
+    ReLU of the weighted sum, bilinear upsampling to ``size`` = (H, W) of the pass's input, then — when ``shifts``
+    lists more than one shift of :func:`shift_images`' stacked copies (shift-major) — the copies shifted back and
+    averaged (:func:`average_unshifted`, ``border`` and ``layout`` as there; with ``border="complete"`` ``size`` is
+    the copies' size, :func:`shifted_size`), and each map scaled to [0, 1] (:func:`normalise_maps`). Every Grad-CAM
+    map of the series (:class:`GradCAM`, its shift averaging, :func:`utils.explain.maps.candidate_maps`) comes from
+    here."""
+    alphas = channel_weights(act, grad, weighting)  # (N, K); Grad-CAM: mean of the gradients
+    weighted = torch.einsum("nk,nkhw->nhw", alphas, act)
+    raw = F.relu(weighted)
+    up = F.interpolate(raw[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    if shifts is not None and len(shifts) > 1:
+        up = average_unshifted(up, shifts, border, layout)
+    return CamSteps(alphas, weighted, raw, normalise_maps(up))
+
+
 class GradCAM:
     """Grad-CAM on one layer of a classifier; use as a context manager so hooks never leak.
 
     >>> with GradCAM(model, "layer4") as cam:
     ...     maps, logits = cam(x)          # maps: np.float32 (N, H, W) in [0, 1]; logits: tensor (N, C)
 
-    After a call, these attributes hold the steps of the method for the batch (NumPy, float32, CPU):
-    ``activations`` (N, K, h, w), ``gradients`` (N, K, h, w), ``alphas`` (N, K),
+    After a call, these attributes hold the steps of the method for the batch (NumPy, float32, CPU; computed by
+    :func:`cam_steps`): ``activations`` (N, K, h, w), ``gradients`` (N, K, h, w), ``alphas`` (N, K),
     ``weighted`` (N, h, w) = sum_k alpha_k A^k before the ReLU, ``raw_maps`` (N, h, w) after the ReLU
     (low resolution, un-normalised), ``maps`` (N, H, W), ``logits`` (tensor) and ``targets`` (N,).
 
@@ -222,6 +257,11 @@ class GradCAM:
         Returns ``(maps, logits)``: NumPy float32 (N, H, W) in [0, 1] and the detached logits of the
         single forward pass (so callers get probabilities without a second pass).
         """
+        return self._run(x, targets)
+
+    def _run(self, x: torch.Tensor, targets: Targets, shifts: Sequence[tuple[int, int]] | None = None,
+             border: str | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """One forward + backward over ``x``; maps by :func:`cam_steps` (averaged over ``shifts`` when given)."""
         if not self._handles:
             raise RuntimeError("this GradCAM was released; create a new one")
         if x.ndim != 4:
@@ -252,31 +292,38 @@ class GradCAM:
             self._acts.clear()  # no graph kept alive between calls, even after an error
             self._grads.clear()
         with torch.no_grad():
-            alphas = channel_weights(act, grad, self.weighting)  # (N, K); Grad-CAM: mean of the gradients
-            weighted = torch.einsum("nk,nkhw->nhw", alphas, act)
-            raw = F.relu(weighted)
-            up = F.interpolate(raw[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            maps = normalise_maps(up)
+            steps = cam_steps(act, grad, self.weighting, x.shape[-2:], shifts, border)
+
         def as_np(t_: torch.Tensor) -> np.ndarray:
             return t_.detach().float().cpu().numpy()
 
-        maps_np = as_np(maps)
-        self.activations, self.gradients, self.alphas = as_np(act), as_np(grad), as_np(alphas)
-        self.weighted, self.raw_maps, self.maps = as_np(weighted), as_np(raw), maps_np
+        maps_np = as_np(steps.maps)
+        self.activations, self.gradients, self.alphas = as_np(act), as_np(grad), as_np(steps.alphas)
+        self.weighted, self.raw_maps, self.maps = as_np(steps.weighted), as_np(steps.raw), maps_np
         self.logits, self.targets = logits.detach(), t.cpu().numpy()
         return maps_np, logits.detach()
 
-
     def shift_averaged(self, x: torch.Tensor, targets: Targets = None,
-                       shifts: Sequence[tuple[int, int]] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                       shifts: Sequence[tuple[int, int]] | None = None,
+                       border: str | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """Shift-averaged maps for ``x`` (N, C, H, W): see :func:`shift_averaged_gradcam`.
 
         ONE forward and ONE backward pass over the S×N stacked shifted copies. Afterwards the recorded
         attributes (``activations``, ``raw_maps``…) hold all S×N copies, shift-major (copy s of image n
-        at s×N + n; copy 0 is the unshifted one).
+        at s×N + n; copy 0 is the unshifted one); ``maps`` holds the N averaged maps. With
+        ``border="complete"`` the copies are larger than the image (:func:`shift_images`), so the returned logits
+        (and the default targets) come from one extra forward pass of the images themselves (no backward).
         """
         shifts = _check_shifts(shifts, x.shape[-2:])
+        border = _check_border(border)
         n, s = len(x), len(shifts)
+        plain: torch.Tensor | None = None
+        if border == "complete":
+            p = next(self.model.parameters(), None)
+            with torch.no_grad(), eval_mode(self.model):
+                plain = self.model(x.to(p.device if p is not None else x.device)).detach()
+            if targets is None:
+                targets = plain.argmax(dim=1).cpu().numpy()
         if targets is None:  # the unshifted copy's predicted class, for all of its copies
             def t(logits: torch.Tensor) -> torch.Tensor:  # the unshifted copy's class, for all its copies
                 return logits[:n].argmax(dim=1).repeat(s)
@@ -285,12 +332,8 @@ class GradCAM:
             tt = int(targets)
         else:
             tt = np.tile(np.asarray(targets, dtype=np.int64).ravel(), s)
-        _, logits = self(shift_images(x, shifts), tt)
-        assert self.raw_maps is not None
-        raw = torch.from_numpy(self.raw_maps)
-        up = F.interpolate(raw[:, None], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-        maps = normalise_maps(average_unshifted(up, shifts))
-        return maps.numpy(), logits[:n]
+        maps, logits = self._run(shift_images(x, shifts, border), tt, shifts, border)
+        return maps, (logits[:n] if plain is None else plain)
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4",
@@ -302,6 +345,51 @@ def gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4"
 
 
 # ----------------------------------------------------------------------------------- shift averaging
+#: How shifted copies treat the image border (:func:`shift_images`, :func:`average_unshifted`):
+#:
+#: * ``"partial"`` — each copy keeps the image's size: the content moves, the uncovered strip repeats the edge
+#:   row/column, and a pixel whose content left the frame in some copies is averaged over the others only;
+#: * ``"complete"`` — each copy is the image padded (edge rows/columns repeated) on the sides *complementary* to
+#:   its shift, to (H + span) × (W + span): every copy keeps every pixel, so every pixel is averaged over all S
+#:   copies, and the maps are cropped back to the image. Needs a model that accepts the larger input (a CNN with
+#:   global pooling; not a ViT with fixed position embeddings).
+#:
+#: Why ``"partial"`` heats the border: near the far edges (the last ``max(shift)`` rows and columns) only the
+#: copies whose content did not leave the frame count, and a CNN's map responds to its own frame (zero padding
+#: inside the network): the unshifted copies' frame-edge response is averaged with fewer others there than
+#: anywhere else — a hot strip as wide as the shift, and a corner square counted by the unshifted copy alone
+#: (stair steps). The replicated strips also read as structure in the shifted copies; the coarse grid (16 px
+#: cells on ``layer3`` at 128 px) spills that into the image's first rows. A cyclic shift (``roll``) is worse:
+#: it pastes the opposite edge next to the border. tests/test_border.py shows both; notebook 05's text says so.
+BORDERS: tuple[str, ...] = ("partial", "complete")
+#: The border treatment used when a caller does not choose (the series' first one until stage B flips it).
+SHIFT_BORDER = "partial"
+
+
+def _check_border(border: str | None) -> str:
+    border = SHIFT_BORDER if border is None else border
+    if border not in BORDERS:
+        raise ValueError(f"unknown border {border!r}: choose one of {', '.join(BORDERS)}")
+    return border
+
+
+def _canvas(shifts: Sequence[tuple[int, int]]) -> tuple[int, int, int, int]:
+    """``(top, left, extra rows, extra columns)`` of the ``"complete"`` layout: where copy (0, 0) sits."""
+    dys, dxs = [int(s[0]) for s in shifts], [int(s[1]) for s in shifts]
+    return -min(dys), -min(dxs), max(dys) - min(dys), max(dxs) - min(dxs)
+
+
+def shifted_size(size: Sequence[int], shifts: Sequence[tuple[int, int]], border: str | None = None
+                 ) -> tuple[int, int]:
+    """The size of :func:`shift_images`' copies of an image of ``size`` = (H, W): the same for ``"partial"``,
+    (H + span of the row shifts, W + span of the column shifts) for ``"complete"``."""
+    h, w = int(size[0]), int(size[1])
+    if _check_border(border) == "partial":
+        return h, w
+    _, _, extra_h, extra_w = _canvas(shifts)
+    return h + extra_h, w + extra_w
+
+
 def shift_grid(offsets: Sequence[int] = (0, 8)) -> list[tuple[int, int]]:
     """Every ``(dy, dx)`` pair of the per-axis ``offsets`` in pixels, ``(0, 0)`` first.
 
@@ -330,32 +418,45 @@ def _index(n: int, d: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device) - d
 
 
-def shift_images(x: torch.Tensor, shifts: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Stack of shifted copies (S×N, C, H, W), shift-major: copy s of image n at index s×N + n.
+def shift_images(x: torch.Tensor, shifts: Sequence[tuple[int, int]], border: str | None = None) -> torch.Tensor:
+    """Stack of shifted copies (S×N, C, H', W'), shift-major: copy s of image n at index s×N + n.
 
-    Shift ``(dy, dx)`` moves the content ``dy`` pixels down and ``dx`` right:
-    ``out[..., i, j] = x[..., clamp(i - dy), clamp(j - dx)]``. The strip uncovered at the border repeats
-    the edge row/column (replicate padding); nothing wraps around from the opposite side.
+    Shift ``(dy, dx)`` moves the content ``dy`` pixels down and ``dx`` right. ``border`` (:data:`BORDERS`, default
+    :data:`SHIFT_BORDER`): ``"partial"`` keeps the size, ``out[..., i, j] = x[..., clamp(i - dy), clamp(j - dx)]`` —
+    the strip uncovered at the border repeats the edge row/column (replicate padding), the content pushed past
+    the far edge is lost; ``"complete"`` pads instead of cropping: every copy is (H + span, W + span)
+    (:func:`shifted_size`) with the whole image at ``(top + dy, left + dx)`` and the edge rows/columns repeated
+    around it. Nothing wraps around from the opposite side.
     """
     h, w = x.shape[-2:]
+    top, left, extra_h, extra_w = (0, 0, 0, 0) if _check_border(border) == "partial" else _canvas(shifts)
     out = []
     for dy, dx in shifts:
-        rows = _index(h, dy, x.device).clamp(0, h - 1)
-        cols = _index(w, dx, x.device).clamp(0, w - 1)
+        rows = _index(h + extra_h, top + dy, x.device).clamp(0, h - 1)
+        cols = _index(w + extra_w, left + dx, x.device).clamp(0, w - 1)
         out.append(x.index_select(-2, rows).index_select(-1, cols))
     return torch.cat(out)
 
 
-def average_unshifted(maps: torch.Tensor, shifts: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Shift maps (S×N, H, W) of :func:`shift_images`' copies back and average them: (N, H, W).
+def average_unshifted(maps: torch.Tensor, shifts: Sequence[tuple[int, int]], border: str | None = None,
+                      layout: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
+    """Shift maps (S×N, H', W') of :func:`shift_images`' copies back and average them: (N, H, W).
 
-    Copy ``(dy, dx)`` is read back at ``[i + dy, j + dx]``; a pixel whose content had left the frame
+    ``"partial"``: copy ``(dy, dx)`` is read back at ``[i + dy, j + dx]``; a pixel whose content had left the frame
     in a copy is averaged over the other copies only (the unshifted copy always counts), so for a
-    model whose maps move exactly with the image, the average equals the unshifted map.
+    model whose maps move exactly with the image, the average equals the unshifted map. ``"complete"``: each copy
+    is cropped where :func:`shift_images` put the image and all S crops are averaged — every pixel over every copy.
+    ``layout``: the shifts the copies were *made* with, when ``maps`` holds only some of them (default ``shifts``).
     """
     s = len(shifts)
     if maps.ndim != 3 or maps.shape[0] % s:
         raise ValueError(f"maps {tuple(maps.shape)} must be (S×N, H, W) with S = {s} shifts")
+    if _check_border(border) == "complete":
+        top, left, extra_h, extra_w = _canvas(shifts if layout is None else layout)
+        n, (h, w) = maps.shape[0] // s, (maps.shape[-2] - extra_h, maps.shape[-1] - extra_w)
+        crops = [maps[k * n:(k + 1) * n, top + dy:top + dy + h, left + dx:left + dx + w]
+                 for k, (dy, dx) in enumerate(shifts)]
+        return torch.stack(crops).mean(dim=0)
     n, (h, w) = maps.shape[0] // s, maps.shape[-2:]
     total = torch.zeros((n, h, w), dtype=maps.dtype, device=maps.device)
     count = torch.zeros((1, h, w), dtype=maps.dtype, device=maps.device)
@@ -371,7 +472,7 @@ def average_unshifted(maps: torch.Tensor, shifts: Sequence[tuple[int, int]]) -> 
 def shift_averaged_gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer3",
                            targets: Targets = None,
                            shifts: Sequence[tuple[int, int]] | None = None,
-                           weighting: str = "gradcam") -> tuple[np.ndarray, torch.Tensor]:
+                           weighting: str = "gradcam", border: str | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """Grad-CAM averaged over small shifts of the input: a finer map from a coarse layer.
 
     A ``layer3`` map of a 128 px input is an 8×8 grid; upsampled, its maximum always sits on a cell
@@ -383,10 +484,11 @@ def shift_averaged_gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Mo
     ``shifts``: ``(dy, dx)`` pairs including ``(0, 0)`` (default :func:`shift_grid` ``((0, 8))``).
     ``targets`` None = the unshifted copy's predicted class, used for all its copies. ONE batched
     forward and backward pass over the S×N copies. Returns ``(maps (N, H, W) in [0, 1], logits of the
-    unshifted copies (N, C))``.
+    unshifted copies (N, C))``. ``border`` (:data:`BORDERS`, default :data:`SHIFT_BORDER`): ``"complete"`` pads
+    every copy so that every pixel is averaged over all copies (no hot strips or stair steps at the border).
     """
     with GradCAM(model, layer, weighting) as cam:
-        return cam.shift_averaged(x, targets, shifts)
+        return cam.shift_averaged(x, targets, shifts, border)
 
 
 # ---------------------------------------------------------------------------------------- overlay

@@ -18,25 +18,44 @@ never on the mediastinum — and, given the training split's masks, the two that
 
 Both are built from the *training* split only and are the same map for every image. A saliency method that
 cannot beat the best of them has shown nothing about the image it explains.
+
+**No map.** An empty or constant map (all zero, e.g. a ReLU that kept nothing) has no location: it cannot point,
+and its "mass" is either undefined (all zero) or the uniform map's. With ``skip_empty=True`` every scorer returns
+NaN for it, the aggregates leave it out and count it (``n_no_map``), so an all-zero map can never read as "0 %
+outside the lungs". The default ``skip_empty=False`` keeps the series' earlier behaviour (a flat map scores a
+miss and mass 0) until the notebooks switch.
+
+**The image border.** :func:`border_share` is the share of a map's mass within a few pixels of the image edge,
+and ``ignore_border_px`` leaves that band out of :func:`outside_fraction`: lungs never reach the edge, so border
+heat (a padding or shift-averaging artefact, see :mod:`utils.explain.gradcam`) would otherwise count as
+"outside the lungs".
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from utils.evaluate.verdicts import empty_maps, is_empty_map
+
 __all__ = [
+    "TOLERANCE_FRAC",
     "argmax_point",
     "baseline_per_image",
+    "border_band",
+    "border_share",
     "centre_prior",
     "dice",
     "distance_to_mask",
+    "empty_maps",
     "energy_inside",
     "estimate_lung_field",
     "estimate_lung_fields",
     "iou",
+    "is_empty_map",
     "localisation_scores",
     "localisation_table",
     "mean_mask_prior",
@@ -53,6 +72,11 @@ __all__ = [
 ]
 
 
+#: Near-pointing's tolerance: the peak may sit within this fraction of the image side of a lesion pixel (5 %: 6.4 px
+#: at 128 px). The one default of every near-pointing score of the series.
+TOLERANCE_FRAC = 0.05
+
+
 def _check(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cam = np.asarray(cam, dtype=np.float64)
     if cam.ndim != 2:
@@ -65,8 +89,25 @@ def _check(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cam, mask
 
 
-def _is_flat(cam: np.ndarray) -> bool:
-    return bool(cam.max() <= cam.min())
+def border_band(h: int, w: int, width_px: int) -> np.ndarray:
+    """Boolean (H, W): the pixels within ``width_px`` of the image edge (all False for 0)."""
+    if width_px < 0:
+        raise ValueError(f"width_px must be >= 0, got {width_px}")
+    band = np.zeros((h, w), dtype=bool)
+    if width_px:
+        band[:width_px] = band[-width_px:] = True
+        band[:, :width_px] = band[:, -width_px:] = True
+    return band
+
+
+def border_share(cam: np.ndarray, width_px: int) -> float:
+    """Share of the map's mass within ``width_px`` of the image edge (NaN for an all-zero map). A uniform map scores
+    the band's area; far more means heat on the frame — the model's own or an artefact of padding and shifting."""
+    cam = np.asarray(cam, dtype=np.float64)
+    if cam.ndim != 2:
+        raise ValueError(f"a map must be 2-D (H, W), got shape {cam.shape}")
+    total = cam.sum()
+    return float(cam[border_band(cam.shape[0], cam.shape[1], width_px)].sum() / total) if total > 0 else math.nan
 
 
 # ------------------------------------------------------------------------------------ scores
@@ -77,10 +118,13 @@ def argmax_point(cam: np.ndarray) -> tuple[int, int]:
     return int(r), int(c)
 
 
-def pointing_game(cam: np.ndarray, lesion_mask: np.ndarray) -> bool:
-    """True if the map's maximum falls inside the lesion. A flat map (e.g. all zero) points nowhere: False."""
+def pointing_game(cam: np.ndarray, lesion_mask: np.ndarray, skip_empty: bool = False) -> bool | float:
+    """True if the map's maximum falls inside the lesion. A flat map (e.g. all zero) points nowhere: False, or NaN
+    ("no map") with ``skip_empty``."""
     cam, mask = _check(cam, lesion_mask)
-    return (not _is_flat(cam)) and bool(mask[argmax_point(cam)])
+    if is_empty_map(cam):
+        return math.nan if skip_empty else False
+    return bool(mask[argmax_point(cam)])
 
 
 def distance_to_mask(point: tuple[int, int], mask: np.ndarray) -> float:
@@ -91,24 +135,39 @@ def distance_to_mask(point: tuple[int, int], mask: np.ndarray) -> float:
     return float(ndi.distance_transform_edt(~mask)[tuple(point)])
 
 
-def near_pointing(cam: np.ndarray, mask: np.ndarray, tolerance_frac: float = 0.05) -> bool:
-    """True if the maximum is within ``tolerance_frac × max(H, W)`` pixels of a lesion pixel (False if flat)."""
+def near_pointing(cam: np.ndarray, mask: np.ndarray, tolerance_frac: float = TOLERANCE_FRAC,
+                  skip_empty: bool = False) -> bool | float:
+    """True if the maximum is within ``tolerance_frac × max(H, W)`` pixels of a lesion pixel (a flat map: False, or
+    NaN with ``skip_empty``)."""
     cam, mask = _check(cam, mask)
-    if _is_flat(cam):
-        return False
+    if is_empty_map(cam):
+        return math.nan if skip_empty else False
     return distance_to_mask(argmax_point(cam), mask) <= tolerance_frac * max(cam.shape)
 
 
-def energy_inside(cam: np.ndarray, mask: np.ndarray) -> float:
-    """Fraction of the map's mass inside ``mask`` (0.0 for an all-zero map)."""
+def energy_inside(cam: np.ndarray, mask: np.ndarray, skip_empty: bool = False) -> float:
+    """Fraction of the map's mass inside ``mask`` (0.0 for an all-zero map; NaN for any empty or constant map with
+    ``skip_empty``)."""
     cam, mask = _check(cam, mask)
+    if skip_empty and is_empty_map(cam):
+        return math.nan
     total = cam.sum()
     return float(cam[mask].sum() / total) if total > 0 else 0.0
 
 
-def outside_fraction(cam: np.ndarray, lung_mask: np.ndarray) -> float:
-    """Fraction of the map's mass outside the lung fields: ``1 - energy_inside`` (0.0 for an all-zero map)."""
+def outside_fraction(cam: np.ndarray, lung_mask: np.ndarray, skip_empty: bool = False,
+                     ignore_border_px: int = 0) -> float:
+    """Fraction of the map's mass outside the lung fields: ``1 - energy_inside`` (0.0 for an all-zero map; NaN for
+    any empty or constant map with ``skip_empty``). ``ignore_border_px`` > 0 leaves the band within that many pixels
+    of the image edge out of both the map's mass and the outside part (:func:`border_share`), so heat on the frame
+    cannot decide the number (NaN when the map has no mass off the band)."""
     cam, mask = _check(cam, lung_mask)
+    if skip_empty and is_empty_map(cam):
+        return math.nan
+    if ignore_border_px:
+        keep = ~border_band(cam.shape[0], cam.shape[1], ignore_border_px)
+        total = cam[keep].sum()
+        return float(cam[keep & ~mask].sum() / total) if total > 0 else math.nan
     return 1.0 - energy_inside(cam, mask) if cam.sum() > 0 else 0.0
 
 
@@ -158,9 +217,11 @@ def prior_maps(train_lesion_masks: np.ndarray | None = None, train_lung_masks: n
 
 
 # ------------------------------------------------------------------------------------ aggregates
-def per_image_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac: float = 0.05) -> pd.DataFrame:
-    """One row per image: ``pointing``, ``near`` (0/1), ``energy`` and ``has_lesion`` (images with an empty
-    mask get nan scores). ``cams`` may be one (H, W) map used for every image."""
+def per_image_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac: float = TOLERANCE_FRAC,
+                     skip_empty: bool = False) -> pd.DataFrame:
+    """One row per image: ``pointing``, ``near`` (0/1), ``energy``, ``has_lesion`` (images with an empty
+    mask get nan scores) and ``no_map`` (the map is empty or constant: NaN scores with ``skip_empty``, else scored as
+    a miss). ``cams`` may be one (H, W) map used for every image."""
     masks = np.asarray(lesion_masks, dtype=bool)
     cams = np.asarray(cams)
     if cams.ndim == 2:
@@ -168,32 +229,42 @@ def per_image_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac:
     if cams.shape != masks.shape or cams.ndim != 3:
         raise ValueError(f"cams {cams.shape} and lesion_masks {masks.shape} must both be (N, H, W)")
     has = masks.reshape(len(masks), -1).any(axis=1)
-    rows = [{"pointing": float(pointing_game(c, m)), "near": float(near_pointing(c, m, tolerance_frac)),
-             "energy": energy_inside(c, m)} if h else {"pointing": np.nan, "near": np.nan, "energy": np.nan}
+    rows = [{"pointing": float(pointing_game(c, m, skip_empty)),
+             "near": float(near_pointing(c, m, tolerance_frac, skip_empty)),
+             "energy": energy_inside(c, m, skip_empty)} if h else {"pointing": np.nan, "near": np.nan, "energy": np.nan}
             for c, m, h in zip(cams, masks, np.asarray(has, dtype=bool).tolist())]
-    return pd.DataFrame(rows, columns=["pointing", "near", "energy"]).assign(has_lesion=has)
+    no_map = empty_maps(cams) if len(cams) else np.zeros(0, dtype=bool)
+    return pd.DataFrame(rows, columns=["pointing", "near", "energy"]).assign(has_lesion=has, no_map=no_map)
 
 
-def localisation_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac: float = 0.05,
-                        lung_masks: np.ndarray | None = None) -> dict[str, float]:
+def localisation_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac: float = TOLERANCE_FRAC,
+                        lung_masks: np.ndarray | None = None, skip_empty: bool = False) -> dict[str, float]:
     """Mean scores over images that have a lesion (images with an empty mask are skipped and counted).
 
     Keys: ``pointing``, ``near``, ``energy`` (means), ``area`` (mean lesion area fraction = the energy of
     a uniform map), ``n`` (images scored), ``n_pointing``, ``n_near`` (hit counts), ``n_skipped``; with
-    ``lung_masks``, also ``outside_lung`` (mean outside fraction over *all* images).
+    ``lung_masks``, also ``outside_lung`` (mean outside fraction over *all* images). With ``skip_empty``, images
+    whose map is empty or constant are "no map": left out of every mean (``area`` included) and counted in
+    ``n_no_map`` (images with a lesion but no map; ``outside_lung`` leaves out every empty map).
     """
     masks = np.asarray(lesion_masks, dtype=bool)
-    per = per_image_scores(cams, masks, tolerance_frac)
+    per = per_image_scores(cams, masks, tolerance_frac, skip_empty)
     has = per["has_lesion"].to_numpy()
-    scored = per[has]
+    no_map = per["no_map"].to_numpy() if skip_empty else np.zeros(len(per), dtype=bool)
+    scored = per[has & ~no_map]
     mean = lambda col: float(scored[col].mean()) if len(scored) else float("nan")  # noqa: E731
+    sel = has & ~no_map
     out = {"pointing": mean("pointing"), "near": mean("near"), "energy": mean("energy"),
-           "area": float(masks[has].reshape(int(has.sum()), -1).mean(axis=1).mean()) if has.any() else float("nan"),
-           "n": int(has.sum()), "n_pointing": int(scored["pointing"].sum()), "n_near": int(scored["near"].sum()),
+           "area": float(masks[sel].reshape(int(sel.sum()), -1).mean(axis=1).mean()) if sel.any() else float("nan"),
+           "n": int(sel.sum()), "n_pointing": int(scored["pointing"].sum()), "n_near": int(scored["near"].sum()),
            "n_skipped": int((~has).sum())}
+    if skip_empty:
+        out["n_no_map"] = int((has & no_map).sum())
     if lung_masks is not None:
         c = np.broadcast_to(np.asarray(cams), masks.shape)
-        out["outside_lung"] = float(np.mean([outside_fraction(a, m) for a, m in zip(c, np.asarray(lung_masks, bool))]))
+        fractions = np.array([outside_fraction(a, m, skip_empty) for a, m in zip(c, np.asarray(lung_masks, bool))])
+        ok = fractions[np.isfinite(fractions)]
+        out["outside_lung"] = float(ok.mean()) if ok.size else float("nan")
     return out
 
 
@@ -204,7 +275,7 @@ def random_maps(n: int, h: int, w: int, seed: int = 0, run: int = 0, smooth_px: 
 
 
 def baseline_per_image(lesion_masks: np.ndarray, priors: Mapping[str, np.ndarray] | None = None,
-                       tolerance_frac: float = 0.05, n_random: int = 10, seed: int = 0,
+                       tolerance_frac: float = TOLERANCE_FRAC, n_random: int = 10, seed: int = 0,
                        smooth_px: float | None = None) -> dict[str, pd.DataFrame]:
     """Per-image scores (:func:`per_image_scores`) of every image-blind baseline: ``centre prior``,
     ``random (mean of n)`` (each image's scores averaged over ``n_random`` seeds) and the ``priors``."""
@@ -222,32 +293,33 @@ def baseline_per_image(lesion_masks: np.ndarray, priors: Mapping[str, np.ndarray
 
 
 def localisation_table(cams: np.ndarray | Mapping[str, np.ndarray], lesion_masks: np.ndarray,
-                       tolerance_frac: float = 0.05, lung_masks: np.ndarray | None = None,
+                       tolerance_frac: float = TOLERANCE_FRAC, lung_masks: np.ndarray | None = None,
                        name: str = "Grad-CAM", n_random: int = 10, seed: int = 0,
-                       smooth_px: float | None = None, priors: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+                       smooth_px: float | None = None, priors: Mapping[str, np.ndarray] | None = None,
+                       skip_empty: bool = False) -> pd.DataFrame:
     """One row per method (``cams`` as one array or ``{name: array}``) plus the image-blind baselines.
 
     ``centre prior`` uses the same Gaussian for every image; ``random (mean of n)`` averages the scores of
     ``n_random`` seeds of smoothed noise; ``priors`` (:func:`prior_maps`: the mean-lesion and lung-field
     priors from the training masks) add one row each. Columns as in :func:`localisation_scores`, plus
-    ``method`` and ``baseline`` (bool).
+    ``method`` and ``baseline`` (bool); ``skip_empty``: empty maps are "no map" (``n_no_map``), not scored.
     """
     named = dict(cams) if isinstance(cams, Mapping) else {name: np.asarray(cams)}
     masks = np.asarray(lesion_masks, dtype=bool)
     n, h, w = masks.shape
-    rows = [{"method": k, "baseline": False, **localisation_scores(v, masks, tolerance_frac, lung_masks)}
-            for k, v in named.items()]
-    rows.append({"method": "centre prior", "baseline": True,
-                 **localisation_scores(centre_prior(h, w), masks, tolerance_frac, lung_masks)})
-    runs = [localisation_scores(random_maps(n, h, w, seed, r, smooth_px), masks, tolerance_frac, lung_masks)
-            for r in range(n_random)]
+
+    def scores(maps: np.ndarray) -> dict[str, float]:
+        return localisation_scores(maps, masks, tolerance_frac, lung_masks, skip_empty)
+
+    rows = [{"method": k, "baseline": False, **scores(v)} for k, v in named.items()]
+    rows.append({"method": "centre prior", "baseline": True, **scores(centre_prior(h, w))})
+    runs = [scores(random_maps(n, h, w, seed, r, smooth_px)) for r in range(n_random)]
     rows.append({"method": f"random (mean of {n_random})", "baseline": True,
                  **{k: float(np.mean([r[k] for r in runs])) for k in runs[0]}})
     for prior_name, prior in (priors or {}).items():
-        rows.append({"method": prior_name, "baseline": True,
-                     **localisation_scores(prior, masks, tolerance_frac, lung_masks)})
+        rows.append({"method": prior_name, "baseline": True, **scores(prior)})
     df = pd.DataFrame(rows)
-    return df.astype({k: int for k in ("n", "n_skipped")})
+    return df.astype({k: int for k in ("n", "n_skipped", "n_no_map") if k in df})
 
 
 # ------------------------------------------------------------------------------------ lung field
@@ -318,13 +390,14 @@ def estimate_lung_fields(images: np.ndarray, progress: bool = False) -> np.ndarr
 
 
 def outside_lung_fractions(cams: np.ndarray, lung_masks: np.ndarray | None = None,
-                           images: np.ndarray | None = None, progress: bool = False
-                           ) -> tuple[np.ndarray, np.ndarray, str]:
+                           images: np.ndarray | None = None, progress: bool = False, skip_empty: bool = False,
+                           ignore_border_px: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """Fraction of each map's mass outside the lung fields, and the masks used.
 
     Uses ``lung_masks`` (ground truth, phantoms) when given, else :func:`estimate_lung_field` of each
     image (real data; biased upwards on pneumonia, see its docstring). Returns ``(fractions, masks,
-    source)`` with ``source`` = ``"ground truth"`` or ``"estimated"``.
+    source)`` with ``source`` = ``"ground truth"`` or ``"estimated"``. ``skip_empty`` and ``ignore_border_px``
+    as in :func:`outside_fraction` (NaN = no map).
     """
     cams = np.asarray(cams)
     if lung_masks is None:
@@ -335,21 +408,28 @@ def outside_lung_fractions(cams: np.ndarray, lung_masks: np.ndarray | None = Non
         masks, source = np.asarray(lung_masks, bool), "ground truth"
     if masks.shape != cams.shape:
         raise ValueError(f"maps {cams.shape} and lung masks {masks.shape} differ in shape")
-    fractions = np.array([outside_fraction(c, m) for c, m in zip(cams, masks)], dtype=np.float64)
+    fractions = np.array([outside_fraction(c, m, skip_empty, ignore_border_px) for c, m in zip(cams, masks)],
+                         dtype=np.float64)
     return fractions, masks, source
 
 
 def outside_lung_summary(fractions: np.ndarray, groups: np.ndarray, lung_masks: np.ndarray) -> pd.DataFrame:
     """Median and quartiles of the outside-lung fraction per group (e.g. TP, FN), next to the chance level:
-    the fraction a map spread evenly over the image would score (``1 - lung area``, median over the group)."""
+    the fraction a map spread evenly over the image would score (``1 - lung area``, median over the group).
+    NaN fractions (no map, :func:`outside_fraction` with ``skip_empty``) are left out of ``n`` and counted in a
+    ``no map`` column, which appears when there is any."""
     fractions, groups = np.asarray(fractions, dtype=np.float64), np.asarray(groups).astype(str)
     area = np.asarray(lung_masks, bool).reshape(len(fractions), -1).mean(axis=1)
+    finite = np.isfinite(fractions)
     rows = []
     for g in dict.fromkeys(groups):
-        sel = groups == g
+        sel = (groups == g) & finite
         q1, med, q3 = np.percentile(fractions[sel], [25, 50, 75]) if sel.any() else (np.nan,) * 3
-        rows.append({"group": g, "n": int(sel.sum()), "median": float(med), "q25": float(q1), "q75": float(q3),
-                     "chance (uniform map)": float(np.median(1 - area[sel])) if sel.any() else np.nan})
+        row = {"group": g, "n": int(sel.sum()), "median": float(med), "q25": float(q1), "q75": float(q3),
+               "chance (uniform map)": float(np.median(1 - area[sel])) if sel.any() else np.nan}
+        if not finite.all():
+            row["no map"] = int(((groups == g) & ~finite).sum())
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -6,7 +6,7 @@ feature map. Which block? Not the **output of the last block**: the head reads o
 patch tokens there never reach the score — their gradient is exactly zero, and so is the map. The pytorch-grad-cam
 convention is the **first LayerNorm of the last block** (``blocks[-1].norm1``): its patch tokens still feed the
 last attention, through which the [CLS] token reads them, so the gradient says which patches the final decision
-drew on (:data:`VIT_GRADCAM_LAYER`, :func:`vit_explanation`).
+drew on (:func:`vit_gradcam_layer`, :data:`VIT_GRADCAM_LAYER`).
 
 **Attention rollout** (Abnar & Zuidema, 2020) ignores the class: it multiplies the attention matrices of all
 blocks (averaged over heads, plus the identity for the residual path, rows renormalised) and reads how much the
@@ -23,16 +23,23 @@ import torch
 import torch.nn.functional as F
 
 from utils.explain.gradcam import eval_mode, normalise_maps
-from utils.train.vit import is_vit, token_grid, tokens_to_grid
+from utils.train.vit import DEPTH, is_vit, token_grid, tokens_to_grid
 
 
-def vit_gradcam_layer(model: Any) -> str:
-    """The Grad-CAM layer of a ViT: the first LayerNorm of its last block."""
-    return f"blocks.{len(model.blocks) - 1}.norm1"
+def vit_last_block(model_or_depth: Any) -> str:
+    """The name of a ViT's last block (a model, or its number of blocks): its output feeds only the [CLS] token
+    to the head, so Grad-CAM on it is all zero."""
+    depth = model_or_depth if isinstance(model_or_depth, int) else len(model_or_depth.blocks)
+    return f"blocks.{depth - 1}"
 
 
-#: The layer name used for ViT-Tiny's 12 blocks (``blocks.11.norm1``).
-VIT_GRADCAM_LAYER = "blocks.11.norm1"
+def vit_gradcam_layer(model_or_depth: Any) -> str:
+    """The Grad-CAM layer of a ViT (a model, or its number of blocks): the first LayerNorm of its last block."""
+    return f"{vit_last_block(model_or_depth)}.norm1"
+
+
+#: The Grad-CAM layer of the series' ViT-Tiny (``blocks.11.norm1``): the one spelling of it.
+VIT_GRADCAM_LAYER = vit_gradcam_layer(DEPTH)
 
 
 def vit_reshape(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -27,9 +27,11 @@ from utils.config import Config
 from utils.data.bundle import DataBundle
 from utils.deploy.timing import benchmark_cpu, file_size_mb, machine_info, torch_forward
 from utils.evaluate import metrics as M
+from utils.evaluate.verdicts import difference_verdict
 from utils.explain import localisation as L
-from utils.explain.choice import TOLERANCE_FRAC, verdict_against_baselines
-from utils.explain.selection import main_explanation, main_maps
+from utils.explain.choice import verdict_against_baselines
+from utils.explain.localisation import TOLERANCE_FRAC
+from utils.explain.maps import main_explanation, main_maps
 from utils.train.model import load_model, predict_proba, resolve_device
 
 #: The hypothesis, as three claims: (key, what is compared, direction that supports it).
@@ -100,7 +102,8 @@ def compare_architectures(cfg: Config, bundle: DataBundle, paths: dict[str, Path
         threshold, _ = operating_threshold(meta, path)
         p_val = predict_proba(model, val.images, meta, device=dev)
         p_test = predict_proba(model, test.images, meta, device=dev)
-        maps, _ = main_maps(model, meta, test.images[pos])
+        spec = main_explanation(path, model)  # the record as it is now, checked against the model
+        maps, _ = main_maps(model, path, test.images[pos])
         if lung_masks is None:
             _, lung_masks, lung_source = L.outside_lung_fractions(maps, lungs, test.images[pos], progress=progress)
         outside, _, _ = L.outside_lung_fractions(maps, lung_masks)
@@ -110,7 +113,7 @@ def compare_architectures(cfg: Config, bundle: DataBundle, paths: dict[str, Path
         else:
             scores = pd.DataFrame({"pointing": np.nan, "near": np.nan, "energy": np.nan}, index=range(len(pos)))
         scores["outside_lung"] = outside
-        models[name] = ModelResult(name, Path(path), meta, threshold, main_explanation(meta), p_val, p_test,
+        models[name] = ModelResult(name, Path(path), meta, threshold, spec, p_val, p_test,
                                    M.outcome_groups(test.labels, p_test, threshold), maps, scores,
                                    n_parameters(model), file_size_mb(path))
     a, b = list(models)
@@ -204,10 +207,11 @@ def hypothesis_verdicts(cmp: ArchComparison) -> pd.DataFrame:
             rows.append({"claim": key, "compared": what, "difference": np.nan, "ci_low": np.nan, "ci_high": np.nan,
                          "verdict": "not measurable"})
             continue
-        lo, hi = d["ci_low"], d["ci_high"]
-        good, bad = (lo > 0, hi < 0) if direction == "higher" else (hi < 0, lo > 0)
-        rows.append({"claim": key, "compared": what, "difference": d["value"], "ci_low": lo, "ci_high": hi,
-                     "verdict": "supported" if good else "contradicted" if bad else "not shown"})
+        side = difference_verdict(d)  # "above" / "below" zero, or "inconclusive" (the interval includes 0)
+        good, bad = ("above", "below") if direction == "higher" else ("below", "above")
+        rows.append({"claim": key, "compared": what, "difference": d["value"], "ci_low": d["ci_low"],
+                     "ci_high": d["ci_high"], "verdict": "supported" if side == good else "contradicted" if side == bad
+                     else "not shown"})
     return pd.DataFrame(rows)
 
 

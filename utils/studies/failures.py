@@ -30,10 +30,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from utils.config import CLASSES, UserError
+from utils.config import CLASSES
 from utils.data.phantom import HARD_KINDS
+from utils.errors import UserError
 from utils.explain.localisation import outside_lung_fractions
-from utils.explain.selection import main_maps
+from utils.explain.maps import Checkpoint, main_maps
+from utils.paths import notebook_path
 
 __all__ = [
     "CASE_COLUMNS",
@@ -43,6 +45,7 @@ __all__ = [
     "LESION_COLUMNS",
     "RULES",
     "FailureStudy",
+    "OutsideLungComparison",
     "align_to_split",
     "case_table",
     "category_counts",
@@ -51,6 +54,7 @@ __all__ = [
     "classify_failure",
     "classify_failures",
     "compare_groups",
+    "compare_outside_lung",
     "failure_cutoffs",
     "lesion_property_table",
     "select_false_negatives",
@@ -58,6 +62,7 @@ __all__ = [
     "select_true_positives",
     "study_failures",
     "threshold_cost",
+    "threshold_tradeoff",
 ]
 
 # ------------------------------------------------------------------------------------------ selectors
@@ -123,18 +128,19 @@ def align_to_split(df: pd.DataFrame, ids: Sequence[str], labels: Sequence[int] |
     if (idx < 0).any():
         n = int((idx < 0).sum())
         raise UserError(f"{n} predicted image id(s) are not in this data set (e.g. {df['id'][idx < 0].iloc[0]}): "
-                        "the predictions come from other data; run notebooks/04_evaluation.ipynb again.")
+                        f"the predictions come from other data; run {notebook_path('evaluation')} again.")
     if labels is not None and not np.array_equal(np.asarray(labels)[idx], df["label"].to_numpy()):
         raise UserError("labels in the predictions file differ from the data set's: "
-                        "run notebooks/04_evaluation.ipynb again.")
+                        f"run {notebook_path('evaluation')} again.")
     return idx
 
 
 # ------------------------------------------------------------------------------------ Grad-CAM
-def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], batch_size: int = 32,
+def class_gradcams(model: Any, images: np.ndarray, checkpoint: Checkpoint, batch_size: int = 32,
                    progress: bool = True, classes: Sequence[str] = CLASSES) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Maps of the main explanation (:func:`utils.explain.selection.main_maps`, the one every notebook uses) of uint8
-    images ``(N, S, S)`` for each class in ``classes`` (default both), and P(PNEUMONIA) of the same pass.
+    """Maps of the main explanation (:func:`utils.explain.maps.main_maps`, the one every notebook uses; pass the
+    checkpoint's path so its record is read now) of uint8 images ``(N, S, S)`` for each class in ``classes``
+    (default both), and P(PNEUMONIA) of the same pass.
 
     Returns ``({"PNEUMONIA": maps, "NORMAL": maps}, probs)``, maps float32 ``(N, S, S)`` in [0, 1]. The
     PNEUMONIA map is the evidence the model saw *for* pneumonia; the NORMAL map, what pulled it the
@@ -152,7 +158,7 @@ def class_gradcams(model: Any, images: np.ndarray, meta: Mapping[str, Any], batc
         from tqdm.auto import tqdm
         names = tqdm(names, desc="maps per class", unit="class", leave=False)
     for name in names:
-        maps[name], probs = main_maps(model, meta, images, targets=CLASSES.index(name), batch_size=batch_size)
+        maps[name], probs = main_maps(model, checkpoint, images, targets=CLASSES.index(name), batch_size=batch_size)
     return maps, probs
 
 
@@ -163,11 +169,11 @@ def check_probabilities(recorded: Sequence[float] | np.ndarray, recomputed: Sequ
     diff = float(np.max(np.abs(np.asarray(recorded, float) - np.asarray(recomputed, float)), initial=0.0))
     if diff > tol:
         raise UserError(f"the predictions file disagrees with the checkpoint (max |Δp| = {diff:.3f}): "
-                        "the model or data changed since; run notebooks/04_evaluation.ipynb again.")
+                        f"the model or data changed since; run {notebook_path('evaluation')} again.")
     return diff
 
 
-def compare_groups(a: Sequence[float], b: Sequence[float], names: tuple[str, str] = ("FN", "TP"),
+def compare_groups(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, names: tuple[str, str] = ("FN", "TP"),
                    few: int = 10) -> dict[str, Any]:
     """Two-sided Mann-Whitney U test of two samples (e.g. outside-lung fraction, FN vs TP).
 
@@ -207,7 +213,7 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def failure_cutoffs(info: pd.DataFrame | None = None, outside_reference: Sequence[float] | None = None,
+def failure_cutoffs(info: pd.DataFrame | None = None, outside_reference: Sequence[float] | np.ndarray | None = None,
                     q: float = 0.1, q_outside: float = 0.9) -> dict[str, float]:
     """Data-driven cut-offs for :func:`classify_failure` (only the keys that can be computed).
 
@@ -451,12 +457,12 @@ class FailureStudy:
         return self.outside[self._pos(ids)]
 
 
-def study_failures(model: Any, meta: Mapping[str, Any], split: Any, predictions: pd.DataFrame, threshold: float,
+def study_failures(model: Any, checkpoint: Checkpoint, split: Any, predictions: pd.DataFrame, threshold: float,
                    n_near: int = 6, progress: bool = True) -> FailureStudy:
     """Align the predictions with the split, select the misses, near misses and detections, compute the main
-    explanation's PNEUMONIA map of every pneumonia image (checking its probabilities against the predictions
-    file) and the share of each map outside the lung fields (true lung masks when the data have them, else
-    the estimate)."""
+    explanation's PNEUMONIA map of every pneumonia image (``checkpoint``: the model's path, read now; checking the
+    probabilities against the predictions file) and the share of each map outside the lung fields (true lung masks
+    when the data have them, else the estimate)."""
 
     frame = predictions.copy()
     frame["row"] = align_to_split(frame, split.ids, split.labels)
@@ -465,9 +471,67 @@ def study_failures(model: Any, meta: Mapping[str, Any], split: Any, predictions:
     near = select_near_misses(frame, threshold, n_near)
     pos = pd.concat([fn, tp]).reset_index(drop=True)
     rows = pos["row"].to_numpy()
-    maps, probs = class_gradcams(model, split.images[rows], meta, progress=progress, classes=["PNEUMONIA"])
+    maps, probs = class_gradcams(model, split.images[rows], checkpoint, progress=progress, classes=["PNEUMONIA"])
     check_probabilities(pos["prob"], probs)
     lungs = None if split.lung_masks is None else split.lung_masks[rows]
     outside, masks, source = outside_lung_fractions(maps["PNEUMONIA"], lungs, split.images[rows], progress)
     return FailureStudy(float(threshold), fn, tp, near, pos, maps["PNEUMONIA"], probs, outside, masks, source,
                         split.images, split.lesion_masks, split.info)
+
+
+# ------------------------------------------------------------------------------- the study's two readings
+@dataclass
+class OutsideLungComparison:
+    """Where the focus group's PNEUMONIA maps looked against the other detections (:func:`compare_outside_lung`)."""
+
+    groups: dict[str, np.ndarray]  # outside-lung fractions of the misses, the near misses and every detection
+    stats: dict[str, Any]  # compare_groups of the focus group against the rest
+    cutoff: float  # the 90th percentile of the rest: "distracted" (failure_cutoffs)
+    chance: float  # a uniform map's outside fraction (median over the images' lung masks)
+    above: tuple[int, int]  # focus and rest cases above the cut-off
+    lines: list[str]  # the findings, one sentence each
+
+
+def compare_outside_lung(study: FailureStudy) -> OutsideLungComparison:
+    """The outside-lung fractions of the focus group (the misses, or the near misses) against the other detections:
+    Mann-Whitney U (:func:`compare_groups`), the data-driven cut-off of :func:`failure_cutoffs` (falling back to
+    :data:`DEFAULT_CUTOFFS`), the chance level of a uniform map, and the findings as sentences."""
+    focus_name, rest_name = study.names
+    focus, rest = study.outside_of(study.focus["id"]), study.outside_of(study.rest["id"])
+    groups = {"FN": study.outside_of(study.fn["id"]), "near miss": study.outside_of(study.near["id"]),
+              "TP (all)": study.outside_of(study.tp["id"])}
+    stats = compare_groups(focus, rest, (focus_name, rest_name))
+    default = DEFAULT_CUTOFFS["outside_lung"]
+    assert default is not None
+    cut = failure_cutoffs(outside_reference=rest).get("outside_lung", default)
+    chance = float(np.median(1 - study.lung_masks.mean(axis=(1, 2))))
+    above = (int((focus > cut).sum()), int((rest > cut).sum()))
+    lines = [f"lung masks: {study.lung_source}; chance level (uniform map) {chance:.3f}; 90th percentile of "
+             f"{rest_name} {cut:.3f}",
+             f"median outside-lung fraction: {focus_name} {stats['median_a']:.3f} (n={stats['n_a']}) vs "
+             f"{rest_name} {stats['median_b']:.3f} (n={stats['n_b']})",
+             f"Mann-Whitney U = {stats['U']:.1f}, two-sided p = {stats['p']:.3g}" if np.isfinite(stats["p"])
+             else "no test"]
+    if stats["note"]:
+        lines.append(f"note: {stats['note']}")
+    lines.append(f"cases above that percentile ({cut:.1%} outside): {above[0]} of {len(focus)} {focus_name}, "
+                 f"{above[1]} of {len(rest)} {rest_name}")
+    return OutsideLungComparison(groups, stats, float(cut), chance, above, lines)
+
+
+def threshold_tradeoff(study: FailureStudy, predictions: pd.DataFrame) -> list[str]:
+    """What moving the threshold would cost, in counts, as sentences: with misses, the threshold that would just catch
+    the lowest-scoring miss; without, one just above the near misses (:func:`threshold_cost` on ``predictions``).
+    An illustration on the test set, not a way to choose a threshold (notebook 04 does that on validation)."""
+    threshold = study.threshold
+    if study.has_fn:
+        lower = float(study.fn["prob"].min())  # the threshold that would have caught every miss above
+        c = threshold_cost(predictions, threshold, lower)
+        return [f"at threshold {threshold:.4f}: {c['fn']} missed, {c['fp']} false alarms (of {c['n_negative']} NORMAL)",
+                f"at threshold {lower:.4f} (just catching the lowest-scoring miss): {c['fn_new']} missed, "
+                f"{c['fp_new']} false alarms, i.e. {c['fp_new'] - c['fp']} more children recalled per "
+                f"{c['fn'] - c['fn_new']} more pneumonia(s) caught"]
+    upper = float(study.near["prob"].max()) if len(study.near) else threshold
+    c = threshold_cost(predictions, threshold, np.nextafter(upper, 1.0))
+    return [f"no miss at {threshold:.4f} ({c['fp']} false alarms of {c['n_negative']} NORMAL); a threshold just above "
+            f"the near misses ({upper:.4f}) would miss {c['fn_new']} and raise {c['fp_new']} false alarms"]

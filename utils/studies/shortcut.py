@@ -6,7 +6,7 @@ The experiment, on the phantoms, where everything is known:
 * **confounded** — the same recipe (both phases, the shipping rule, the threshold rule — the same functions) on
   images whose burned-in marker follows the label (:func:`utils.data.confounder.confounded_bundle`);
 * **remedy** — the same recipe on the confounded images with every marker the heuristic finds imputed away
-  (:func:`utils.data.confounder.remove_markers`), and the same cleaning at test time.
+  (:func:`remove_markers`), and the same cleaning at test time.
 
 Each model is tested on three versions of the same clean test images: markers that follow the label as in training
 (``in-distribution``), markers independent of the label (``decorrelated``) and the correlation reversed
@@ -30,10 +30,12 @@ from scipy import ndimage as ndi
 from utils.artifacts import operating_threshold
 from utils.config import Config
 from utils.data.bundle import DataBundle, Split, fingerprint, pixel_hashes
-from utils.data.confounder import MarkerSpec, confounded_bundle, confounded_split, find_markers_all, remove_markers
+from utils.data.confounder import MarkerSpec, confounded_bundle, confounded_split, find_markers_all
 from utils.evaluate import metrics as M
+from utils.evaluate.verdicts import difference_verdict, interval_side
 from utils.explain import localisation as L
-from utils.explain.selection import explain, main_explanation
+from utils.explain.maps import explain, main_explanation
+from utils.explain.road import linear_impute
 from utils.stages import ensure_evaluation
 from utils.train.model import load_model, predict_proba, preprocess, resolve_device
 
@@ -62,6 +64,16 @@ def marker_scores(maps: np.ndarray, marker_masks: np.ndarray, lesion_masks: np.n
                        lesion_near=float(L.near_pointing(cam, les, tolerance_frac)) if les.any() else np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def remove_markers(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The remedy: every masked pixel imputed from its neighbours (ROAD's linear imputation without noise,
+    :func:`utils.explain.road.linear_impute`) — the marker is gone, the surrounding background continues."""
+    out = np.array(images, copy=True)
+    for i in np.flatnonzero(np.asarray(masks).reshape(len(masks), -1).any(axis=1)):
+        filled = linear_impute(out[i].astype(np.float64), ~masks[i], noise=0.0)
+        out[i] = np.clip(np.round(filled), 0, 255).astype(np.uint8)
+    return out
 
 
 def cleaned_split(split: Split) -> Split:
@@ -150,8 +162,9 @@ def run_shortcut_experiment(cfg: Config, bundle: DataBundle, control_path: Any, 
                                              cfg["target_recall"],
                                              bundle["val"].patient_ids, bundle["test"].patient_ids,
                                              n_boot=int(cfg["n_bootstrap"]), seed=cfg["seed"]) for v in TESTS}
-    run = ShortcutRun(spec, main_explanation(models["control"][1]), paths, thresholds, tests, seen, regions, probs,
-                      val_probs, paired, shortcut_table(paired))
+    explanation = main_explanation(control_path, models["control"][0])  # the shipped model's, as recorded now
+    run = ShortcutRun(spec, explanation, paths, thresholds, tests, seen, regions, probs, val_probs, paired,
+                      shortcut_table(paired))
     measure_attention(run, {k: m for k, (m, _) in models.items()}, models["control"][1], bundle["test"], n_maps,
                       seed=cfg["seed"], n_boot=int(cfg["n_bootstrap"]))
     return run
@@ -273,17 +286,18 @@ def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.01, min_mass: fl
     show it (map mass on the marker, confounded − control, paired CI), and did the remedy hold up (remedy − control
     on the reversed test). A difference counts as *shown* when its 95% interval excludes zero in the stated
     direction **and** the estimate is at least the practical margin (``min_auc`` of AUC, ``min_mass`` of the map's
-    mass); an interval that excludes zero around a smaller estimate is reported as detectable but negligible."""
+    mass); an interval that excludes zero around a smaller estimate is reported as detectable but negligible
+    (:func:`utils.evaluate.verdicts.difference_verdict`: ``"above"`` / ``"below"`` / ``"within"`` the margin)."""
     def ci(d: dict[str, float]) -> str:
         return M.format_ci(d, signed=True)
 
     diffs = record["operating_point"]["reversed"]["differences"]
     used = diffs["confounded - control"]["roc_auc"]
     lines = []
-    if used["ci_high"] < 0 and used["value"] <= -min_auc:
+    if difference_verdict(used, min_auc) == "below":
         lines.append(f"The confounded model used the marker: on the reversed test its AUC is lower than the "
                      f"control's by {ci(used)} (paired 95% CI).")
-    elif used["ci_high"] < 0:
+    elif interval_side(used) == "below":
         lines.append(f"The confounded model's reversed-test AUC is detectably but negligibly below the control's "
                      f"({ci(used)}, smaller than {min_auc}): no shortcut that matters at this scale.")
     else:
@@ -291,12 +305,12 @@ def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.01, min_mass: fl
                      f"confounded − control {ci(used)} (paired 95% CI includes zero or is positive).")
     att = record["attention_decorrelated_test"]["paired_differences"].get("confounded - control", {})
     mass = att.get("marker_mass")
-    if mass is None or not np.isfinite(mass["value"]):
+    if mass is None or difference_verdict(mass, min_mass) == "not measured":
         lines.append("The maps were not measured against the marker (no marked test images were mapped).")
-    elif mass["ci_low"] > 0 and mass["value"] >= min_mass:
+    elif difference_verdict(mass, min_mass) == "above":
         lines.append(f"The explanation showed it: the confounded model's maps put more mass on the marker than the "
                      f"control's, {ci(mass)} (share of map mass, paired 95% CI).")
-    elif mass["ci_low"] > 0:
+    elif interval_side(mass) == "above":
         lines.append(f"The maps' mass on the marker differs detectably but negligibly between the confounded model "
                      f"and the control ({ci(mass)} of the map, below {min_mass}): the explanation would not have "
                      f"told a reader anything.")
@@ -304,8 +318,8 @@ def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.01, min_mass: fl
         lines.append(f"The explanation did not separate the two models on the marker: map mass on the marker, "
                      f"confounded − control {ci(mass)} (paired 95% CI includes zero or is negative).")
     remedy = diffs["remedy - control"]["roc_auc"]
-    if (remedy["ci_low"] > 0 or remedy["ci_high"] < 0) and abs(remedy["value"]) >= min_auc:
-        word = "above" if remedy["ci_low"] > 0 else "below"
+    word = difference_verdict(remedy, min_auc)
+    if word in ("above", "below"):
         lines.append(f"The remedy's reversed-test AUC is {word} the control's: {ci(remedy)}.")
     else:
         lines.append(f"The remedy matches the control on the reversed test within the noise or the margin "

@@ -24,8 +24,15 @@ from torch import nn
 
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.data.augment import AugmentSpec, augment
-from utils.fileio import jsonable
-from utils.train.model import freeze_backbone, param_groups, preprocess, set_backbone_bn_eval, unfreeze_all
+from utils.fileio import jsonable, write_csv
+from utils.train.model import (
+    freeze_backbone,
+    param_groups,
+    pneumonia_probability,
+    preprocess,
+    set_backbone_bn_eval,
+    unfreeze_all,
+)
 
 #: The augmentation every training batch gets unless told otherwise (no horizontal flip).
 DEFAULT_AUGMENT = AugmentSpec()
@@ -124,7 +131,7 @@ def evaluate(model: nn.Module, data: DeviceData, meta: dict, batch_size: int = 1
     model.train(was_training)
     logits_t = torch.cat(logits)
     y = data.labels
-    probs = torch.softmax(logits_t, 1)[:, 1].cpu().numpy()
+    probs = pneumonia_probability(logits_t)
     yn = y.cpu().numpy()
     pred = probs >= 0.5
     out = {"probs": probs,
@@ -251,9 +258,9 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, phase: dict, meta:
                                     "scheduler": sched.state_dict(), "rng": gen.get_state(), "epoch": epoch,
                                     "history": history, "best_epoch": best_epoch, "meta": meta,
                                     "settings": settings, "scaler": scaler.state_dict() if scaler else {}})
-        pd.DataFrame(history).to_csv(history_csv, index=False)
+        write_csv(history_csv, pd.DataFrame(history), index=False)
     if bar is not None:
         bar.close()
     if history and not history_csv.exists():
-        pd.DataFrame(history).to_csv(history_csv, index=False)
+        write_csv(history_csv, pd.DataFrame(history), index=False)
     return FitResult(pd.DataFrame(history), best_epoch, best_path, start - 1)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +16,10 @@ from torch import nn
 from torchvision import models
 
 from utils.checkpoint import load_checkpoint
-from utils.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, UserError, is_online, shipped
+from utils.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD
+from utils.errors import UserError
+from utils.machine import is_online
+from utils.paths import shipped
 
 WEIGHT_CHOICES = ("imagenet", "phantom", "none")
 #: The architectures of the series: the ResNet-18 of notebooks 02–08 and the ViT-Tiny of notebook 09.
@@ -30,24 +35,32 @@ def _resnet18(num_classes: int) -> nn.Module:
     return model
 
 
-def _imagenet_state() -> dict[str, torch.Tensor] | None:
-    """ImageNet weights from the torch cache, or downloaded when online; ``None`` (one line) when unavailable."""
-    weights = models.ResNet18_Weights.IMAGENET1K_V1
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not cached.exists() and not is_online("download.pytorch.org"):
-        print("ImageNet weights unavailable (offline, not in the torch cache); continuing from random initialisation.")
+def fetch_state(what: str, cache: str, cached: bool, host: str,
+                download: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
+    """Pretrained weights (``what``, e.g. "ImageNet weights") from a cache, or downloaded when ``host`` answers;
+    ``None``, with one line saying so, when neither works — the run goes on from random initialisation. The
+    download gets a 10 s socket timeout: a slow network fails fast, never hangs. Used for the ResNet's and the
+    ViT's ImageNet weights."""
+    if not cached and not is_online(host):
+        print(f"{what} unavailable (offline, not in the {cache}); continuing from random initialisation.")
         return None
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(10)
     try:
-        import socket
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(10)  # a slow network: fail fast, never hang
-        try:
-            return weights.get_state_dict(progress=False)
-        finally:
-            socket.setdefaulttimeout(old)
+        return download()
     except Exception as exc:
-        print(f"ImageNet weights unavailable ({type(exc).__name__}: offline?); continuing from random initialisation.")
+        print(f"{what} unavailable ({type(exc).__name__}: offline?); continuing from random initialisation.")
         return None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _imagenet_state() -> dict[str, torch.Tensor] | None:
+    """torchvision's ImageNet ResNet-18 weights (:func:`fetch_state`)."""
+    weights = models.ResNet18_Weights.IMAGENET1K_V1
+    cached = (Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists()
+    return fetch_state("ImageNet weights", "torch cache", cached, "download.pytorch.org",
+                       lambda: weights.get_state_dict(progress=False))
 
 
 def build_model(weights: str = "none", num_classes: int = len(CLASSES), seed: int | None = None,
@@ -206,15 +219,29 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, meta: dict, batch_size: int = 64,
-                   device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
-    """Logits ``(N, C)`` for uint8 images ``(N,S,S)``, batched, model left in eval mode."""
-    device = torch.device(device) if device else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+#: The class whose probability the series reports and thresholds: P(PNEUMONIA) = softmax(logits)[:, PNEUMONIA].
+PNEUMONIA = CLASSES.index("PNEUMONIA")
+
+
+def pneumonia_probability(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """P(PNEUMONIA) of logits ``(N, 2)``: the softmax's PNEUMONIA column, float32 on the CPU (``(0,)`` for none).
+    The one place this probability is computed (training, evaluation, maps, INT8, inference)."""
+    t = torch.as_tensor(logits).detach()
+    if t.numel() == 0:
+        return np.zeros(0, np.float32)
+    return torch.softmax(t.float(), dim=1)[:, PNEUMONIA].cpu().numpy()
+
+
+def batched_logits(forward: Callable[[torch.Tensor], Any], images: np.ndarray | torch.Tensor, meta: Mapping[str, Any],
+                   batch_size: int = 64, device: str | torch.device | None = None, progress: bool = False
+                   ) -> np.ndarray:
+    """Logits ``(N, C)`` of uint8 images ``(N,S,S)`` through any ``forward`` (a PyTorch model, the ONNX Runtime INT8
+    model…), in batches of ``batch_size``, each preprocessed with ``meta``'s mean/std on ``device`` (default: the
+    model's device, else the CPU). The one batched prediction loop of the series."""
+    params = next(forward.parameters(), None) if isinstance(forward, nn.Module) else None
+    device = torch.device(device) if device else (params.device if params is not None else torch.device("cpu"))
     x_all = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
-    starts = range(0, len(x_all), batch_size)
+    starts: Iterable[int] = range(0, len(x_all), batch_size)
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="predict", unit="batch", leave=False)
@@ -223,16 +250,27 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, meta: di
         warnings.simplefilter("ignore")
         for i in starts:
             x = preprocess(x_all[i:i + batch_size].to(device), meta["mean"], meta["std"])
-            out.append(model(x).float().cpu())
-    model.train(was_training)
+            out.append(torch.as_tensor(forward(x)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(meta["classes"])), np.float32)
 
 
-def predict_proba(model: nn.Module, images: np.ndarray | torch.Tensor, meta: dict, batch_size: int = 64,
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, meta: Mapping[str, Any], batch_size: int = 64,
+                   device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
+    """Logits ``(N, C)`` for uint8 images ``(N,S,S)`` (:func:`batched_logits`), in eval mode; the model's own
+    train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        return batched_logits(model, images, meta, batch_size, device, progress)
+    finally:
+        model.train(was_training)
+
+
+def predict_proba(model: nn.Module, images: np.ndarray | torch.Tensor, meta: Mapping[str, Any], batch_size: int = 64,
                   device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
-    """P(PNEUMONIA) for each image (softmax over the 2 logits)."""
-    logits = predict_logits(model, images, meta, batch_size, device, progress)
-    return torch.softmax(torch.as_tensor(logits), dim=1)[:, 1].numpy()
+    """P(PNEUMONIA) for each image (:func:`pneumonia_probability` of :func:`predict_logits`)."""
+    return pneumonia_probability(predict_logits(model, images, meta, batch_size, device, progress))
 
 
 @contextmanager

@@ -19,9 +19,11 @@ import torch
 from utils.artifacts import data_mismatch
 from utils.checkpoint import make_meta, state_fingerprint
 from utils.cli import Parser, run_main
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, PROFILES, SOURCES, Config, UserError, get_config
+from utils.config import IMAGENET_MEAN, IMAGENET_STD, PROFILES, SOURCES, Config, get_config
 from utils.data import DataBundle, load_data
+from utils.errors import UserError
 from utils.fileio import write_json
+from utils.paths import notebook_path
 from utils.train.engine import DeviceData, FitResult, fit
 from utils.train.model import build_model, layer_groups, load_model, param_groups, resolve_device
 
@@ -37,10 +39,14 @@ def phase_settings(cfg: Config, name: str, pretrained: bool = True) -> dict[str,
     Phase 2's ``lr`` is a *fine-tuning* rate (1e-4): right for weights that already know images. When the
     backbone started from random weights (offline, ImageNet unavailable) there is nothing to protect, so
     phase 2 uses the from-scratch rate ``lr_scratch`` (1e-3) instead, with one rate for every layer (layer-wise
-    rates exist to keep pretrained early layers; random ones must all learn). ``recipe`` says which.
+    rates exist to keep pretrained early layers; random ones must all learn). ``recipe`` says which, in both
+    phases (phase 1: a warm-up of the head on the frozen backbone), and every checkpoint records it.
     """
     settings = {"batch_size": cfg["batch_size"], "seed": cfg["seed"], "freeze_backbone": name == "phase1",
                 **cfg[name]}
+    if name == "phase1":
+        start = "pretrained start" if pretrained else "random start"
+        settings["recipe"] = f"warm-up ({start}): head only on the frozen backbone, lr {settings['lr']:g}"
     if name == "phase2":
         if pretrained:
             settings["recipe"] = "fine-tuning (pretrained start): lr {lr:g}, layer-wise".format(**settings)
@@ -51,13 +57,15 @@ def phase_settings(cfg: Config, name: str, pretrained: bool = True) -> dict[str,
     return settings
 
 
-def base_meta(cfg: Config, bundle: DataBundle, weights: str, phase: str, init: str) -> dict[str, Any]:
-    """Checkpoint metadata shared by both phases: what the weights were trained on and with which knobs."""
+def base_meta(cfg: Config, bundle: DataBundle, weights: str, phase: str, init: str, recipe: str) -> dict[str, Any]:
+    """Checkpoint metadata shared by both phases: what the weights were trained on, how they were started
+    (``init``: the weights, or the fingerprint of the phase-1 model phase 2 started from) and trained
+    (``recipe``, :func:`phase_settings`), and with which knobs."""
     return make_meta(image_size=bundle.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
                      arch=cfg.get("arch", "resnet18"),
                      classes=bundle.classes, profile=cfg.profile, data_fingerprint=bundle.fingerprint,
                      data_source=bundle.source, trained_on=bundle.describe(), weights=weights,
-                     pretrained=is_pretrained(weights), phase=phase, init=init, run=cfg.knobs)
+                     pretrained=is_pretrained(weights), phase=phase, init=init, recipe=recipe, run=cfg.knobs)
 
 
 def _device_data(bundle: DataBundle, device: torch.device) -> tuple[DeviceData, DeviceData]:
@@ -74,9 +82,10 @@ def run_phase1(cfg: Config, bundle: DataBundle, device: str = "auto", restart: b
     dev = resolve_device(device)
     model, weights = build_model(cfg["weights"], seed=cfg["seed"], arch=cfg.get("arch", "resnet18"),
                                  image_size=bundle.image_size)
-    meta = base_meta(cfg, bundle, weights, "phase1", init=weights)
+    settings = phase_settings(cfg, "phase1", is_pretrained(weights))
+    meta = base_meta(cfg, bundle, weights, "phase1", init=weights, recipe=settings["recipe"])
     train, val = _device_data(bundle, dev)
-    res = fit(model.to(dev), train, val, phase_settings(cfg, "phase1", is_pretrained(weights)), meta,
+    res = fit(model.to(dev), train, val, settings, meta,
               cfg.path("phase1_last", tag), cfg.path("phase1_best", tag), cfg.path("history_phase1", tag),
               restart=restart, progress=progress)
     return res, weights
@@ -91,10 +100,10 @@ def run_phase2(cfg: Config, bundle: DataBundle, device: str = "auto", restart: b
     reason = data_mismatch(meta1, bundle)
     if reason:
         raise UserError(f"{start.name} cannot start phase 2: {reason}; re-run "
-                        "notebooks/02_phase1_warmup.ipynb with these settings.")
+                        f"{notebook_path('phase1')} with these settings.")
     settings = phase_settings(cfg, "phase2", bool(meta1.get("pretrained", is_pretrained(meta1["weights"]))))
-    meta = base_meta(cfg, bundle, meta1["weights"], "phase2", init=state_fingerprint(model.state_dict()))
-    meta["recipe"] = settings["recipe"]
+    meta = base_meta(cfg, bundle, meta1["weights"], "phase2", init=state_fingerprint(model.state_dict()),
+                     recipe=settings["recipe"])
     train, val = _device_data(bundle, dev)
     res = fit(model, train, val, settings, meta, cfg.path("phase2_last", tag),
               cfg.path("final_best", tag), cfg.path("history_phase2", tag), restart=restart, progress=progress)

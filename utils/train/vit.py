@@ -12,7 +12,6 @@ weights when online; offline a one-line message and random initialisation), ``"n
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,13 @@ import torch
 from torch import nn
 
 from utils.checkpoint import load_checkpoint
-from utils.config import UserError, is_online, shipped
+from utils.errors import UserError
+from utils.paths import shipped
+from utils.train.model import fetch_state
 
 TIMM_NAME = "vit_tiny_patch16_224"
+#: Blocks of :data:`TIMM_NAME` (the Grad-CAM layer of :mod:`utils.explain.vit` is named after the last one).
+DEPTH = 12
 IMAGENET_TAG = "augreg_in21k_ft_in1k"
 PATCH = 16
 
@@ -50,21 +53,9 @@ def _imagenet_state(image_size: int) -> dict[str, torch.Tensor] | None:
             kw["pretrained_cfg_overlay"] = {"file": cached}
     except ImportError:
         pass
-    if not kw and not is_online("huggingface.co"):
-        print("ImageNet ViT weights unavailable (offline, not in the Hugging Face cache); continuing from random "
-              "initialisation.")
-        return None
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(10)  # a slow network: fail fast, never hang
-    try:
-        m = timm.create_model(f"{TIMM_NAME}.{IMAGENET_TAG}", pretrained=True, num_classes=0, img_size=image_size, **kw)
-        return m.state_dict()
-    except Exception as exc:
-        print(f"ImageNet ViT weights unavailable ({type(exc).__name__}: offline?); continuing from random "
-              "initialisation.")
-        return None
-    finally:
-        socket.setdefaulttimeout(old)
+    return fetch_state("ImageNet ViT weights", "Hugging Face cache", bool(kw), "huggingface.co",
+                       lambda: timm.create_model(f"{TIMM_NAME}.{IMAGENET_TAG}", pretrained=True, num_classes=0,
+                                                 img_size=image_size, **kw).state_dict())
 
 
 def _resized_pos_embed(pos: torch.Tensor, model: nn.Module, weights: str) -> tuple[torch.Tensor, str]:

@@ -3,8 +3,10 @@
 Every function builds its own figure, returns the :class:`~matplotlib.figure.Figure` and, when
 ``save_to`` is given, writes a PNG (dpi 120, tight box); none calls ``plt.show()``. Heat-maps are drawn
 by matplotlib over the gray image (``imshow(cam, cmap, alpha)``), so colours are RGB by construction;
-lesion masks are drawn as white contours, lung masks as cyan ones, the map's peak as a cross.
-Images may be uint8 (0–255) or float in [0, 1].
+lesion masks are drawn as white contours, lung masks as cyan ones, the map's peak as a white plus, and a key
+beside every overlay figure (:func:`overlay_legend`, in the right margin) names each of them. A map with nothing to show
+(:func:`utils.viz.common.is_empty_map`: constant, or not finite) is drawn as "no map", never as a
+rescaled blank. Images may be uint8 (0–255) or float in [0, 1].
 """
 from __future__ import annotations
 
@@ -15,10 +17,20 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
-from utils.viz.common import CMAP, finish
+from utils.viz.common import CMAP, LUNG_COLOR, finish, is_empty_map, wrap_text
+
+OVERLAY_LESION_COLOR = "white"  # on a jet heat-map red would vanish; white with a dark edge does not
+NO_MAP = "no map\n(constant)"
+KEY_WIDTH = 1.6  # inches added to an overlay figure for its key in the right margin (panels keep their size)
+PEAK_STYLE: dict[str, Any] = {"marker": "P", "ls": "none", "ms": 9, "color": "white", "mec": "black", "mew": 0.8}
+_EDGE: list[patheffects.AbstractPathEffect] = [patheffects.withStroke(linewidth=2.4, foreground="black")]
 
 
 def _gray(ax: Axes, img: np.ndarray) -> None:
@@ -28,18 +40,73 @@ def _gray(ax: Axes, img: np.ndarray) -> None:
     ax.set_axis_off()
 
 
-def _cam_on(ax: Axes, img: np.ndarray, cam: np.ndarray, alpha: float = 0.45,
-            lesion: np.ndarray | None = None, lung: np.ndarray | None = None, peak: bool = True) -> None:
-    """Gray image + heat-map + optional contours and peak marker on one axis."""
+def _contour(ax: Axes, mask: np.ndarray | None, color: str, lw: float) -> None:
+    if mask is not None and np.any(mask):
+        cs = ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors=color, linewidths=lw)
+        if color == OVERLAY_LESION_COLOR:
+            cs.set_path_effects(_EDGE)
+
+
+def _no_map(ax: Axes, text: str = NO_MAP, y: float = 0.5) -> None:
+    """Say on the panel that there is nothing to show (a label at height ``y``; the image stays visible)."""
+    ax.text(0.5, y, text, transform=ax.transAxes, ha="center", va="center" if y == 0.5 else "bottom", fontsize=8,
+            color="k", bbox={"boxstyle": "round", "fc": "white", "ec": "0.3", "alpha": 0.85})
+
+
+def _cam_on(ax: Axes, img: np.ndarray, cam: np.ndarray | None, alpha: float = 0.45,
+            lesion: np.ndarray | None = None, lung: np.ndarray | None = None, peak: bool = True) -> bool:
+    """Gray image + heat-map + optional contours and peak marker on one axis; an empty map is drawn as
+    "no map". Returns whether a map was drawn."""
     _gray(ax, img)
-    ax.imshow(cam, cmap=CMAP, vmin=0, vmax=1, alpha=alpha, interpolation="bilinear")
-    if lung is not None and np.any(lung):
-        ax.contour(lung, levels=[0.5], colors="cyan", linewidths=0.8)
-    if lesion is not None and np.any(lesion):
-        ax.contour(lesion, levels=[0.5], colors="white", linewidths=1.0)
-    if peak and np.ptp(cam) > 0:
-        r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        ax.plot(c, r, "w+", ms=10, mew=2)
+    drawn = cam is not None and not is_empty_map(cam)
+    if cam is not None and drawn:
+        ax.imshow(cam, cmap=CMAP, vmin=0, vmax=1, alpha=alpha, interpolation="bilinear")
+    _contour(ax, lung, LUNG_COLOR, 0.8)
+    _contour(ax, lesion, OVERLAY_LESION_COLOR, 1.0)
+    if cam is not None and drawn and peak:
+        r, c = np.unravel_index(int(np.nanargmax(cam)), np.shape(cam))
+        ax.plot(c, r, **PEAK_STYLE)
+    if not drawn:
+        _no_map(ax)
+    return drawn
+
+
+def _title(ax: Axes, text: str, width_in: float, fontsize: float = 8, **kw: Any) -> None:
+    """A panel title wrapped to the panel's width (so neighbouring titles never run into each other)."""
+    ax.set_title(wrap_text(text, width_in, fontsize), fontsize=fontsize, **kw)
+
+
+def overlay_legend(fig: Figure, lesion: bool = False, lung: bool = False, peak: bool = False,
+                   heat: bool = True, lung_label: str = "lung", extra: Sequence[Any] = ()) -> Any:
+    """The key beside an overlay figure (right margin): the heat-map's colours (low → high), the lesion contour, the lung
+    contour, the map's peak, plus ``extra`` handles; ``None`` when there is nothing to name."""
+    handles: list[Any] = []
+    labels: list[str] = []
+    if heat:
+        cmap = plt.get_cmap(CMAP)
+        handles.append(tuple(Patch(facecolor=cmap(v), edgecolor="none", alpha=0.8) for v in np.linspace(0, 1, 6)))
+        labels.append("map, low → high")
+    if lesion:
+        handles.append(Line2D([], [], color=OVERLAY_LESION_COLOR, lw=1.2, path_effects=_EDGE))
+        labels.append("lesion (ground truth)")
+    if lung:
+        handles.append(Line2D([], [], color=LUNG_COLOR, lw=1.2))
+        labels.append(lung_label)
+    if peak:
+        handles.append(Line2D([], [], **PEAK_STYLE))
+        labels.append("map peak")
+    for h in extra:
+        handles.append(h)
+        labels.append(str(h.get_label()))
+    if not handles:
+        return None
+    style: dict[str, Any] = {"loc": "outside right center", "fontsize": 8, "frameon": False, "handlelength": 3.2,
+                             "handler_map": {tuple: HandlerTuple(ndivide=None, pad=0)}}
+    return fig.legend(handles, labels, **style)
+
+
+def _any(masks: np.ndarray | None, n: int | None = None) -> bool:
+    return masks is not None and bool(np.any(np.asarray(masks)[:n]))
 
 
 def plot_gradcam_steps(image: np.ndarray, cam: Any, index: int = 0, n_channels: int = 4,
@@ -55,21 +122,22 @@ def plot_gradcam_steps(image: np.ndarray, cam: Any, index: int = 0, n_channels: 
     contrib = alphas * acts.mean(axis=(1, 2))
     top = np.argsort(-contrib)[:n_channels]
     ncols = max(n_channels + 1, 5)
-    fig, axes = plt.subplots(2, ncols, figsize=(2.3 * ncols, 5.0), layout="constrained")
+    width = 2.3
+    fig, axes = plt.subplots(2, ncols, figsize=(width * ncols + KEY_WIDTH, 5.0), layout="constrained")
     for ax in axes.ravel():
         ax.set_axis_off()
     target = int(cam.targets[index])
     prob = float(cam.logits[index].softmax(0)[target])
     _gray(axes[0, 0], image)
-    axes[0, 0].set_title(f"input\nexplaining {class_names[target]} (p={prob:.2f})", fontsize=9)
+    _title(axes[0, 0], f"input\nexplaining {class_names[target]} (p={prob:.2f})", width, 9)
     for ax, k in zip(axes[0, 1:], top):
         ax.imshow(acts[k], cmap="viridis")
-        ax.set_title(f"A^{k}  alpha={alphas[k]:+.2g}", fontsize=9)
+        ax.set_title(f"A^{k}  alpha={alphas[k]:+.2e}", fontsize=9)
     ax = axes[1, 0]
     ax.set_axis_on()
     ax.bar(np.arange(len(alphas)), np.sort(alphas)[::-1], width=1.0, color="gray")
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_title(f"alpha_k = mean grad ({len(alphas)} channels)", fontsize=9)
+    _title(ax, f"alpha_k = mean grad ({len(alphas)} channels)", width, 9)
     ax.set_xticks([])
     lim = float(np.abs(cam.weighted[index]).max()) or 1.0
     axes[1, 1].imshow(cam.weighted[index], cmap="RdBu_r", vmin=-lim, vmax=lim)
@@ -78,38 +146,72 @@ def plot_gradcam_steps(image: np.ndarray, cam: Any, index: int = 0, n_channels: 
     axes[1, 2].set_title(f"ReLU ({cam.raw_maps.shape[1]}×{cam.raw_maps.shape[2]})", fontsize=9)
     axes[1, 3].imshow(cam.maps[index], cmap=CMAP, vmin=0, vmax=1)
     axes[1, 3].set_title("upsampled, scaled to [0, 1]", fontsize=9)
-    _cam_on(axes[1, 4], image, cam.maps[index])
+    if is_empty_map(cam.raw_maps[index]):
+        for ax in axes[1, 2:4]:
+            _no_map(ax, "no map\n(all zero after ReLU)")
+    drawn = _cam_on(axes[1, 4], image, cam.maps[index])
     axes[1, 4].set_title("overlay", fontsize=9)
+    overlay_legend(fig, peak=drawn, heat=drawn)
+    return finish(fig, save_to)
+
+
+def plot_colour_order(rgb_overlay: np.ndarray, cam: np.ndarray, save_to: str | os.PathLike | None = None) -> Figure:
+    """The classic colour-order bug beside the correct overlay: ``rgb_overlay`` (from
+    :func:`utils.explain.gradcam.overlay` of a gray image, float RGB in [0, 1]) | the same overlay with its
+    channels reversed — what OpenCV's BGR heat-map looks like when shown as RGB (hot turns blue) | the map.
+
+    Reversing the channels of the blend is exactly blending the reversed heat-map, since a gray image is the
+    same in every channel.
+    """
+    rgb = np.clip(np.asarray(rgb_overlay, dtype=float), 0, 1)
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), layout="constrained")
+    panels = ((rgb, "correct: RGB overlay"), (rgb[..., ::-1], "reference bug: BGR shown as RGB"),
+              (np.asarray(cam, dtype=float), "the map (hot = 1)"))
+    for ax, (img, title) in zip(axes, panels):
+        ax.imshow(img, cmap=CMAP if img.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    if is_empty_map(cam):
+        _no_map(axes[2])
     return finish(fig, save_to)
 
 
 def plot_cam_grid(images: np.ndarray, cams: np.ndarray, titles: Sequence[str] | None = None,
                   lesion_masks: np.ndarray | None = None, lung_masks: np.ndarray | None = None,
                   ncols: int = 4, alpha: float = 0.45, show_image: bool = False, suptitle: str | None = None,
+                  image_titles: Sequence[str] | None = None, lung_label: str = "lung",
                   save_to: str | os.PathLike | None = None) -> Figure:
-    """Overlays for a set of images (lesion contours white, lung contours cyan, peak as +).
+    """Overlays for a set of images (lesion contours white, lung contours cyan, peak as +), a key below.
 
-    With ``show_image`` each overlay is preceded by the plain image; ``suptitle`` goes above the grid.
+    With ``show_image`` each overlay is preceded by the plain image, titled ``image_titles[i]`` (default
+    "input"); ``titles[i]`` heads the overlay; ``suptitle`` goes above the grid; ``lung_label`` names the
+    cyan outline in the key (say "estimated" when it is).
     """
     n = len(images)
     per = 2 if show_image else 1
     ncols = max(1, min(ncols, n)) * per
-    nrows = int(np.ceil(n * per / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 2.5 * nrows), layout="constrained",
+    nrows = max(1, int(np.ceil(n * per / ncols)))
+    width = 2.4
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols + KEY_WIDTH, 2.5 * nrows), layout="constrained",
                              squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     flat = axes.ravel()
+    drawn = False
     for i in range(n):
         if show_image:
             _gray(flat[per * i], images[i])
+            _title(flat[per * i], image_titles[i] if image_titles is not None else "input", width)
         ax = flat[per * i + per - 1]
-        _cam_on(ax, images[i], cams[i], alpha, None if lesion_masks is None else lesion_masks[i],
-                None if lung_masks is None else lung_masks[i])
+        drawn |= _cam_on(ax, images[i], cams[i], alpha, None if lesion_masks is None else lesion_masks[i],
+                         None if lung_masks is None else lung_masks[i])
         if titles is not None:
-            ax.set_title(titles[i], fontsize=8)
+            _title(ax, titles[i], width)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle(wrap_text(suptitle, width * ncols, 10), fontsize=10)
+    overlay_legend(fig, lesion=_any(lesion_masks, n), lung=_any(lung_masks, n), peak=drawn, heat=drawn,
+                   lung_label=lung_label)
+    _drop_ticks(fig)
     return finish(fig, save_to)
 
 
@@ -118,28 +220,33 @@ def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0, t
     """Cascading randomisation (from :func:`utils.explain.checks.cascading_randomisation`): the maps of one
     image as blocks are re-initialised from the top, and the mean Spearman correlation per step."""
     steps = len(table)
-    fig = plt.figure(figsize=(1.9 * (steps + 1), 4.6), layout="constrained")
+    width = 1.9 * (steps + 1)
+    fig = plt.figure(figsize=(width + KEY_WIDTH, 4.9), layout="constrained")
     grid = fig.add_gridspec(2, steps + 1, height_ratios=[1.1, 1])
     ax = fig.add_subplot(grid[0, 0])
     _gray(ax, image)
     ax.set_title("input", fontsize=9)
+    drawn = False
     for j, row in enumerate(table.itertuples()):
         ax = fig.add_subplot(grid[0, j + 1])
-        _cam_on(ax, image, row.maps[index], peak=False)
+        drawn = _cam_on(ax, image, row.maps[index], peak=False) or drawn
         ax.set_title("trained" if row.step == 0 else f"+{row.randomised}", fontsize=9)
     ax = fig.add_subplot(grid[1, :])
     labels = ["trained"] + [f"+{b}" for b in table["randomised"].iloc[1:]]
     spread = [np.abs(np.asarray(r, dtype=float))[np.isfinite(np.asarray(r, dtype=float))] for r in table["rho"]]
     ax.boxplot(spread, positions=np.arange(steps), widths=0.5, showfliers=True,
-               flierprops={"markersize": 3, "alpha": 0.6})
+               flierprops={"markersize": 3, "alpha": 0.6}, medianprops={"color": "C1"})
+    ax.plot([], [], color="C1", label="median |ρ|; box: middle 50% of the images")
     ax.plot(np.arange(steps), table["abs_spearman"], "o-", color="C3", lw=1, ms=4, label="mean |ρ|")
     if threshold is not None:
         ax.axhline(threshold, color="C3", ls="--", lw=0.8, label=f"pass rule: |ρ| < {threshold:g}")
     ax.set_xticks(np.arange(steps), labels)
-    ax.set(ylim=(-0.03, 1.05), ylabel="|Spearman ρ| vs trained maps",
-           title=f"cascading randomisation on {len(spread[0])} images: maps that keep |ρ| high explain the image, "
-                 "not the model")
+    ax.set(ylim=(-0.03, 1.05), ylabel="|Spearman ρ| vs trained maps")
+    _title(ax, f"cascading randomisation on {len(spread[0])} images: maps that keep |ρ| high explain the image, "
+               "not the model (boxes: spread over the images)", width - 0.8, 10)
+    ax.set_xlabel("blocks re-initialised, from the top (cumulative)")
     ax.legend(fontsize=8, loc="upper right")
+    overlay_legend(fig, heat=drawn)
     return finish(fig, save_to)
 
 
@@ -152,28 +259,40 @@ def plot_road(result: Mapping[str, Any], title: str | None = None,
     fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
     for key, label, style in (("map", "the map's most relevant first", "-"), ("random", "random map", "--")):
         curve = np.c_[result["p0"], result[key]["probs"]]
-        ax.plot(f0, curve.mean(0), style, label=f"{label} (mean drop {result[key]['drop'].mean():.3f})")
-        ax.fill_between(f0, np.percentile(curve, 25, 0), np.percentile(curve, 75, 0), alpha=0.15)
+        line, = ax.plot(f0, curve.mean(0), style, label=f"{label}: mean (drop {result[key]['drop'].mean():.3f})")
+        ax.fill_between(f0, np.percentile(curve, 25, 0), np.percentile(curve, 75, 0), alpha=0.15,
+                        color=line.get_color(), label=f"{label}: middle 50% of the {len(curve)} images")
     ax.set(xlabel="% of pixels removed and imputed (ROAD, most relevant first)", ylabel="P(target class)",
-           ylim=(-0.02, 1.02), title=title or "faster fall = more faithful map")
-    ax.legend(fontsize=8)
+           ylim=(-0.02, 1.02))
+    _title(ax, title or "faster fall = more faithful map", 5.2, 10)
+    ax.legend(fontsize=7.5)
     return finish(fig, save_to)
 
 
 def plot_method_comparison(images: np.ndarray, maps: Mapping[str, np.ndarray],
                            lesion_masks: np.ndarray | None = None, n_images: int = 4,
                            save_to: str | os.PathLike | None = None) -> Figure:
-    """Rows: images; columns: the input then one overlay per method (from :func:`utils.explain.checks.compare_methods`)."""
-    n = min(n_images, len(images))
+    """Rows: images; columns: the input then one overlay per method (from :func:`utils.explain.checks.compare_methods`).
+
+    Column titles are the method names, wrapped to the column's width; a key below names the marks.
+    """
+    n = max(1, min(n_images, len(images)))
     cols = len(maps) + 1
-    fig, axes = plt.subplots(n, cols, figsize=(2.1 * cols, 2.2 * n), layout="constrained", squeeze=False)
-    for i in range(n):
+    width = 2.1
+    fig, axes = plt.subplots(n, cols, figsize=(width * cols + KEY_WIDTH, 2.2 * n + 0.3), layout="constrained",
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    drawn = False
+    for i in range(min(n_images, len(images))):
         _gray(axes[i, 0], images[i])
-        for j, (name, m) in enumerate(maps.items(), start=1):
-            _cam_on(axes[i, j], images[i], m[i], lesion=None if lesion_masks is None else lesion_masks[i])
-            if i == 0:
-                axes[i, j].set_title(name, fontsize=9)
+        for j, m in enumerate(maps.values(), start=1):
+            drawn |= _cam_on(axes[i, j], images[i], m[i], lesion=None if lesion_masks is None else lesion_masks[i])
+    for j, name in enumerate(maps, start=1):
+        _title(axes[0, j], name, width, 9)
     axes[0, 0].set_title("input", fontsize=9)
+    overlay_legend(fig, lesion=_any(lesion_masks, n), peak=drawn, heat=drawn)
+    _drop_ticks(fig)
     return finish(fig, save_to)
 
 
@@ -210,17 +329,20 @@ def _drop_ticks(fig: Figure) -> None:
 def plot_case_sheet(images: np.ndarray, cams_pneumonia: np.ndarray, cams_normal: np.ndarray,
                     titles: Sequence[str], lesion_masks: np.ndarray | None = None,
                     lung_masks: np.ndarray | None = None, cases_per_row: int | None = None,
-                    save_to: str | os.PathLike | None = None) -> Figure:
+                    lung_label: str = "lung", save_to: str | os.PathLike | None = None) -> Figure:
     """One panel triple per case: the image | Grad-CAM for PNEUMONIA (evidence for) | Grad-CAM for NORMAL
-    (what pulled the other way). ``titles[i]`` heads the image panel; lesion contours white, lungs cyan.
+    (what pulled the other way). ``titles[i]`` heads the image panel; lesion contours white, lungs cyan
+    (``lung_label`` names them in the key below).
 
     ``cases_per_row`` defaults to 1 up to 8 cases, else 2.
     """
     n = len(images)
     per_row = cases_per_row or (1 if n <= 8 else 2)
     nrows = max(1, int(np.ceil(n / per_row)))
-    fig, axes = plt.subplots(nrows, 3 * per_row, figsize=(2.3 * 3 * per_row, 2.45 * nrows),
+    width = 2.3
+    fig, axes = plt.subplots(nrows, 3 * per_row, figsize=(width * 3 * per_row + KEY_WIDTH, 2.45 * nrows),
                              layout="constrained", squeeze=False)
+    drawn = False
     for ax in axes.ravel():
         ax.set_axis_off()
     if n == 0:
@@ -231,23 +353,25 @@ def plot_case_sheet(images: np.ndarray, cams_pneumonia: np.ndarray, cams_normal:
         lesion = None if lesion_masks is None else lesion_masks[i]
         lung = None if lung_masks is None else lung_masks[i]
         _gray(axes[r, c0], images[i])
-        if lesion is not None and np.any(lesion):
-            axes[r, c0].contour(lesion, levels=[0.5], colors="white", linewidths=0.8)
-        axes[r, c0].set_title(titles[i], fontsize=7.5)
-        _cam_on(axes[r, c0 + 1], images[i], cams_pneumonia[i], lesion=lesion, lung=lung)
+        _contour(axes[r, c0], lesion, OVERLAY_LESION_COLOR, 0.8)
+        _title(axes[r, c0], titles[i], width, 7.5)
+        drawn |= _cam_on(axes[r, c0 + 1], images[i], cams_pneumonia[i], lesion=lesion, lung=lung)
         axes[r, c0 + 1].set_title("Grad-CAM: PNEUMONIA", fontsize=8)
-        _cam_on(axes[r, c0 + 2], images[i], cams_normal[i], lesion=lesion, lung=lung)
+        drawn |= _cam_on(axes[r, c0 + 2], images[i], cams_normal[i], lesion=lesion, lung=lung)
         axes[r, c0 + 2].set_title("Grad-CAM: NORMAL", fontsize=8)
+    overlay_legend(fig, lesion=_any(lesion_masks, n), lung=_any(lung_masks, n), peak=drawn, heat=drawn,
+                   lung_label=lung_label)
     _drop_ticks(fig)
     return finish(fig, save_to)
 
 
 def plot_group_strip(groups: Mapping[str, np.ndarray], ylabel: str = "fraction of map outside the lungs",
-                     title: str | None = None, reference: float | None = None,
+                     title: str | None = None, reference: float | None = None, reference_label: str | None = None,
                      save_to: str | os.PathLike | None = None) -> Figure:
     """Box plot plus every point (jittered strip) per group, with its n; empty groups are labelled n=0.
 
-    ``reference`` draws a dotted horizontal line (e.g. a rule's cut-off).
+    ``reference`` draws a dotted horizontal line (e.g. a rule's cut-off), named in the legend by
+    ``reference_label`` (default: its value).
     """
     names = list(groups)
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(names), 3.6), layout="constrained")
@@ -262,23 +386,29 @@ def plot_group_strip(groups: Mapping[str, np.ndarray], ylabel: str = "fraction o
     ax.set_xticks(range(len(names)), [f"{n}\n(n={np.sum(~np.isnan(np.asarray(groups[n], float)))})"
                                       for n in names])
     if reference is not None:
-        ax.axhline(reference, color="gray", ls=":", lw=1)
-    ax.set(xlim=(-0.6, len(names) - 0.4), ylabel=ylabel, title=title or "")
+        ax.axhline(reference, color="gray", ls=":", lw=1, label=reference_label or f"reference {reference:.3g}")
+        ax.legend(fontsize=8, loc="best")
+    ax.set(xlim=(-0.6, len(names) - 0.4), ylabel=ylabel)
+    _title(ax, title or "", 1.6 + 1.5 * len(names), 10)
     return finish(fig, save_to)
 
 
 def plot_failure_gallery(images: np.ndarray, cams: np.ndarray, categories: Sequence[str],
                          titles: Sequence[str], order: Sequence[str] | None = None, per_category: int = 3,
                          lesion_masks: np.ndarray | None = None, lung_masks: np.ndarray | None = None,
-                         title: str | None = None, save_to: str | os.PathLike | None = None) -> Figure:
+                         title: str | None = None, lung_label: str = "lung",
+                         save_to: str | os.PathLike | None = None) -> Figure:
     """One row per failure category present (in ``order``): up to ``per_category`` example overlays
-    (PNEUMONIA map), the row labelled with the category and its count; ``title`` above the grid."""
+    (PNEUMONIA map), the row labelled with the category and its count; ``title`` above the grid, a key below."""
     categories = [str(c) for c in categories]
     order = [c for c in (order or dict.fromkeys(categories)) if c in categories]
     ncols = max(1, min(per_category, max((categories.count(c) for c in order), default=1)))
     nrows = max(1, len(order))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.5 * ncols + 0.4, 2.6 * nrows), layout="constrained",
+    width = 2.5
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols + 0.4 + KEY_WIDTH, 2.6 * nrows), layout="constrained",
                              squeeze=False)
+    drawn = False
+    shown: list[int] = []
     for ax in axes.ravel():
         ax.set_axis_off()
     if not order:
@@ -287,12 +417,16 @@ def plot_failure_gallery(images: np.ndarray, cams: np.ndarray, categories: Seque
         idx = [i for i, c in enumerate(categories) if c == cat][:ncols]
         for j, i in enumerate(idx):
             ax = axes[r, j]
-            _cam_on(ax, images[i], cams[i], lesion=None if lesion_masks is None else lesion_masks[i],
-                    lung=None if lung_masks is None else lung_masks[i])
-            ax.set_title(titles[i], fontsize=7.5)
+            drawn |= _cam_on(ax, images[i], cams[i], lesion=None if lesion_masks is None else lesion_masks[i],
+                             lung=None if lung_masks is None else lung_masks[i])
+            _title(ax, titles[i], width, 7.5)
+            shown.append(i)
         axes[r, 0].text(-0.08, 0.5, f"{cat}\n(n={categories.count(cat)})", transform=axes[r, 0].transAxes,
                         rotation=90, ha="right", va="center", fontsize=8.5)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(wrap_text(title, width * ncols + 0.4, 10), fontsize=10)
+    overlay_legend(fig, lesion=lesion_masks is not None and _any(np.asarray(lesion_masks)[shown]),
+                   lung=lung_masks is not None and _any(np.asarray(lung_masks)[shown]), peak=drawn, heat=drawn,
+                   lung_label=lung_label)
     _drop_ticks(fig)
     return finish(fig, save_to)

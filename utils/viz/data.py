@@ -17,11 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from utils.viz.common import CLASS_COLORS, CLASS_NAMES, LESION_COLOR, LUNG_COLOR, finish
-
-#: Columns a training history needs (what :func:`utils.train.engine.fit` writes per epoch).
-
-
+from utils.viz.common import CLASS_COLORS, CLASS_NAMES, LESION_COLOR, LUNG_COLOR, finish, whole_numbers
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -76,7 +72,7 @@ def plot_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray, tit
     if lung_masks is not None:
         handles.append(Line2D([], [], color=LUNG_COLOR, label=lung_label))
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return finish(fig, save_to)
@@ -106,6 +102,7 @@ def plot_class_balance(counts: pd.DataFrame, save_to: str | os.PathLike | None =
     ax.set_xticks(x, [f"{name}\n{int(t)} images, {s:.0%} pneum." for name, t, s in zip(counts.index, total, share)],
                   fontsize=8)
     ax.set(ylabel="images", title="Class balance per split")
+    whole_numbers(ax)
     ax.margins(y=0.12)
     ax.legend(fontsize=8)
     if has_sub:
@@ -118,6 +115,7 @@ def plot_class_balance(counts: pd.DataFrame, save_to: str | os.PathLike | None =
             bottom += vals
         ax.set_xticks(x, list(counts.index))
         ax.set(ylabel="PNEUMONIA images", title="Pneumonia subtypes per split")
+        whole_numbers(ax)
         ax.legend(fontsize=8)
     return finish(fig, save_to)
 
@@ -141,6 +139,7 @@ def plot_images_per_patient(patient_ids: Mapping[str, np.ndarray], labels: Mappi
             n = g["n"].value_counts().reindex(ks, fill_value=0)
             ax.bar(ks + (i - (len(groups) - 1) / 2) * width, n.to_numpy(), width,
                    color=CLASS_COLORS[i] if labels else "C2", label=f"{cls} ({len(g)} patients)")
+        whole_numbers(ax)
         ax.set(xlabel="images per patient", ylabel="patients",
                title=f"{name}: {len(df)} images / {len(per)} patients ({len(df) / max(len(per), 1):.2f} each)")
         ax.title.set_fontsize(9)
@@ -169,6 +168,7 @@ def plot_image_sizes(widths: Sequence[int] | np.ndarray, heights: Sequence[int] 
         ax_ar.hist(ratio[sel], bins=bins, color=CLASS_COLORS[i], alpha=0.6, label=cls)
     ax_wh.set(xlabel="width (px)", ylabel="height (px)", title="Original image size per class")
     ax_ar.set(xlabel="aspect ratio (width / height)", ylabel="images", title="Aspect ratio per class")
+    whole_numbers(ax_ar)
     ax_ar.xaxis.set_major_locator(MaxNLocator(6))
     ax_ar.xaxis.set_major_formatter("{x:.2f}")
     for ax in (ax_wh, ax_ar):
@@ -231,11 +231,13 @@ def plot_lesion_properties(info: pd.DataFrame, save_to: str | os.PathLike | None
     for i, k in enumerate(kinds):
         ax_area.hist(area[pos["kind"] == k], bins=bins, alpha=0.6, color=("C3", "C4", "C5")[i % 3], label=k)
     ax_area.set(xlabel="lesion area (% of the image)", ylabel="images", title="Lesion size")
+    whole_numbers(ax_area)
     hard = pos["case"] != "ordinary"
     bins = np.linspace(0, pos["contrast"].max() * 1.05 + 1e-6, 26)
     ax_con.hist(pos.loc[~hard, "contrast"], bins=bins, alpha=0.6, color="C2", label="ordinary")
     ax_con.hist(pos.loc[hard, "contrast"], bins=bins, alpha=0.6, color="C3", label="hard (any kind)")
     ax_con.set(xlabel="lesion contrast (attenuation amplitude)", ylabel="images", title="Lesion contrast")
+    whole_numbers(ax_con)
     for ax in (ax_n, ax_area, ax_con):
         ax.legend(fontsize=8)
     return finish(fig, save_to)

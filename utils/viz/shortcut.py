@@ -1,4 +1,8 @@
-"""Figures of notebook 08 (shortcut learning): the marker, the three models' metrics, their maps, the real finds."""
+"""Figures of notebook 08 (shortcut learning): the marker, the three models' metrics, their maps, the real finds.
+
+The marker (burned in, or found by the heuristic) is outlined in yellow; every figure carries a key naming its
+outlines, and a panel where the heuristic found nothing says so.
+"""
 from __future__ import annotations
 
 import os
@@ -7,29 +11,44 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from utils.viz.cams import _cam_on, _drop_ticks, _gray
-from utils.viz.common import finish
+from utils.viz.cams import _EDGE, KEY_WIDTH, _any, _cam_on, _drop_ticks, _gray, _no_map, _title, overlay_legend
+from utils.viz.common import finish, wrap_text
 
 MARKER_COLOR = "yellow"
 MODEL_COLORS = {"control": "C0", "confounded": "C3", "remedy": "C2"}
 
 
-def _outline(ax, mask: np.ndarray | None, color: str, lw: float = 1.0) -> None:
+NOTHING_FOUND = "nothing found"
+
+
+def _outline(ax: Axes, mask: np.ndarray | None, color: str, lw: float = 1.0) -> None:
     if mask is not None and np.any(mask):
-        ax.contour(mask, levels=[0.5], colors=color, linewidths=lw)
+        cs = ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors=color, linewidths=lw)
+        if color in (MARKER_COLOR, "white"):
+            cs.set_path_effects(_EDGE)
+
+
+def _marker_handle(label: str) -> Line2D:
+    return Line2D([], [], color=MARKER_COLOR, lw=1.4, path_effects=_EDGE, label=label)
 
 
 def plot_marked_examples(images: np.ndarray, regions: np.ndarray, labels: np.ndarray, n: int = 8,
                          save_to: str | os.PathLike | None = None) -> Figure:
     """Training images of the confounded world, marker region outlined (yellow), class in the title."""
-    n = min(n, len(images))
-    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.2), layout="constrained", squeeze=False)
+    n = max(1, min(n, len(images)))
+    fig, axes = plt.subplots(1, n, figsize=(1.9 * n + KEY_WIDTH, 2.5), layout="constrained", squeeze=False)
+    for ax in axes[0]:
+        ax.set_axis_off()
     for ax, img, reg, y in zip(axes[0], images[:n], regions[:n], labels[:n]):
         _gray(ax, img)
         _outline(ax, reg, MARKER_COLOR)
-        ax.set_title(("PNEUMONIA" if y == 1 else "NORMAL") + (" · marker" if reg.any() else ""), fontsize=8)
+        ax.set_title(("PNEUMONIA" if y == 1 else "NORMAL") + ("\nmarker" if reg.any() else "\nno marker"), fontsize=8)
+    if _any(regions, n):
+        overlay_legend(fig, heat=False, extra=[_marker_handle("marker region (burned in)")])
     _drop_ticks(fig)
     return finish(fig, save_to)
 
@@ -39,7 +58,8 @@ def plot_shortcut_metrics(table: pd.DataFrame, metrics: Sequence[str] = ("roc_au
     """One panel per metric: each model's value on each test version, with its 95% bootstrap interval."""
     tests = list(dict.fromkeys(table["test"]))
     models = list(dict.fromkeys(table["model"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + KEY_WIDTH, 3.4), layout="constrained",
+                             squeeze=False)
     width = 0.8 / len(models)
     for ax, metric in zip(axes[0], metrics):
         sub = table[table["metric"] == metric]
@@ -50,10 +70,13 @@ def plot_shortcut_metrics(table: pd.DataFrame, metrics: Sequence[str] = ("roc_au
             ax.bar(x, rows["value"], width, yerr=err, capsize=2, color=MODEL_COLORS.get(model, f"C{j}"), label=model)
         ax.set_xticks(np.arange(len(tests)), tests, fontsize=8)
         ax.set(ylim=(0, 1.05), title=metric.replace("roc_auc", "ROC AUC"))
-        ax.axhline(0.5 if metric == "roc_auc" else 1.0, color="0.6", lw=0.6, ls=":")
-    axes[0, 0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("the same test images, three marker worlds (operating threshold chosen on each model's validation "
-                 "images; 95% CI with the threshold re-chosen per resample)", fontsize=9)
+        if metric == "roc_auc":
+            ax.axhline(0.5, color="0.4", lw=0.8, ls=":", label="chance (AUC 0.5)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)  # beside the bars, never over them
+    fig.suptitle(wrap_text("the same test images, three marker worlds (operating threshold chosen on each model's "
+                           "validation images; 95% CI with the threshold re-chosen per resample)",
+                           4.2 * len(metrics), 9), fontsize=9)
     return finish(fig, save_to)
 
 
@@ -64,37 +87,57 @@ def plot_shortcut_maps(images: Mapping[str, np.ndarray], maps: Mapping[str, np.n
     (the remedy sees the marker imputed away). Marker outlined yellow, lesion white, the map's peak as +."""
     names = list(maps)
     n = len(titles)
-    fig, axes = plt.subplots(n, len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.3 * n), layout="constrained",
-                             squeeze=False)
+    width = 2.2
+    fig, axes = plt.subplots(max(1, n), len(names) + 1, figsize=(width * (len(names) + 1) + KEY_WIDTH, 2.3 * max(1, n)),
+                             layout="constrained", squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    drawn = False
     for i in range(n):
         first = images[names[0]][i]
         _gray(axes[i, 0], first)
         _outline(axes[i, 0], regions[i], MARKER_COLOR)
         _outline(axes[i, 0], None if lesion_masks is None else lesion_masks[i], "white", 0.8)
-        axes[i, 0].set_title(titles[i], fontsize=8)
+        _title(axes[i, 0], titles[i], width)
         for j, name in enumerate(names, start=1):
-            _cam_on(axes[i, j], images[name][i], maps[name][i],
-                    lesion=None if lesion_masks is None else lesion_masks[i])
+            drawn |= _cam_on(axes[i, j], images[name][i], maps[name][i],
+                             lesion=None if lesion_masks is None else lesion_masks[i])
             _outline(axes[i, j], regions[i], MARKER_COLOR, 0.8)
             if i == 0:
-                axes[i, j].set_title(f"{name} model", fontsize=9, color=MODEL_COLORS.get(name, "k"))
+                _title(axes[i, j], f"{name} model", width, 9, color=MODEL_COLORS.get(name, "k"))
+    extra = [_marker_handle("marker region")] if _any(regions, n) else []
+    overlay_legend(fig, lesion=_any(lesion_masks, n), peak=drawn, heat=drawn, extra=extra)
     _drop_ticks(fig)
     return finish(fig, save_to)
 
 
 def plot_marker_finds(images: np.ndarray, found: np.ndarray, titles: Sequence[str] | None = None, ncols: int = 6,
                       save_to: str | os.PathLike | None = None) -> Figure:
-    """A sample grid of what the marker heuristic finds (yellow outlines) — for a reader to judge it."""
+    """A sample grid of what the marker heuristic finds (yellow outlines) — for a reader to judge it.
+
+    A panel without a find says "nothing found" on the image; ``titles`` head the panels; the figure's title
+    counts the panels with a find, and a key names the outline.
+    """
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, int(np.ceil(n / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.0 * ncols, 2.15 * nrows), layout="constrained", squeeze=False)
+    width = 2.0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols + KEY_WIDTH, 2.15 * nrows + 0.3), layout="constrained",
+                             squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
+    has = np.array([bool(np.any(f)) for f in found[:n]], dtype=bool)
     for k in range(n):
         ax = axes.ravel()[k]
         _gray(ax, images[k])
-        _outline(ax, found[k], MARKER_COLOR)
-        ax.set_title(titles[k] if titles is not None else ("found" if found[k].any() else "nothing found"), fontsize=7.5)
+        if has[k]:
+            _outline(ax, found[k], MARKER_COLOR)
+        else:
+            _no_map(ax, NOTHING_FOUND, y=0.06)
+        _title(ax, titles[k] if titles is not None else ("found" if has[k] else NOTHING_FOUND), width, 7.5)
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center", fontsize=11, transform=axes[0, 0].transAxes)
+    fig.suptitle(f"marker heuristic: a find on {int(has.sum())} of {n} images shown", fontsize=10)
+    overlay_legend(fig, heat=False, extra=[_marker_handle("found by the heuristic")])
     _drop_ticks(fig)
     return finish(fig, save_to)

@@ -5,10 +5,16 @@ import os
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MultipleLocator
 
 from utils.viz.common import finish
+
+#: The AUC axis always starts here (chance) or lower, and ends at 1: a fixed scale, so a change of 0.002
+#: looks like one instead of filling the panel.
+AUC_AXIS_FLOOR = 0.5
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_recall", "val_specificity",
                    "images_per_s")
@@ -51,7 +57,8 @@ def plot_training_curves(histories: pd.DataFrame | Sequence[pd.DataFrame], best_
             row = h[h["epoch"] == best_epochs[i]]
             if not row.empty:
                 ax_auc.plot(best_epochs[i] + offset, row["val_auc"].iloc[0], "*", ms=16, color=c, mec="k",
-                            label=f"{names[i]} kept (epoch {best_epochs[i]})")
+                            clip_on=False, label=f"{names[i]} kept (epoch {best_epochs[i]}, "
+                                                 f"AUC {row['val_auc'].iloc[0]:.3f})")
         last = int(h["epoch"].max()) + offset
         if i < len(hs) - 1:
             for ax in axes.flat:
@@ -61,9 +68,10 @@ def plot_training_curves(histories: pd.DataFrame | Sequence[pd.DataFrame], best_
                             bbox={"boxstyle": "round", "fc": "white", "ec": "none", "alpha": 0.8})
         offset = last
     ax_loss.set(ylabel="loss (class-weighted CE)", title="Loss")
-    ax_auc.set(ylabel="ROC AUC", title="Validation AUC")
-    lo, hi = ax_auc.get_ylim()
-    ax_auc.set_ylim(lo, min(hi, 1.002))  # an AUC never exceeds 1 (flat curves would get ticks above it)
+    ax_auc.set(ylabel="ROC AUC (0.5 = chance)", title="Validation AUC")
+    low = min(float(h["val_auc"].min()) for h in hs)
+    ax_auc.set_ylim(min(AUC_AXIS_FLOOR, np.floor(low * 10) / 10) if np.isfinite(low) else AUC_AXIS_FLOOR, 1.01)
+    ax_auc.yaxis.set_major_locator(MultipleLocator(0.1))
     ax_rs.set(ylabel="rate", title="Validation recall / specificity at 0.5", ylim=(-0.02, 1.02))
     ax_ips.set(ylabel="images / s", title="Training throughput", ylim=(0, None))
     for ax in axes.flat:

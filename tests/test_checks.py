@@ -1,4 +1,4 @@
-"""Oracle equality with pytorch_grad_cam, the randomisation sanity check, faithfulness curves, method
+"""utils.explain.checks: oracle equality with pytorch_grad_cam, the randomisation sanity check, ROAD, method
 comparison, and a smoke test of the CAM figures."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.models import resnet18
 
-from utils.data.images import linear_impute
 from utils.explain import checks as cam_eval
 from utils.explain.gradcam import GradCAM, gradcam
 from utils.explain.localisation import localisation_table
+from utils.explain.road import linear_impute
 from utils.viz import cams as cam_plots
 
 
