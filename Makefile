@@ -31,7 +31,7 @@ TEST_KNOBS ?= CXR_IMAGE_SIZE=64 CXR_EPOCHS_PHASE1=1 CXR_EPOCHS_PHASE2=1
 
 NB_DIR := notebooks
 EXEC_DIR := $(NB_DIR)/executed
-NOTEBOOKS = $(sort $(wildcard $(NB_DIR)/0[1-9]_*.ipynb))
+NOTEBOOKS = $(filter-out $(NB_DIR)/00_%,$(sort $(wildcard $(NB_DIR)/[0-9][0-9]_*.ipynb)))
 STAMP := $(VENV)/.cxr-env.stamp
 # import-linter's command (it has no `python -m` entry point): the layer table of docs/DESIGN.md, in pyproject.toml
 LINT_IMPORTS = $(PY) -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())'

@@ -10,7 +10,9 @@ For every numbered notebook ``notebooks/NN_*.ipynb`` this script, in place and i
   is written in exactly one place;
 * clears outputs and execution counts (source notebooks are committed output-free);
 * regenerates the notebook table between ``<!-- notebooks:start -->`` and ``<!-- notebooks:end -->`` in
-  ``notebooks/00_index.ipynb`` and in ``README.md``.
+  ``notebooks/00_index.ipynb`` and in ``README.md``, with :func:`times_notes` under it: every number of those lines
+  (wall times, the machine, its training-loop probe, real-data epoch times) is read from the recorded runs in
+  ``docs/runs/``, never typed.
 
 Usage::
 
@@ -21,8 +23,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -46,6 +50,8 @@ NUMBERED_GLOB = "[0-9][0-9]_*.ipynb"
 #: The measured wall time per notebook shown in the tables: the report of ``make bench-demo``
 #: (``benchmarks/demo_time.py``: each notebook as ``make demo`` runs it, from an empty project root, 2-core CPU).
 DEMO_TIME_REPORT = ROOT / "docs" / "runs" / "demo_time.json"
+#: The recorded real-data run (``scripts/real_run.py``): its training history gives the real-data epoch time.
+REAL_RUN = ROOT / "docs" / "runs" / "real_heldout_cpu_128px"
 
 
 def measured_times(report: Path = DEMO_TIME_REPORT) -> dict[str, str]:
@@ -60,6 +66,64 @@ def measured_times(report: Path = DEMO_TIME_REPORT) -> dict[str, str]:
 
 
 TIMES: dict[str, str] = measured_times()
+
+
+def _machine(machine: object) -> str:
+    """A recorded machine (``utils.deploy.timing.machine_info``'s dict, or an older plain string) in a few words."""
+    if isinstance(machine, dict):
+        return f"{machine.get('cpu') or 'a CPU'}, {machine.get('cores_available', '?')} cores"
+    return str(machine) if machine else ""
+
+
+def times_note(report: Path = DEMO_TIME_REPORT, link_prefix: str = "") -> str:
+    """The line under the notebook tables, every number read from the demo-time report: the total, the machine,
+    its training-loop probe, the commit and the date. ``link_prefix`` makes the link to docs/BENCHMARKS.md work
+    from where the table is (``"../"`` in ``notebooks/``)."""
+    if not report.is_file():
+        return "Times: not measured yet (`make bench-demo` writes `docs/runs/demo_time.json`)."
+    rep = json.loads(report.read_text(encoding="utf-8"))
+    if rep.get("knobs"):
+        return "Times: the demo-time report was run with knobs in the environment, so it is not shown."
+    probe = rep.get("probe") or {}
+    loop = (f", whose training loop ran {float(probe['project_phase2_img_s']):.0f} images/s (phase 2, {probe['size']} "
+            f"px, batch {probe['batch']})" if probe.get("project_phase2_img_s") else "")
+    return (f"Times: `make bench-demo` (each notebook as `make demo` runs it, from an empty project root), "
+            f"{float(rep['total_s']) / 60:.1f} min in all on {_machine(rep.get('machine')) or 'an unrecorded machine'}"
+            f"{loop}; commit {rep.get('commit') or 'not recorded'}, {rep.get('date') or 'undated'} "
+            "(`docs/runs/demo_time.json`). Times from two machines compare only through that probe; other machines: "
+            f"[docs/BENCHMARKS.md]({link_prefix}docs/BENCHMARKS.md).")
+
+
+def real_training_note(run: Path = REAL_RUN) -> str:
+    """One sentence on what real data costs, read from the recorded real-data run: its phase-2 epoch time and
+    throughput (``history_phase2.csv``), the training images and knobs (``data_summary.json``) and the machine
+    (``run.json``, when recorded). Empty when the run or a number is missing: nothing is said that was not measured."""
+    try:
+        with open(run / "history_phase2.csv", encoding="utf-8", newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("seconds") and r.get("images_per_s")]
+        summary = json.loads((run / "data_summary.json").read_text(encoding="utf-8"))
+        record = json.loads((run / "run.json").read_text(encoding="utf-8")) if (run / "run.json").is_file() else {}
+        n_train = int(summary["splits"]["train"]["images"])
+        knobs = summary.get("run") or {}
+        size, ep1, ep2 = (knobs.get(k) for k in ("image_size", "epochs_phase1", "epochs_phase2"))
+        if not rows or None in (size, ep1, ep2):
+            return ""
+        seconds = statistics.median(float(r["seconds"]) for r in rows)
+        img_s = statistics.median(float(r["images_per_s"]) for r in rows)
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    where = _machine(record.get("machine")) or "a machine the run did not record"
+    shown = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+    return (f"On real data, training dominates: in the recorded real-data run (`{shown.as_posix()}/`: "
+            f"{size} px, {ep1} + {ep2} epochs, on {where}) a phase-2 epoch over its {n_train:,} training films took "
+            f"{seconds / 60:.1f} min ({img_s:.0f} images/s).")
+
+
+def times_notes(link_prefix: str = "", report: Path = DEMO_TIME_REPORT, run: Path = REAL_RUN) -> str:
+    """What goes under a notebook table (README's and the index's): :func:`times_note`, then
+    :func:`real_training_note` when the real run recorded one."""
+    return " ".join(part for part in (times_note(report, link_prefix), real_training_note(run)) if part)
+
 
 _COLAB_PREFIX = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)\"']+/[^/\s)\"']+/blob/[^/\s)\"']+/notebooks/")
 _REPO_LINE = re.compile(r"^(?P<indent>[ \t]*)REPO_URL, BRANCH = .*$", re.MULTILINE)
@@ -238,7 +302,7 @@ def updated_notebook(nb, names: list[str], titles: list[str], i: int):
     source = nav_source(names, titles, i)
     nb.cells = [nav_cell(source, "top"), *nb.cells, nav_cell(source, "bottom")]
     if names[i] == INDEX_NAME:
-        table = table_markdown(names, titles)
+        table = table_markdown(names, titles) + "\n\n" + times_notes(link_prefix="../")
         cells = [c for c in nb.cells if c.cell_type == "markdown" and TABLE_START in c.source]
         if not cells:
             raise SystemExit(f"{INDEX_NAME}: no markdown cell holds {TABLE_START} ... {TABLE_END}.")
@@ -264,7 +328,8 @@ def update(nb_dir: Path = NB_DIR, readme: Path | None = None, check: bool = Fals
         prefix = f"{nb_dir.name}/"
         new_readme = sync_links(texts[readme])
         if TABLE_START in new_readme:
-            new_readme = replace_table(new_readme, table_markdown(names, titles, prefix), readme.name)
+            table = table_markdown(names, titles, prefix) + "\n\n" + times_notes()
+            new_readme = replace_table(new_readme, table, readme.name)
         new_texts[readme] = new_readme
     changed = [p for p, text in new_texts.items() if text != texts[p]]
     if not check:

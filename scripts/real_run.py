@@ -27,7 +27,8 @@ The previous real-data run held out 585 films of 438 patients by a rule that was
 reproduced (``patient_split`` at 12 % of the patients gives 438 patients, but not those 585 films, for every seed
 below 3,000), so this driver uses the project's own split at 11 % of the patients, seed 42, and records it in
 ``LAYOUT.json`` and ``run.json``.
-``--layout-only`` builds (or checks) the layout and stops; ``--only 05 06`` re-runs some notebooks in the same root.
+``--layout-only`` builds (or checks) the layout and stops; ``--only 05 06`` re-runs some notebooks in the same root
+(a run done in parts records every part: their commands and the seconds of each notebook, see :func:`earlier_parts`).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ if str(ROOT) not in sys.path:  # running as `python scripts/real_run.py` before 
 
 import numpy as np
 
+from benchmarks import demo_time
 from benchmarks.demo_time import Runner, papermill_runner, time_notebooks
 from scripts import results
 from utils.cli import EXIT_OK, Parser, run_main
@@ -58,7 +60,6 @@ from utils.data.splits import patient_split
 from utils.errors import UserError
 from utils.fileio import read_json, write_json
 from utils.machine import cpu_count
-from utils.paths import NOTEBOOKS
 
 REALDATA = ROOT / ".realdata"  # git-ignored: the only place in the checkout this script writes data to
 LAYOUT_FILE = "LAYOUT.json"
@@ -197,16 +198,7 @@ def build_layout(source: Path, dest: Path, fraction: float = TEST_FRACTION, seed
 # ------------------------------------------------------------------------------------------------ the run
 def numbered_notebooks(folder: Path = ROOT / "notebooks", only: Sequence[str] = ()) -> list[Path]:
     """Every numbered notebook ``NN_*.ipynb`` but the index, in order (``only``: those numbers)."""
-    found = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb") if p.name != NOTEBOOKS["index"])
-    if only:
-        unknown = sorted(set(only) - {p.name[:2] for p in found})
-        if unknown:
-            raise UserError(f"no notebook numbered {', '.join(unknown)}; choose from "
-                            f"{', '.join(p.name[:2] for p in found)}.")
-        found = [p for p in found if p.name[:2] in only]
-    if not found:
-        raise UserError(f"no numbered notebooks in {folder}.")
-    return found
+    return demo_time.numbered_notebooks(folder, only, pattern="[0-9][0-9]_*.ipynb")
 
 
 def run_env(layout: Path, knobs: dict[str, Any], threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -237,6 +229,22 @@ def describe(manifest: dict[str, Any]) -> str:
             "folder; the series draws its validation from the remaining training films")
 
 
+def earlier_parts(progress_file: Path, manifest: dict[str, Any], knobs: dict[str, Any], threads: int) -> dict[str, Any]:
+    """What earlier invocations of the same run (``--only``: the same layout, knobs and threads, in the same root)
+    recorded in ``progress.json`` — their seconds per notebook, notebooks and commands — so the record of a run done
+    in parts names every part; ``{}`` when there is none or it was another run."""
+    if not progress_file.is_file():
+        return {}
+    earlier = read_json(progress_file)
+    same = (earlier.get("knobs") == knobs and earlier.get("threads") == threads
+            and (earlier.get("layout") or {}).get("test_patients_sha256") == manifest.get("test_patients_sha256"))
+    if not same:
+        return {}
+    failed = (earlier.get("failed") or {}).get("notebook", "")[:2]
+    return {"seconds": {k: v for k, v in (earlier.get("seconds") or {}).items() if k != failed},
+            "notebooks": list(earlier.get("notebooks") or []), "commands": list(earlier.get("commands") or [])}
+
+
 def run(args: argparse.Namespace, runner: Runner = papermill_runner,
         figures: FiguresRunner = papermill_figures) -> dict[str, Any]:
     """(a)–(d) of the module docstring; returns what ``run.json`` records (``_written``: the files recorded)."""
@@ -250,8 +258,14 @@ def run(args: argparse.Namespace, runner: Runner = papermill_runner,
     check_destination(work, args.repo)
     project, executed = work / "project", work / "executed"
     env = run_env(Path(args.layout).expanduser().resolve(), knobs, args.threads)
-    seconds: dict[str, float] = {}
-    progress: dict[str, Any] = {"layout": manifest, "knobs": knobs, "threads": args.threads, "seconds": seconds}
+    command = "python scripts/real_run.py " + " ".join(shlex.quote(a) for a in (getattr(args, "argv", None) or []))
+    earlier = earlier_parts(work / "progress.json", manifest, knobs, args.threads) if args.only else {}
+    now = {nb.name for nb in notebooks}
+    seconds: dict[str, float] = {k: v for k, v in earlier.get("seconds", {}).items() if k not in {n[:2] for n in now}}
+    names = sorted({n for n in earlier.get("notebooks", []) if n[:2] in seconds} | now)
+    commands = [*earlier.get("commands", []), command.strip()]
+    progress: dict[str, Any] = {"layout": manifest, "knobs": knobs, "threads": args.threads, "seconds": seconds,
+                                "notebooks": names, "commands": commands}
     for nb in notebooks:
         t0 = time.perf_counter()
         try:
@@ -261,10 +275,9 @@ def run(args: argparse.Namespace, runner: Runner = papermill_runner,
             raise
         finally:
             write_json(work / "progress.json", progress)
-    command = "python scripts/real_run.py " + " ".join(shlex.quote(a) for a in (getattr(args, "argv", None) or []))
-    info = {"run": "real", "made_by": f"`{command.strip()}`", "data": describe(manifest),
+    info = {"run": "real", "made_by": ", then ".join(f"`{c}`" for c in commands), "data": describe(manifest),
             "splits": {"test": {"label": "pseudo-test"}}, "layout": manifest, "threads": args.threads,
-            "notebooks": [nb.name for nb in notebooks], "seconds": seconds,
+            "notebooks": names, "seconds": dict(sorted(seconds.items())),
             "total_s": round(sum(seconds.values()), 1), "project_root": str(project)}
     out = Path(args.out).expanduser()
     written = results.record_run(project, out, info, args.repo)

@@ -45,7 +45,7 @@ from utils.cli import EXIT_OK, EXIT_PARTIAL, Parser, run_main
 from utils.errors import UserError
 from utils.evaluate.metrics import format_ci
 from utils.evaluate.verdicts import baseline_sentence, interval_side
-from utils.fileio import atomic_copy, read_json, write_json
+from utils.fileio import atomic_copy, atomic_write, read_json, write_json
 from utils.paths import ARTIFACTS, artifact, project_root
 
 README = ROOT / "README.md"
@@ -62,14 +62,14 @@ class RunSpec:
     key: str
     folder: str
     title: str
-    how: str
+    how: str  # the commands that make and record it
 
 
 #: The runs README shows, in order.
 RUNS: tuple[RunSpec, ...] = (
-    RunSpec("demo", "demo_cpu_128px", "Demo profile", "`make demo`, recorded by `make record-demo`"),
+    RunSpec("demo", "demo_cpu_128px", "Demo profile", "`make demo`, then `make record-demo`"),
     RunSpec("real", "real_heldout_cpu_128px", "Real data, CPU scale",
-            "`python scripts/real_run.py` (its docstring has the command)"),
+            "`python scripts/real_run.py --source <the Kermany training folder>`"),
 )
 
 #: Report key -> artifact name (the file names come from ``utils.paths.ARTIFACTS``, the one place they are set).
@@ -124,7 +124,7 @@ class Reports:
         if model.get("weights"):
             return str(model["weights"])
         models = (self.vit or {}).get("models") or {}
-        first = next(iter(models.values()), {})
+        first: dict[str, Any] = next(iter(models.values()), {})
         return str(first.get("weights") or "weights not recorded")
 
     def device(self) -> str:
@@ -304,10 +304,10 @@ def model_rows(rep: Reports) -> list[Row]:
                         f"{c['fn']} FN, {c['fp']} FP", kind))
     else:
         rows.append(missing(f"{rep.split_word('test')} at the operating point"))
-    for pair, diffs in ((op or {}).get("differences") or {}).items():
+    op = op or {}
+    for pair, diffs in (op.get("differences") or {}).items():
         rows.append(Row(f"{pair} on {rep.split_word('test')}", f"{rep.on('test')} · {rep.scale(op.get('run'))}",
-                        f"{_diffs(diffs)}; {_sides(diffs, diffs)}",
-                        interval_kind((op or {}).get("bootstrap")) + " (paired)"))
+                        f"{_diffs(diffs)}; {_sides(diffs, diffs)}", interval_kind(op.get("bootstrap")) + " (paired)"))
     return rows
 
 
@@ -376,7 +376,7 @@ def explanation_rows(rep: Reports) -> list[Row]:
         on = f"{rep.on(chosen)} · {scale}"
     else:
         how, on = f"chosen on: {chosen}", scale
-    rows = [Row("main explanation", on, f"{name} ({how})", "none (a choice)")]
+    rows = [Row("main explanation", on, f"{name} — {how}", "none (a choice)")]
     test_word = rep.split_word("test")
     if loc.get("masks") and loc.get("verdict"):
         for metric, v in loc["verdict"].items():
@@ -524,7 +524,7 @@ def render_run(spec: RunSpec, rep: Reports, runs_dir: Path = RUNS_DIR) -> str:
     """The markdown of one run: a paragraph with its data, scale and provenance, then its table."""
     rel = f"docs/runs/{spec.folder}/"
     if not rep.exists:
-        return (f"**{spec.title}** — no recorded run (`{rel}` holds no reports): make it with {spec.how}.")
+        return f"**{spec.title}** — no recorded run (`{rel}` holds no reports): run {spec.how}."
     k, data = rep.knobs(), rep.data or {}
     splits = (data.get("splits") or {})
     split_text = " / ".join(f"{rep.split_word(s)} {_n(c.get('images'))} images ({_n(c.get('patients'))} patients)"
@@ -661,7 +661,7 @@ def record_run(project: Path, dest: Path, info: Mapping[str, Any] | None = None,
     for name in (*REPORTS.values(), *COPIED_TOO):
         src, dst = artifact(name, project), dest / report_file(name)
         if src.is_file():
-            written.append(atomic_copy(src, dst))
+            written.append(repo_relative_copy(src, dst, repo))
         elif dst.exists():
             dst.unlink()
     knobs = dict((found["metrics"].get("test") or {}).get("run") or found["data"].get("run") or {})
@@ -671,7 +671,18 @@ def record_run(project: Path, dest: Path, info: Mapping[str, Any] | None = None,
            "python": platform.python_version(), "device": device, "knobs": knobs, "model": model_info(project),
            **dict(info or {})}
     written.append(write_json(dest / RUN_FILE, run))
+    repo_relative_copy(dest / RUN_FILE, dest / RUN_FILE, repo)
     return written
+
+
+def repo_relative_copy(src: Path, dst: Path, repo: Path = ROOT) -> Path:
+    """Copy ``src`` to ``dst`` (atomically); in a JSON report, every path inside the checkout ``repo`` is written
+    relative to it, so a committed record names ``.realdata/…``, not the recording machine's folders."""
+    if Path(src).suffix != ".json":
+        return atomic_copy(src, dst)
+    prefix = str(Path(repo).resolve()).rstrip("/") + "/"
+    text = Path(src).read_text(encoding="utf-8").replace(prefix, "")
+    return atomic_write(dst, lambda f: f.write(text), binary=False)
 
 
 def record_demo(project: Path | None = None, runs_dir: Path = RUNS_DIR) -> list[Path]:
@@ -686,7 +697,7 @@ def record_demo(project: Path | None = None, runs_dir: Path = RUNS_DIR) -> list[
         raise UserError(f"{project}/assets holds a run with {why}: record-demo records the demo as `make demo` runs it "
                         "(unset the CXR_* knobs, run `make demo`, then `make record-demo`).")
     spec = next(s for s in RUNS if s.key == "demo")
-    return record_run(project, runs_dir / spec.folder, {"run": "demo", "made_by": "make demo",
+    return record_run(project, runs_dir / spec.folder, {"run": "demo", "made_by": spec.how,
                                                         "splits": {"test": {"label": "test"}}})
 
 

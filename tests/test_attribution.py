@@ -281,6 +281,18 @@ def test_bad_inputs_give_one_line_errors():
         A.method_maps(TinyCNN(), torch.randn(2, 3, S, S, generator=torch.Generator().manual_seed(0)),
                       [A.make_attribution_spec("saliency")], meta=META)
     assert "mean/std" in one_line(e)
+    with pytest.raises(UserError) as e:
+        A.parameter_grid(32, fills=("grey",))
+    assert "grey" in one_line(e) and "black, blurred, mean" in one_line(e)
+    with pytest.raises(UserError) as e:
+        A.parameter_grid(32, fills=("mean",))
+    assert "with_mean" in one_line(e)
+
+
+def test_occlusion_grid_crosses_windows_with_fills_cheapest_window_first():
+    grid = A.parameter_grid(32, with_mean=True, window_fractions=(8, 4), fills=("black", "mean"))
+    got = [(s["params"]["window"], s["params"]["stride"], s["params"]["baseline"]) for s in grid["occlusion"]]
+    assert got == [(8, 4, "black"), (8, 4, "mean"), (4, 2, "black"), (4, 2, "mean")]
 
 
 def test_specs_are_plain_json_and_round_trip():
@@ -370,6 +382,12 @@ def test_stability_counts_flipped_decisions_and_scores_only_the_others():
     assert np.all(out["rho"] == 1.0)  # the map is that one pixel before and after
     same = A.map_stability(model, x, cam_fn, META, kind="noise", level=0.0, threshold=threshold)
     assert same["n_flipped"] == 0 and same["max_abs_dprob"] < 1e-6
+    shared = A.map_stability(model, x, cam_fn, META, kind="gamma", level=0.5, threshold=threshold,
+                             maps=cam_fn(model, x, None, 1))  # the maps of x from one shared pass: same answer
+    np.testing.assert_array_equal(shared["rho"], out["rho"])
+    with pytest.raises(UserError) as e:
+        A.map_stability(model, x, cam_fn, META, maps=np.zeros((2, S, S)))
+    assert "do not match" in one_line(e)
 
 
 def test_noise_perturbation_is_seeded_and_stays_an_8_bit_image():

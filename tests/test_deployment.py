@@ -3,15 +3,16 @@ bundle: what it writes, and that every number it returns is the one its own rule
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+from helpers import phantom_split
 
 from utils.artifacts import record_operating_point, threshold_for_recall
 from utils.checkpoint import make_meta, save_checkpoint, state_fingerprint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, get_config
-from utils.data import phantom
-from utils.data.bundle import DataBundle, Split, fingerprint, pixel_hashes
+from utils.data.bundle import DataBundle, Split, fingerprint
 from utils.deploy.compare import flips
-from utils.deploy.deployment import FP32, FP32_ONNX, INT8, quantise_and_record
+from utils.deploy.deployment import FP32, FP32_ONNX, INT8, int8_reading, quantise_and_record
 from utils.deploy.int8 import load_int8
 from utils.fileio import read_json
 
@@ -19,9 +20,7 @@ SIZE = 64
 
 
 def _split(name: str, n_patients: int, seed: int, first_pid: int) -> Split:
-    data = phantom.stack(phantom.generate(n_patients, seed, phantom.spec_for("default", SIZE), first_pid=first_pid))
-    return Split(name, data["images"], data["labels"], np.asarray(data["ids"]), np.asarray(data["patient_ids"]),
-                 np.asarray(data["subtypes"]), pixel_hashes(data["images"]))
+    return phantom_split(name, n_patients, seed, first_pid, SIZE, masks=False)
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +71,42 @@ def test_the_report_and_the_metrics_section_are_written(deployed):
     section = read_json(cfg.path("metrics"))["int8"]
     assert section["summary"] == dep.changes and section["split"] == "test"
     assert cfg.path("onnx_fp32").exists()  # the FP32 graph the ONNX Runtime row was timed with
+
+
+def test_the_reading_states_the_runs_numbers(deployed):
+    cfg, bundle, _, dep = deployed
+    lines = dep.reading()
+    r32, r8 = dep.results.loc[FP32], dep.results.loc[INT8]
+    assert lines[0].startswith(f"Size: {r32.file_mb:.1f} MB → {r8.file_mb:.1f} MB, {r32.file_mb / r8.file_mb:.2f}×")
+    assert f"INT8 is {r32.latency_ms / r8.latency_ms:.2f}× as fast as {FP32}" in lines[1]
+    assert f"{r32.test_recall:.3f} → {r8.test_recall:.3f}" in lines[3]
+    assert lines[-1].endswith(f"{len(dep.flipped)} of {len(bundle['test'])} test decisions flipped.")
+    assert dep.report["reading"] == lines
+
+
+def _table(latency_int8: float) -> pd.DataFrame:
+    rows = {FP32: (40.0, 8.0, 100.0, 0.99, 0.80), FP32_ONNX: (40.0, 6.0, 140.0, 0.99, 0.80),
+            INT8: (10.5, latency_int8, 300.0, 0.97, 0.82)}
+    cols = ["file_mb", "latency_ms", "throughput_img_s", "test_recall", "test_specificity"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+
+
+def test_the_speed_is_compared_with_the_measured_size_ratio_not_a_typed_four():
+    diff = {"sensitivity": {"value": -0.02, "ci_low": -0.05, "ci_high": -0.01},
+            "specificity": {"value": 0.02, "ci_low": -0.01, "ci_high": 0.05}}
+    slow = int8_reading(_table(2.0), diff, 3, 100, 0.98)  # 6 / 2 = 3.00x < 40 / 10.5 = 3.81x
+    assert "3.81× smaller" in slow[0] and "3.00× as fast as FP32 (ONNX Runtime)" in slow[1]
+    assert "less than the 3.81× of the file size" in slow[1] and "(the runtime alone: 1.33×)" in slow[1]
+    fast = int8_reading(_table(1.5), diff, 3, 100, 0.98)  # 6 / 1.5 = 4.00x >= 3.81x
+    assert "at least the 3.81× of the file size" in fast[1]
+    assert "below zero" in slow[3] and "not distinguishable from zero" in slow[4]
+    assert slow[-1].startswith("The INT8 model misses the recall target on test (0.970 vs 0.98)")
+
+
+def test_an_exercise_tag_leaves_the_shipped_int8_model_and_the_metrics_alone(deployed):
+    cfg, bundle, _, dep = deployed
+    shipped, section = dep.int8_path.read_bytes(), read_json(cfg.path("metrics"))["int8"]
+    other = quantise_and_record(cfg, bundle, n_calib=4, latency_runs=1, threads=1, tag="exercise_calib")
+    assert other.int8_path == cfg.path("int8_model", "exercise_calib") and other.int8_path.exists()
+    assert read_json(cfg.path("int8_report", "exercise_calib"))["int8"]["calibration"]["n_images"] == 4
+    assert dep.int8_path.read_bytes() == shipped and read_json(cfg.path("metrics"))["int8"] == section

@@ -1,6 +1,7 @@
 """The environment is described consistently: pyproject.toml, environment.yml, Makefile, README, CI."""
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -85,7 +86,16 @@ def test_development_tools_stay_out_of_the_core():
 
 
 def _imports(text: str) -> set[str]:
-    return {m.group(1) for m in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", text, re.MULTILINE)}
+    """Top-level package names imported by Python source (IPython magics and shell lines dropped): parsed, so a
+    docstring or comment that starts a line with "from …" is not an import."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in text.splitlines())
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def test_what_the_notebooks_and_utils_import_is_declared_in_the_core():

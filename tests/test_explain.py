@@ -11,7 +11,7 @@ from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.explain import checks as cam_eval
 from utils.explain.gradcam import GradCAM, average_unshifted, gradcam, shift_averaged_gradcam, shift_grid, shift_images
 from utils.explain.localisation import argmax_point, distance_to_mask
-from utils.explain.maps import Explainer, candidate_maps, explain, main_explanation, main_maps
+from utils.explain.maps import Explainer, candidate_maps, cell_geometry, explain, main_explanation, main_maps
 from utils.explain.selection import choose_explanation
 from utils.explain.spec import (
     DEMO_EXPLANATION,
@@ -23,6 +23,8 @@ from utils.explain.spec import (
 from utils.train.model import preprocess
 
 META = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "threshold": 0.5}
+#: A shift-averaged candidate with the library's anchor: what shift_averaged_gradcam computes.
+SHIFTED = make_spec("gradcam", "layer3", (0, 8))
 
 
 
@@ -81,6 +83,20 @@ def count_forwards(model: nn.Module):
     return sizes, handle
 
 
+def counted_candidate_maps(model: nn.Module, x: torch.Tensor) -> tuple[dict, torch.Tensor, list[int]]:
+    """:func:`candidate_maps` of every candidate, and the batch sizes of the forward passes that made them (the
+    candidates' cell geometry is measured first — once per model and layer, small stopped passes — so only the passes
+    that make maps are counted)."""
+    for spec in EXPLANATION_CANDIDATES:
+        cell_geometry(model, spec)
+    sizes, handle = count_forwards(model)
+    try:
+        maps, logits, _ = candidate_maps(model, x, EXPLANATION_CANDIDATES, targets=1)
+    finally:
+        handle.remove()
+    return maps, logits, sizes
+
+
 # ----------------------------------------------------------------------------------------- shifting
 def test_shift_grid():
     assert shift_grid((0, 8)) == [(0, 0), (0, 8), (8, 0), (8, 8)]
@@ -91,7 +107,7 @@ def test_shift_grid():
 
 def test_shift_images_moves_content_and_replicates_the_border():
     img = torch.arange(2 * 1 * 6 * 7, dtype=torch.float32).view(2, 1, 6, 7)
-    out = shift_images(img, [(0, 0), (2, -3)])
+    out = shift_images(img, [(0, 0), (2, -3)], "partial")  # the size-keeping layout (a ViT's)
     assert out.shape == (4, 1, 6, 7)
     assert torch.equal(out[:2], img)  # shift-major: the unshifted copies first
     moved = out[2:]
@@ -105,8 +121,9 @@ def test_average_unshifted_inverts_integer_shifts_exactly():
     rng = torch.Generator().manual_seed(3)
     maps = torch.rand(2, 16, 16, generator=rng)
     shifts = [(0, 0), (3, 0), (0, -5), (7, 2)]
-    stacked = shift_images(maps[:, None], shifts)[:, 0]
-    torch.testing.assert_close(average_unshifted(stacked, shifts), maps, atol=1e-6, rtol=0)  # a mean of equal values
+    for border in ("partial", "complete"):
+        stacked = shift_images(maps[:, None], shifts, border)[:, 0]
+        torch.testing.assert_close(average_unshifted(stacked, shifts, border), maps, atol=1e-6, rtol=0)  # equal values
     with pytest.raises(ValueError, match="S×N"):
         average_unshifted(stacked[:-1], shifts)
 
@@ -130,7 +147,7 @@ def test_shift_averaged_on_resnet_shape_range_one_pass(resnet, x):
             maps, logits = cam.shift_averaged(x, None, shift_grid((0, 8)))
     finally:
         handle.remove()
-    assert sizes == [4 * len(x)]  # ONE forward over the stacked copies
+    assert sizes == [len(x), 4 * len(x)]  # the images' logits, then ONE forward over the stacked (padded) copies
     assert maps.shape == (3, 64, 64) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
     assert np.allclose(maps.reshape(3, -1).max(1), 1)
@@ -171,7 +188,7 @@ def test_unknown_weighting_is_rejected(resnet):
 def test_specs_validate_and_round_trip():
     spec = make_spec("xgradcam", "layer3", (8, 0))
     assert spec == {"name": "shift-averaged XGradCAM @ layer3 (4 shifts)", "method": "xgradcam",
-                    "layer": "layer3", "shifts": [0, 8]}
+                    "layer": "layer3", "shifts": [0, 8], "anchor": "library"}
     assert check_spec(dict(spec)) == spec and DEMO_EXPLANATION in EXPLANATION_CANDIDATES
     assert make_spec("gradcam", "layer4")["name"] == "Grad-CAM @ layer4"
     for bad in (dict(method="lime"), dict(shifts=(4, 8)), dict(layer="")):
@@ -201,7 +218,7 @@ def test_main_maps_is_explain_of_the_main_explanation(resnet):
 
 
 def test_explainer_and_explain_match_the_functions(resnet, x):
-    spec = DEMO_EXPLANATION
+    spec = SHIFTED
     ref, ref_logits = shift_averaged_gradcam(resnet, x, spec["layer"], 1, shift_grid(spec["shifts"]), spec["method"])
     with Explainer(resnet, spec) as ex:
         maps, logits = ex(x, 1)
@@ -214,18 +231,37 @@ def test_explainer_and_explain_match_the_functions(resnet, x):
     assert not any(m._forward_hooks for m in resnet.modules())
 
 
-def test_candidate_maps_share_one_pass_and_match_separate_calls(resnet, x):
-    sizes, handle = count_forwards(resnet)
-    try:
-        maps, logits, _ = candidate_maps(resnet, x, EXPLANATION_CANDIDATES, targets=1)
-    finally:
-        handle.remove()
+def test_candidate_maps_share_one_pass_with_the_partial_border(resnet, x, monkeypatch):
+    """With "partial" (a ViT's layout) every shift set's unshifted copy is the image: one pass serves them all."""
+    from utils.explain import gradcam as gradcam_module
+
+    monkeypatch.setattr(gradcam_module, "SHIFT_BORDER", "partial")
+    maps, logits, sizes = counted_candidate_maps(resnet, x)
     n_copies = max(len(s["shifts"]) for s in EXPLANATION_CANDIDATES) ** 2
     assert sizes == [n_copies * len(x)]  # layer3 and layer4 candidates from one pass
     for spec in EXPLANATION_CANDIDATES:
         alone, _ = explain(resnet, x, spec, targets=1)
         np.testing.assert_allclose(maps[spec["name"]], alone, atol=1e-5, err_msg=spec["name"])
     assert not any(m._forward_hooks for m in resnet.modules())
+
+
+def test_candidate_maps_match_separate_calls_with_the_complete_border(resnet, x, monkeypatch):
+    """With "complete" every copy is padded for its whole shift set, so the unshifted copy of a shared pass is not
+    the image: candidates are computed one shift set per pass, and each still equals explain()'s maps."""
+    from utils.explain import gradcam as gradcam_module
+
+    monkeypatch.setattr(gradcam_module, "SHIFT_BORDER", "complete")
+    maps, logits, sizes = counted_candidate_maps(resnet, x)
+    shifted = max(len(s["shifts"]) for s in EXPLANATION_CANDIDATES) ** 2
+    assert sorted(sizes) == sorted([len(x), shifted * len(x), len(x)])  # plain pass; shifted pass + its logits pass
+    for spec in EXPLANATION_CANDIDATES:
+        alone, _ = explain(resnet, x, spec, targets=1)
+        np.testing.assert_allclose(maps[spec["name"]], alone, atol=1e-5, err_msg=spec["name"])
+    torch.testing.assert_close(logits, resnet(x).detach(), atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(gradcam_module, "SHIFT_BORDER", "partial")
+    for spec in (s for s in EXPLANATION_CANDIDATES if len(s["shifts"]) > 1):
+        partial, _ = explain(resnet, x, spec, targets=1)
+        assert np.abs(partial - maps[spec["name"]]).max() > 1e-3, spec["name"]  # the border setting is in force
 
 
 # ----------------------------------------------------------------------------------------- choosing
@@ -280,11 +316,13 @@ def test_predict_uses_the_checkpoint_explanation_in_one_pass(resnet, tmp_path, m
     from utils.deploy import predict
     from utils.train.model import preprocess
 
+    spec = make_spec("gradcam", "layer3", (0, 8), anchor="receptive_field")  # a shifted, anchored recorded choice
     png = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 80)).astype(np.uint8)).save(png)
     meta = make_meta(image_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=0.5,
-                     threshold_rule="test rule", gradcam_layer="layer3", explanation=DEMO_EXPLANATION)
+                     threshold_rule="test rule", gradcam_layer="layer3", explanation=spec)
     seen = {}
+    cell_geometry(resnet, spec)  # measured once per model and layer: not a pass of the image
     monkeypatch.setattr(predict, "save_overlay_figure", lambda out, gray, cam_map, **kw: seen.update(cam=cam_map))
     sizes, handle = count_forwards(resnet)
     try:
@@ -292,9 +330,20 @@ def test_predict_uses_the_checkpoint_explanation_in_one_pass(resnet, tmp_path, m
     finally:
         handle.remove()
     assert not failures and results[0]["layer"] == "layer3"
-    assert results[0]["explanation"] == DEMO_EXPLANATION["name"]
-    assert sizes == [4]  # the 4 shifted copies of the one image, one forward
+    assert results[0]["explanation"] == spec["name"]
+    assert sizes == [1, 4]  # the image's logits, then its 4 shifted (padded) copies in one forward
     x = preprocess(torch.from_numpy(read_image(png, 64))[None], meta["mean"], meta["std"])
-    expected, logits = explain(resnet, x, DEMO_EXPLANATION, targets=1)
+    expected, logits = explain(resnet, x, spec, targets=1)
     np.testing.assert_allclose(seen["cam"], expected[0], atol=1e-5)
     assert results[0]["probability"] == pytest.approx(float(torch.softmax(logits, 1)[0, 1]), abs=1e-5)
+
+
+def test_without_shifts_keeps_method_layer_and_anchor_and_leaves_other_specs_alone():
+    from utils.explain.spec import make_spec, without_shifts
+    shifted = make_spec("gradcam++", "layer3", (0, 8), anchor="receptive_field")
+    plain = without_shifts(shifted)
+    assert plain == make_spec("gradcam++", "layer3", (0,), anchor="receptive_field") and plain["shifts"] == [0]
+    rollout = make_spec("rollout", "blocks")
+    assert without_shifts(rollout) == rollout
+    attribution = {"name": "saliency", "method": "saliency", "params": {}}
+    assert without_shifts(attribution) == attribution

@@ -163,6 +163,9 @@ def test_explore_view_layer_moves_gradcam_and_specs_are_used_by_name():
     assert c["spec"]["shifts"] == [0, 2] and c["layer"] == "features"
     d = X.explore_view(cnn, META, imgs, 0, "SmoothGrad (chosen)", specs=chosen)
     assert d["spec"]["params"]["samples"] == 4
+    anchored = {"anchored": make_spec("gradcam", "features", anchor="receptive_field")}
+    e = X.explore_view(cnn, META, imgs, 0, "anchored", layer="features.0", specs=anchored)
+    assert e["layer"] == "features.0" and e["spec"]["anchor"] == "receptive_field"  # moving the layer keeps the anchor
 
 
 def test_explore_view_bad_inputs_are_one_line():

@@ -386,11 +386,15 @@ def test_outside_lung_comparison_and_threshold_tradeoff_read_the_study():
     t = float(np.median(probs[split.labels == 1]))
     study = F.study_failures(model, meta, split, preds, t, n_near=2, progress=False)
     out = F.compare_outside_lung(study)
-    rest = study.outside_of(study.tp["id"])
-    assert np.array_equal(out.groups["FN"], study.outside_of(study.fn["id"]))
-    assert out.cutoff == pytest.approx(np.quantile(rest, 0.9))  # "distracted": beyond 9 in 10 detections
-    assert out.above == (int((study.outside_of(study.fn["id"]) > out.cutoff).sum()), int((rest > out.cutoff).sum()))
-    assert out.stats == F.compare_groups(study.outside_of(study.fn["id"]), rest, ("FN", "TP"))
+    rest = study.read_of(study.tp["id"])
+    assert np.array_equal(out.groups["FN"], study.read_of(study.fn["id"]), equal_nan=True)
+    assert out.cutoff == pytest.approx(np.nanquantile(rest, 0.9))  # "distracted": beyond 9 in 10 detections
+    assert out.above == (int((study.read_of(study.fn["id"]) > out.cutoff).sum()), int((rest > out.cutoff).sum()))
+    assert out.stats == F.compare_groups(study.read_of(study.fn["id"]), rest, ("FN", "TP"))
+    assert study.border is not None and out.lines[0] == study.border.sentence()
+    whole = study.outside_of(study.tp["id"])  # the border check decides which share is read
+    assert np.array_equal(rest, study.inner[study._pos(study.tp["id"])] if study.border.matters else whole,
+                          equal_nan=True)
     assert f"{out.above[0]} of {len(study.fn)} FN" in out.lines[-1]
     lower = float(study.fn["prob"].min())
     cost = F.threshold_cost(preds, t, lower)
@@ -399,3 +403,68 @@ def test_outside_lung_comparison_and_threshold_tradeoff_read_the_study():
     assert cost["fn_new"] == 0  # the lowest-scoring miss is caught at its own probability
     none_missed = F.study_failures(model, meta, split, preds, float(probs.min()), n_near=2, progress=False)
     assert not none_missed.has_fn and F.threshold_tradeoff(none_missed, preds)[0].startswith("no miss at")
+
+
+# ------------------------------------------------------------------------------------ the image border
+def _border_case():
+    lung = np.zeros((16, 16), bool)
+    lung[4:12, 3:13] = True
+    frame = np.zeros((16, 16), np.float32)
+    frame[:2] = 1.0  # heat on the top edge only: outside the lungs, inside a 2-px band
+    spread = np.zeros((16, 16), np.float32)
+    spread[2:14, 2:14] = 1.0  # outside the lungs but off the band
+    return lung, frame, spread
+
+
+def test_border_shares_against_a_uniform_map():
+    lung, frame, spread = _border_case()
+    inside = lung.astype(np.float32)
+    maps = np.stack([frame, spread, inside, np.zeros_like(frame), np.ones_like(frame)])
+    share, uniform = F.border_shares(maps, np.stack([lung] * 5), 2)
+    band_outside = loc.border_band(16, 16, 2) & ~lung
+    assert share[0] == 1.0 and share[1] == 0.0
+    assert np.isnan(share[2]) and np.isnan(share[3])  # nothing outside the lungs; an empty map
+    assert np.isnan(share[4])  # a constant map is "no map" too
+    np.testing.assert_allclose(uniform, band_outside.sum() / (~lung).sum())
+    with pytest.raises(ValueError):
+        F.border_shares(maps[0], lung, 2)
+
+
+def test_border_check_leaves_the_band_out_only_when_it_is_hotter_than_a_uniform_map():
+    lung, frame, spread = _border_case()
+    lungs = np.stack([lung] * 6)
+    hot = F.border_check(np.stack([frame + 0.1 * spread] * 6), lungs, 2, n_boot=200)
+    assert hot.verdict == "above" and hot.matters
+    assert "left out from here on" in hot.sentence() and f"within {hot.width_px} px" in hot.sentence()
+    flat = np.ones((16, 16), np.float32)
+    flat[lung] = 2.0  # outside the lungs it is uniform: the band gets exactly its area's share
+    calm = F.border_check(np.stack([flat] * 6), lungs, 2, n_boot=200)
+    assert calm.verdict == "inconclusive" and not calm.matters and "does not drive" in calm.sentence()
+    none = F.border_check(np.stack([lung.astype(np.float32)] * 2), lungs[:2], 2, n_boot=50)
+    assert none.verdict == "not measured" and none.sentence().startswith("Border: not measured")
+    assert F.border_width(128) == 8 and F.border_width(224) == 14 and F.border_width(8) == 1
+
+
+def test_the_study_reads_the_share_without_the_band_when_the_border_matters():
+    lung, frame, spread = _border_case()
+    n = 4
+    maps = np.stack([frame + 0.1 * spread] * 2 + [frame + 0.2 * spread] * 2).astype(np.float32)
+    lungs = np.stack([lung] * n)
+    pos = pd.DataFrame({"id": [f"p{i}" for i in range(n)], "row": range(n), "prob": [0.1, 0.2, 0.8, 0.9]})
+    inner, _, _ = loc.outside_lung_fractions(maps, lungs, ignore_border_px=2)
+    whole, _, _ = loc.outside_lung_fractions(maps, lungs)
+    kw = dict(threshold=0.5, fn=pos.iloc[:2], tp=pos.iloc[2:], near=pos.iloc[2:3], positives=pos, maps=maps,
+              probs=pos["prob"].to_numpy(), outside=whole, lung_masks=lungs, lung_source="ground truth",
+              images_all=np.zeros((n, 16, 16), np.uint8), lesion_masks_all=None, info_all=None,
+              no_map=np.zeros(n, bool), inner=inner)
+    hot = F.FailureStudy(**kw, border=F.border_check(maps, lungs, 2, n_boot=100))
+    assert hot.border is not None and hot.border.matters and "band left out" in hot.reading
+    np.testing.assert_allclose(hot.read_of(["p0", "p3"]), inner[[0, 3]])
+    np.testing.assert_allclose(hot.outside_of(["p0"]), whole[[0]])  # notebook 05's number stays available
+    lines = F.compare_outside_lung(hot).lines
+    assert any("notebook 05's number" in line for line in lines)
+    assert lines[1].startswith(f"FN (2 map(s), medians): {np.median(whole[:2]):.3f} outside the lungs over the whole "
+                               f"image, {np.median(inner[:2]):.3f} with the 2-px border band left out")
+    calm = F.FailureStudy(**kw, border=None)
+    np.testing.assert_allclose(calm.read_of(["p0", "p3"]), whole[[0, 3]])
+    assert calm.reading == "outside the lungs"

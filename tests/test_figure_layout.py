@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
 from utils.evaluate import metrics as M
+from utils.evaluate.shift import recalibrate
 from utils.viz import cams as CP
 from utils.viz import data as DP
 from utils.viz import evaluation as EP
@@ -137,6 +138,27 @@ def randomisation_table(maps: np.ndarray) -> pd.DataFrame:
                          "abs_spearman": [1.0, 0.5, 0.15, 0.05]})
 
 
+def randomisation_steps() -> dict:
+    """The ``steps`` of utils.explain.sanity.randomisation_check for the table above (from layer4 down)."""
+    def ci(v: float) -> dict:
+        return {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+
+    rows = [{"blocks": b, "similarity": ci(s), "reference": ci(r), "difference": ci(s - r), "verdict": v}
+            for b, s, r, v in (("fc+layer4", 0.15, 0.12, "at the reference"),
+                               ("fc+layer4+layer3", 0.45, 0.1, "above the reference"))]
+    return {"abs_spearman": rows, "ssim": rows}
+
+
+def road_result() -> dict:
+    """A utils.explain.road.road_test result on 3 images and 2 fractions, with 3 controls."""
+    m0 = np.array([5.0, 6.0, 7.0])
+    return {"fractions": np.array([0.01, 0.02]), "margin0": m0, "null_kind": "derangement", "n": 3, "n_controls": 3,
+            "map": {"morf": m0[:, None] - [[0.5, 1.0], [0.4, 0.9], [0.6, 1.2]], "lerf": np.repeat(m0[:, None], 2, 1) - 0.05},
+            "null": {"morf": m0[:, None] + [[0.1, 0.3], [0.0, 0.2], [0.2, 0.4]], "lerf": np.repeat(m0[:, None], 2, 1)},
+            "control_curves": {"margin0": np.array([-3.0, -2.0, -2.5]),
+                               "morf": np.array([[-2.9, -2.5], [-1.8, -1.6], [-2.4, -2.0]])}}
+
+
 def shortcut_table() -> pd.DataFrame:
     rows = [{"model": m, "test": t, "metric": k, "value": 0.9, "ci_low": 0.85, "ci_high": 0.95}
             for m in ("control", "confounded", "remedy") for t in ("in-distribution", "decorrelated", "reversed")
@@ -179,11 +201,10 @@ def figures(w) -> dict:
                                                                 for i in idx], w.lesion, w.lung, ncols=3,
                                              show_image=True, suptitle=LONG),
         "colour_order": lambda: CP.plot_colour_order(np.stack([w.maps[0]] * 3, axis=-1) * 0.5, w.maps[0]),
-        "randomisation": lambda: CP.plot_randomisation(randomisation_table(w.maps), w.images[3], threshold=0.5),
-        "road": lambda: CP.plot_road({"fractions": [0.01, 0.05], "p0": np.full(3, 0.9),
-                                      "map": {"probs": np.full((3, 2), 0.8), "drop": np.full(3, 0.1)},
-                                      "random": {"probs": np.full((3, 2), 0.85), "drop": np.full(3, 0.05)}},
-                                     title=f"ROAD on 3 test true positives: {LONG} vs random maps"),
+        "randomisation": lambda: CP.plot_randomisation(randomisation_table(w.maps), w.images[3],
+                                                       steps=randomisation_steps()),
+        "road": lambda: CP.plot_road(road_result(), title=f"ROAD on 3 test true positives: {LONG} vs another image's "
+                                                          "map"),
         "method_comparison": lambda: CP.plot_method_comparison(
             w.images, {LONG: w.maps, "ViT · Grad-CAM @ blocks.11.norm1 (reshape)": w.maps[::-1],
                        "ViT · attention rollout": w.maps}, w.lesion, n_images=2),
@@ -207,6 +228,22 @@ def figures(w) -> dict:
                                                                       "0.99 / 0.90"] * 2, w.lesion[3:5]),
         "marker_finds": lambda: SP.plot_marker_finds(w.images, w.found, [f"TP · person{i}_virus_{i}" for i in idx],
                                                      ncols=3),
+        "lung_fields": lambda: DP.plot_lung_fields(w.images, w.labels, [f"person{i}_bacteria_{i}" for i in idx], w.lung,
+                                                   w.lung, w.lesion, ious=[0.81] * 6, n_cols=3),
+        "lung_fields_estimated": lambda: DP.plot_lung_fields(w.images, w.labels, [f"IM-{i:04d}-0001" for i in idx],
+                                                             w.lung, n_cols=3),
+        "phase_scores": lambda: T.plot_phase_scores(w.y, w.p, np.clip(w.p + 0.1 * (2 * w.y - 1), 0, 1),
+                                                    thresholds=[0.3, 0.4]),
+        "all_at_once": lambda: T.plot_all_at_once(
+            pd.DataFrame({"warm-up, then fine-tuning (phase 2)": [4e-4, 1e-3, 2e-3, 4e-3, 1e-2],
+                          "all at once": [0.04, 0.04, 0.06, 0.1, 0.16]},
+                         index=["stem", "layer1", "layer2", "layer3", "layer4"]),
+            pd.DataFrame({"model": ["warm-up only (phase 1)", "warm-up, then fine-tuning (phase 2)", "all at once"],
+                          "val ROC AUC": [0.95, 0.95, 0.9], "feature similarity (CKA)": [1.0, 0.99, 0.84]}),
+            title=LONG),
+        "score_shift": lambda: EP.plot_score_shift(w.y, w.p, w.y, np.clip(w.p * 1.3, 0, 1), 0.4),
+        "recalibration": lambda: EP.plot_recalibration(recalibrate(w.y, np.clip(w.p * 1.3, 0, 1), np.arange(w.y.size),
+                                                                   0.4, 0.9, n_boot=20)),
     }
 
 
@@ -321,7 +358,7 @@ def test_constant_maps_are_drawn_as_no_map(world):
 def test_randomised_flat_maps_say_so(world):
     table = randomisation_table(world.maps)
     table.at[3, "maps"] = np.zeros((2, S, S))
-    fig = CP.plot_randomisation(table, world.images[3], threshold=0.5)
+    fig = CP.plot_randomisation(table, world.images[3], steps=randomisation_steps())
     marked = [ax.get_title() for ax in fig.axes if CP.NO_MAP in panel_texts(ax)]
     assert marked == ["+layer3"]
 
@@ -377,3 +414,18 @@ def test_colour_order_bug_is_the_overlay_with_its_channels_reversed():
     np.testing.assert_allclose(heat, cam)
     assert [ax.get_title() for ax in fig.axes] == ["correct: RGB overlay", "reference bug: BGR shown as RGB",
                                                    "the map (hot = 1)"]
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def test_history_table_shows_epochs_as_integers_and_scores_to_three_decimals():
+    h = history("phase2", 2, 0.95123).assign(lr=1e-4, seconds=12.345, images_per_s=33.6)
+    html = T.history_table(h).to_html()
+    assert ">0.951<" in html and ">0.952<" in html and ">1e-04<" in html and ">12.3<" in html and ">34<" in html
+    assert ">1<" in html and ">2<" in html and "0.95123" not in html and ">1.0<" not in html
+
+
+def test_checkpoint_table_names_missing_fields_and_rounds():
+    table = T.checkpoint_table({"epoch": 2, "val_auc": 0.954290296712109, "run": {"profile": "demo", "set_by": {}}},
+                               ["epoch", "val_auc", "run", "recipe"])
+    assert table["value"].to_dict() == {"epoch": "2", "val_auc": "0.954", "run": "profile=demo",
+                                        "recipe": "not recorded"}

@@ -123,3 +123,15 @@ def test_fixture_command(tmp_path, capsys):
     assert main([str(tmp_path / "cx"), "--test-patients", "4", "--train-patients", "6", "--no-val"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert any((tmp_path / "cx" / "test").rglob("*.jpeg")) and not (tmp_path / "cx" / "val").exists()
+
+
+def test_patient_key_report_without_a_folder_reads_the_shipped_official_names():
+    """Notebook 01 asks the official folders' own names, offline: the same evidence as the name lists give."""
+    from utils.data import patient_key_report
+
+    report = patient_key_report()
+    names = official_names("train") + official_names("test")
+    assert report["files"] == len(names) and report["unknown"] == []
+    assert report["shared"] == shared_patients_by_rule([n.split("/")[0] for n in names], [Path(n).name for n in names])
+    person = report["evidence"].set_index("family").loc["person"]
+    assert person["across_folders_same_series"] == 0 and person["across_folders"] > 0

@@ -21,6 +21,7 @@ from utils.explain.gradcam import (
     resize_map,
     shift_averaged_gradcam,
     shift_grid,
+    shifted_size,
 )
 
 
@@ -185,8 +186,8 @@ def test_every_map_comes_from_cam_steps(model, x):
         shifts = shift_grid((0, 8))
         averaged, _ = cam.shift_averaged(x, 1, shifts)
         assert cam.activations.shape[0] == len(shifts) * len(x) and cam.maps.shape == (len(x), 64, 64)
-        again = cam_steps(torch.from_numpy(cam.activations), torch.from_numpy(cam.gradients), "xgradcam", (64, 64),
-                          shifts)
+        again = cam_steps(torch.from_numpy(cam.activations), torch.from_numpy(cam.gradients), "xgradcam",
+                          shifted_size((64, 64), shifts), shifts)  # the copies' size (padded with "complete")
     np.testing.assert_allclose(again.maps.numpy(), averaged, atol=1e-6)
     np.testing.assert_array_equal(averaged, shift_averaged_gradcam(model, x, "layer3", 1, shifts, "xgradcam")[0])
     assert not np.allclose(averaged, maps, atol=1e-3)  # averaging the shifted copies changed the map

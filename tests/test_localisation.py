@@ -25,8 +25,9 @@ def test_argmax_and_pointing():
     assert loc.argmax_point(bump(20, 40)) == (20, 40)
     assert loc.pointing_game(bump(21, 42), lesion)
     assert not loc.pointing_game(bump(50, 10), lesion)
-    assert not loc.pointing_game(np.zeros((H, W)), lesion)  # a flat map points nowhere
-    assert not loc.pointing_game(np.ones((H, W)), np.ones((H, W), bool))
+    assert np.isnan(loc.pointing_game(np.zeros((H, W)), lesion))  # a flat map points nowhere: no map, not scored
+    assert loc.pointing_game(np.zeros((H, W)), lesion, skip_empty=False) is False  # ... or, asked, a miss
+    assert not loc.pointing_game(np.ones((H, W)), np.ones((H, W), bool), skip_empty=False)
 
 
 def test_distance_and_near_pointing():
@@ -40,7 +41,8 @@ def test_distance_and_near_pointing():
     assert loc.near_pointing(bump(30, 33), mask) and not loc.pointing_game(bump(30, 33), mask)
     assert not loc.near_pointing(bump(30, 34), mask)
     assert loc.near_pointing(bump(30, 34), mask, tolerance_frac=0.1)
-    assert not loc.near_pointing(np.zeros((H, W)), mask)
+    assert np.isnan(loc.near_pointing(np.zeros((H, W)), mask))
+    assert loc.near_pointing(np.zeros((H, W)), mask, skip_empty=False) is False
 
 
 def test_energy_and_outside_fraction():
@@ -56,9 +58,11 @@ def test_energy_and_outside_fraction():
     half[10, 10], half[0, 0] = 1.0, 3.0  # one unit inside, three outside
     assert loc.energy_inside(half, lung) == pytest.approx(0.25)
     assert loc.outside_fraction(half, lung) == pytest.approx(0.75)
-    assert loc.energy_inside(np.ones((H, W)), lung) == pytest.approx(lung.mean())  # uniform = area
-    assert loc.energy_inside(np.zeros((H, W)), lung) == 0.0
-    assert loc.outside_fraction(np.zeros((H, W)), lung) == 0.0
+    uniform = np.ones((H, W))  # constant: "no map" by default; scored on request, it is the chance level
+    assert loc.energy_inside(uniform, lung, skip_empty=False) == pytest.approx(lung.mean())
+    assert loc.outside_fraction(uniform, lung, skip_empty=False) == pytest.approx(1 - lung.mean())
+    assert np.isnan(loc.energy_inside(uniform, lung)) and np.isnan(loc.outside_fraction(uniform, lung))
+    assert loc.energy_inside(np.zeros((H, W)), lung, skip_empty=False) == 0.0
     with pytest.raises(ValueError):
         loc.energy_inside(-np.ones((H, W)), lung)
     with pytest.raises(ValueError):
@@ -100,12 +104,44 @@ def test_localisation_table_has_baselines_and_perfect_map_wins():
     assert list(df["baseline"]) == [False, False, True, True]
     best = df.set_index("method")
     assert best.loc["perfect", "pointing"] == 1.0 and best.loc["perfect", "energy"] == pytest.approx(1.0)
-    assert best.loc["blind", "pointing"] == 0.0
+    assert np.isnan(best.loc["blind", "pointing"]) and best.loc["blind", "n_no_map"] == len(masks)  # never scored
     cols = ["pointing", "near", "energy"]
     assert (best.loc["perfect", cols] >= best.loc["centre prior", cols]).all()
     assert best.loc["random (mean of 3)", "energy"] < 0.3
     single = loc.localisation_table(perfect, masks, name="ours", n_random=2)
     assert single["method"].iloc[0] == "ours" and len(single) == 3
+
+
+def test_an_empty_map_is_no_map_never_a_perfect_score():
+    """The bug this guards: an all-zero map scored 'outside lungs 0.000' — an empty map read as a perfect one."""
+    lung = disc(32, 20, 10)
+    lesion = disc(32, 20, 4)
+    for empty in (np.zeros((H, W)), np.full((H, W), 0.4)):
+        assert np.isnan(loc.outside_fraction(empty, lung, skip_empty=True))
+        assert np.isnan(loc.energy_inside(empty, lesion, skip_empty=True))
+        assert np.isnan(loc.pointing_game(empty, lesion, skip_empty=True))
+        assert np.isnan(loc.near_pointing(empty, lesion, skip_empty=True))
+    # the default (stage B): no map; the series' first behaviour only when asked for
+    assert np.isnan(loc.outside_fraction(np.zeros((H, W)), lung)) and np.isnan(loc.pointing_game(np.zeros((H, W)), lesion))
+    assert loc.outside_fraction(np.zeros((H, W)), lung, skip_empty=False) == 0.0
+    cams = np.stack([bump(32, 20), np.zeros((H, W)), bump(32, 50)])
+    masks = np.stack([lesion, lesion, np.zeros((H, W), bool)])
+    lungs = np.stack([lung] * 3)
+    per = loc.per_image_scores(cams, masks, skip_empty=True)
+    assert per["no_map"].tolist() == [False, True, False] and per.loc[1, ["pointing", "near", "energy"]].isna().all()
+    s = loc.localisation_scores(cams, masks, lung_masks=lungs, skip_empty=True)
+    assert s["n"] == 1 and s["n_no_map"] == 1 and s["n_skipped"] == 1 and s["pointing"] == 1.0
+    mass_out = loc.outside_fraction(bump(32, 50), lung)  # the no-lesion image's map still counts outside the lungs
+    assert s["outside_lung"] == pytest.approx((loc.outside_fraction(bump(32, 20), lung) + mass_out) / 2)
+    assert loc.localisation_scores(cams, masks, lung_masks=lungs) == s  # the default
+    legacy = loc.localisation_scores(cams, masks, lung_masks=lungs, skip_empty=False)
+    assert legacy["n"] == 2 and legacy["pointing"] == 0.5 and "n_no_map" not in legacy
+    table = loc.localisation_table({"ours": cams}, masks, n_random=2, skip_empty=True)
+    assert table["n_no_map"].tolist() == [1, 0, 0] and table["n_no_map"].dtype.kind == "i"
+    fr, _, _ = loc.outside_lung_fractions(cams, lungs, skip_empty=True)
+    summary = loc.outside_lung_summary(fr, np.array(["TP", "TP", "FN"]), lungs)
+    assert summary["n"].tolist() == [1, 1] and summary["no map"].tolist() == [1, 0]
+    assert "no map" not in loc.outside_lung_summary(np.nan_to_num(fr), np.array(["TP", "TP", "FN"]), lungs)
 
 
 def test_dice_iou():
@@ -150,3 +186,14 @@ def test_lung_field_estimate_degenerate_inputs():
     assert not loc.estimate_lung_field(np.full((32, 32), 200, np.uint8)).any()
     with pytest.raises(ValueError):
         loc.estimate_lung_field(np.zeros((4, 32, 32), np.uint8))
+
+
+def test_scored_inputs_refuses_missing_masks_and_unequal_lengths_with_the_callers_error():
+    from utils.errors import UserError
+    images, labels, masks = np.zeros((3, 8, 8)), np.array([1, 0, 1]), np.zeros((3, 8, 8), dtype=np.uint8)
+    out = loc.scored_inputs(images, labels, masks)
+    assert out[2].dtype == bool and [len(a) for a in out] == [3, 3, 3]
+    with pytest.raises(ValueError, match="needs lesion masks"):
+        loc.scored_inputs(images, labels, None)
+    with pytest.raises(UserError, match=r"labels \(2\) .* differ in length"):
+        loc.scored_inputs(images, labels[:2], masks, UserError)

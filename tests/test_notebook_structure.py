@@ -25,8 +25,8 @@ LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]+\.ipynb)\)")
 
 
 def series(nb_dir: Path) -> list[Path]:
-    """The numbered lesson notebooks 01..09 (the index, 00, is not a lesson)."""
-    return sorted(Path(nb_dir).glob("0[1-9]_*.ipynb"))
+    """The numbered lesson notebooks 01, 02, … (the index, 00, is not a lesson)."""
+    return sorted(p for p in Path(nb_dir).glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("00_"))
 
 
 def _tags(cell) -> list[str]:

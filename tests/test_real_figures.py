@@ -189,3 +189,58 @@ def test_show_real_figure_displays_in_ipython(checkout, monkeypatch):
     monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: calls.extend(objs))
     gallery.show_real_figure("real_samples")
     assert [type(c).__name__ for c in calls] == ["Image", "Markdown"] and "CC BY 4.0" in calls[1].data
+
+
+# ---------------------------------------------------------------------------------- the recorded real run
+@pytest.fixture
+def recorded(tmp_path, monkeypatch) -> Path:
+    """A repository copy holding a recorded real run: a phase-1 history, a data summary, no run.json."""
+    repo = tmp_path / "repo"
+    run = repo / gallery.REAL_RUN
+    run.mkdir(parents=True)
+    (run / "history_phase1.csv").write_text("phase,epoch,val_auc,val_recall\nphase1,1,0.84,0.10\n")
+    (run / "data_summary.json").write_text(json.dumps(
+        {"run": {"profile": "full", "image_size": 128, "epochs_phase1": 1, "epochs_phase2": 2}}))
+    (run / "vit_comparison.json").write_text(json.dumps(
+        {"models": {"ResNet-18": {"weights": "random initialisation"}}, "scale": {"device": "cpu"}}))
+    monkeypatch.setattr(gallery, "_search_roots", lambda: [repo])
+    return run
+
+
+def test_real_run_tables_and_reports_are_read_from_any_working_directory(recorded, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    history = gallery.read_real_run("history_phase1")
+    assert list(history.columns) == ["phase", "epoch", "val_auc", "val_recall"] and history["val_auc"].iloc[0] == 0.84
+    assert gallery.read_real_run("data_summary")["run"]["image_size"] == 128
+    # the scale comes from the records: knobs from the data summary, weights and device from notebook 09's record
+    assert gallery.real_run_scale() == "128 px · 1 + 2 epochs · random initialisation · CPU · full profile"
+    (recorded / "run.json").write_text(json.dumps({"device": "cuda", "knobs": {"image_size": 224, "epochs_phase1": 5,
+                                                   "epochs_phase2": 10, "profile": "full"},
+                                                   "model": {"weights": "ImageNet (torchvision IMAGENET1K_V1)"}}))
+    assert gallery.real_run_scale() == "224 px · 5 + 10 epochs · ImageNet (torchvision IMAGENET1K_V1) · GPU · full profile"
+    assert gallery.REAL_RUN in gallery.real_run_caption() and gallery.ATTRIBUTION in gallery.real_run_caption()
+
+
+def test_a_missing_or_broken_record_is_one_line_never_an_error(recorded, capsys):
+    assert gallery.read_real_run("history_phase2") is None
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and f"{gallery.REAL_RUN}/history_phase2.csv" in lines[0]
+    (recorded / "metrics.json").write_text("{not json")
+    assert gallery.read_real_run("metrics") is None
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "metrics.json could not be read" in lines[0]
+    assert gallery.read_real_run("history_phase2", quiet=True) is None and capsys.readouterr().out == ""
+    (recorded / "data_summary.json").unlink()
+    (recorded / "vit_comparison.json").unlink()
+    assert gallery.real_run_scale() == ("image size not recorded · epochs not recorded · weights not recorded · "
+                                        "device not recorded · profile not recorded")
+    with pytest.raises(KeyError, match="unknown artifact"):
+        gallery.real_run_path("no_such_artifact")
+
+
+def test_the_committed_real_run_has_the_tables_the_notebooks_show():
+    """Notebooks 01–03 show these records of the committed real run (refreshed by scripts/real_run.py)."""
+    for name in ("history_phase1", "history_phase2", "data_summary"):
+        assert gallery.real_run_path(name) is not None, name
+    history = gallery.read_real_run("history_phase2")
+    assert {"epoch", "val_auc", "val_recall", "val_specificity"} <= set(history.columns)

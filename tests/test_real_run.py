@@ -118,7 +118,7 @@ def test_source_that_is_not_a_class_folder_pair_is_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------- the run
 def fake_notebooks(folder: Path) -> Path:
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for name in ("00_index.ipynb", "01_data.ipynb", "02_train.ipynb", "10_more.ipynb"):
         (folder / name).write_text("{}", encoding="utf-8")
     return folder
@@ -209,3 +209,20 @@ def test_unknown_notebook_number_is_one_line(source, tmp_path, capsys):
     args = run_args(source, tmp_path, "--only", "42")
     assert real_run.main(args.argv) == 2
     assert "no notebook numbered 42" in capsys.readouterr().err
+
+
+def test_a_run_done_in_parts_records_every_part_and_forgets_another_run(source, tmp_path):
+    def runner(nb, out, cwd, env):
+        fake_reports(Path(env["CXR_PROJECT_ROOT"]))
+        return 0, ""
+
+    real_run.run(run_args(source, tmp_path, "--only", "01", "02", "--no-figures"), runner, runner)
+    real_run.run(run_args(source, tmp_path, "--only", "10", "--no-figures"), runner, runner)
+    run = read_json(tmp_path / "runs" / "real_heldout_cpu_128px" / "run.json")
+    assert set(run["seconds"]) == {"01", "02", "10"}
+    assert run["notebooks"] == ["01_data.ipynb", "02_train.ipynb", "10_more.ipynb"]
+    assert run["made_by"].count("`python scripts/real_run.py") == 2 and "--only 01 02" in run["made_by"]
+    # the same notebook again replaces its own time; another scale starts a new record
+    real_run.run(run_args(source, tmp_path, "--only", "02", "--image-size", "96", "--no-figures"), runner, runner)
+    run = read_json(tmp_path / "runs" / "real_heldout_cpu_128px" / "run.json")
+    assert set(run["seconds"]) == {"02"} and run["made_by"].count("`python") == 1

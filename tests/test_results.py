@@ -222,6 +222,18 @@ def test_record_demo_copies_one_runs_reports_and_removes_stale_ones(tmp_path):
     assert {"commit", "dirty", "date", "machine"} <= set(run) and run["machine"]["cores_available"] >= 1
 
 
+def test_a_record_names_paths_inside_the_checkout_relative_to_it(tmp_path):
+    repo = tmp_path / "repo"
+    layout = repo / ".realdata" / "layout"
+    knobs = {**DATA["run"], "data_dir": str(layout)}
+    project = fake_project(repo / ".realdata" / "project", knobs)
+    dest = tmp_path / "runs" / "real"
+    results.record_run(project, dest, {"project_root": str(project)}, repo)
+    assert read_json(dest / "data_summary.json")["run"]["data_dir"] == ".realdata/layout"
+    assert read_json(dest / "run.json")["project_root"] == ".realdata/project"
+    assert str(repo) not in "".join(p.read_text(encoding="utf-8") for p in dest.iterdir())
+
+
 def test_record_refuses_reports_of_two_runs(tmp_path):
     project = fake_project(tmp_path / "project", shortcut_fp="fp-other")
     with pytest.raises(UserError, match="shortcut.json"):
@@ -242,3 +254,53 @@ def test_record_without_reports_is_one_line(tmp_path, capsys):
     code = results.main(["--record-demo", "--project", str(tmp_path / "empty"), "--readme", str(readme),
                          "--runs-dir", str(tmp_path / "runs")])
     assert code == 2 and "make demo" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- README's time line
+def test_readme_time_line_is_read_from_the_demo_time_report(tmp_path):
+    from scripts import nav
+
+    report = tmp_path / "demo_time.json"
+    assert "not measured yet" in nav.times_note(report)
+    write_json(report, {"date": "2026-12-06", "commit": "abc1234", "knobs": {}, "total_s": 546.0,
+                        "machine": {"cpu": "x86_64", "cores_available": 2},
+                        "probe": {"size": 128, "batch": 32, "project_phase2_img_s": 41.6}})
+    line = nav.times_note(report)
+    assert "9.1 min in all on x86_64, 2 cores" in line and "42 images/s" in line and "commit abc1234" in line
+    write_json(report, {"knobs": {"CXR_PROFILE": "full"}, "total_s": 5000.0})
+    assert "min in all" not in nav.times_note(report)  # another profile's times are not the demo's
+
+
+def test_real_data_epoch_time_is_read_from_the_recorded_run(tmp_path):
+    from scripts import nav
+
+    run = tmp_path / "real_run"
+    assert nav.real_training_note(run) == ""  # no recorded run: nothing is said
+    run.mkdir()
+    (run / "history_phase2.csv").write_text("phase,epoch,seconds,images_per_s\nphase2,1,480.0,8.4\n"
+                                            "phase2,2,540.0,7.4\nphase2,3,600.0,6.7\n", encoding="utf-8")
+    write_json(run / "data_summary.json", {**DATA, "splits": {"train": {"images": 4005}}})
+    line = nav.real_training_note(run)  # the median epoch: 540 s = 9.0 min, 7.4 images/s
+    assert "9.0 min" in line and "(7 images/s)" in line and "4,005 training films" in line
+    assert "96 px, 2 + 5 epochs" in line and "did not record" in line  # the knobs of data_summary; no run.json
+    write_json(run / "run.json", {"machine": {"cpu": "x86_64", "cores_available": 2}})
+    assert "on x86_64, 2 cores" in nav.real_training_note(run)
+    (run / "history_phase2.csv").write_text("phase,epoch,seconds,images_per_s\n", encoding="utf-8")
+    assert nav.real_training_note(run) == ""  # no epoch recorded: no sentence
+
+
+def test_index_and_readme_carry_the_generated_time_lines_and_no_typed_run_numbers():
+    """The lines under both notebook tables come from scripts/nav.py (the index links docs/ from notebooks/); the
+    index's own prose types no measured time or speed (nav.py --check, in test_notebook_structure, keeps them fresh)."""
+    import nbformat
+
+    from scripts import nav
+
+    index = nbformat.read(ROOT / "notebooks" / nav.INDEX_NAME, as_version=4)
+    text = "\n".join(c.source for c in index.cells if c.cell_type == "markdown" and not nav.is_nav_cell(c))
+    inside = text[text.index(nav.TABLE_START):text.index(nav.TABLE_END)]
+    assert nav.times_notes(link_prefix="../") in inside and "(../docs/BENCHMARKS.md)" in inside
+    assert nav.times_notes() in (ROOT / "README.md").read_text(encoding="utf-8")
+    outside = text.replace(inside, "")
+    typed = re.findall(r"\d[\d.,]*(?:\s*(?:images/s|img/s|minutes?\b|min\b)|×)", outside)  # "128 × 128" is a size
+    assert typed == [], f"the index types run numbers outside the generated block: {typed}"

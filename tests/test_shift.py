@@ -168,8 +168,69 @@ def test_recalibration_reports_both_thresholds_on_the_scored_part_paired():
     n_pos = r.labelled["pneumonia"]  # threshold_for_recall lets n_pos - ceil(0.9 n_pos) of them fall below
     assert f"a recall of 0.9 on {n_pos} PNEUMONIA images puts the threshold at the score that leaves " \
            f"{n_pos - int(np.ceil(0.9 * n_pos))} of them below it" in r.sentence
-    assert list(r.table().index) == ["sensitivity", "specificity", "roc_auc"]
+    assert list(r.table().index) == ["sensitivity", "specificity", "ROC AUC"]
 
+
+
+# ------------------------------------------------------------------------------- the draw decides
+def test_recalibration_draws_repeat_recalibrate_for_other_labelled_patients():
+    y, p, g = population(80, 5, normal_shift=1.5)
+    draws = S.recalibration_draws(y, p, g, threshold=0.1, target_recall=0.9, fraction=0.3, seeds=(1, 2, 3))
+    assert list(draws.columns) == list(S.DRAW_COLUMNS) and list(draws["seed"]) == [1, 2, 3]
+    for row in draws.to_dict("records"):
+        recal, scored = S.recalibration_split(g, 0.3, seed=row["seed"])
+        t_new = threshold_for_recall(y[recal], p[recal], 0.9)
+        assert row["re-chosen threshold"] == t_new and row["lowest labelled P(PNEUMONIA)"] == p[recal][y[recal] == 1].min()
+        assert (row["labelled patients"], row["labelled PNEUMONIA"]) == (len(set(g[recal])), int(y[recal].sum()))
+        for when, t in (("original", 0.1), ("re-chosen", t_new)):  # scored on that draw's other patients
+            assert row[f"sensitivity, {when}"] == pytest.approx(recall_score(y[scored], p[scored] >= t))
+            assert row[f"specificity, {when}"] == pytest.approx(recall_score(1 - y[scored], p[scored] < t))
+    one = S.recalibrate(y, p, g, threshold=0.1, target_recall=0.9, fraction=0.3, seed=1, n_boot=20)
+    assert draws.loc[0, "re-chosen threshold"] == one.thresholds["recalibrated"]  # the first draw is recalibrate's
+
+
+def test_draws_sentence_counts_the_draws_set_by_the_lowest_labelled_pneumonia():
+    y, p, g = population(80, 6, normal_shift=1.5)
+    for target in (0.98, 0.8):
+        draws = S.recalibration_draws(y, p, g, 0.1, target, fraction=0.3, seeds=range(8))
+        lowest = sum(threshold_for_recall(y[r], p[r], target) == p[r][y[r] == 1].min()
+                     for r in (S.recalibration_split(g, 0.3, s)[0] for s in range(8)))
+        text = S.draws_sentence(draws, target, 0.3)
+        if lowest == 8:
+            assert "no draw had that many: in every draw the threshold is the score of the single lowest-scoring" in text
+        elif lowest:
+            assert f"in {lowest} of 8 draws there were fewer, and the threshold is the score of the single" in text
+        else:
+            assert "every draw had that many: the threshold is set by one of the lowest few" in text
+        below = int((draws["sensitivity, re-chosen"] < target).sum())
+        assert f"below the {target:g} target in {below} of 8 draws" in text
+        spec = draws["specificity, re-chosen"]
+        worse, better = int((spec < spec[0]).sum()), int((spec > spec[0]).sum())
+        assert f"The first draw (seed 0) reached a specificity of {spec[0]:.3f}: {worse} of the other 7 draws did " \
+               f"worse, {better} better." in text
+        if target == 0.98:  # fewer than 50 labelled pneumonias per draw: no miss allowed, every draw set by one child
+            assert draws["labelled PNEUMONIA"].max() < 50 and lowest == 8
+            assert "only once there are 50 or more of them" in text
+        else:  # 1 / (1 - 0.8) = 5: every draw holds more labelled pneumonias, so the rule may skip the lowest
+            assert draws["labelled PNEUMONIA"].min() >= 5 and lowest < 8
+            assert "only once there are 5 or more of them" in text
+
+
+def test_a_draw_without_pneumonia_keeps_its_row_and_is_said():
+    g = np.array([f"p{i}" for i in range(20)])
+    y = np.isin(g, ["p0", "p1", "p2"]).astype(int)
+    p = np.linspace(0.05, 0.95, 20)
+    labelled = [set(g[S.recalibration_split(g, 0.1, s)[0]]) for s in range(60)]
+    empty = next(s for s in range(60) if not labelled[s] & {"p0", "p1", "p2"})
+    full = next(s for s in range(60) if labelled[s] & {"p0", "p1", "p2"})
+    draws = S.recalibration_draws(y, p, g, 0.5, 0.98, fraction=0.1, seeds=(empty, full))
+    assert draws.loc[0, "labelled PNEUMONIA"] == 0 and np.isnan(draws.loc[0, "re-chosen threshold"])
+    assert not np.isnan(draws.loc[0, "specificity, original"])  # the original threshold is still scored
+    assert not np.isnan(draws.loc[1, "re-chosen threshold"])
+    assert "over 1 draws" in S.draws_sentence(draws, 0.98, 0.1).lower()
+    assert "1 more drew none and re-chose nothing" in S.draws_sentence(draws, 0.98, 0.1)
+    nothing = S.recalibration_draws(y, p, g, 0.5, 0.98, fraction=0.1, seeds=(empty,))
+    assert "too small for local recalibration" in S.draws_sentence(nothing, 0.98, 0.1)
 
 # ------------------------------------------------------------------------------------------ bad input
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -270,6 +331,78 @@ def test_on_real_data_the_new_population_is_the_test_folder(tiny_phantoms):
     assert pop.split is bundle["test"] and pop.name == "test" and "separately collected" in pop.description
     assert not S.shifted_phantom_dir(cfg).exists()
 
+
+
+def test_another_exposure_draws_the_same_children_in_their_own_folder(tiny_phantoms):
+    cfg, bundle = tiny_phantoms
+    default = phantom.PhantomSpec.exposure
+    assert S.shifted_phantom_dir(cfg) == S.shifted_phantom_dir(cfg, phantom.SHIFTED_EXPOSURE) == \
+        cfg.path("shifted_phantom_dir")
+    assert S.shifted_phantom_dir(cfg, 2.2).name == cfg.path("shifted_phantom_dir").name + "_exposure2.2"
+    shifted = S.load_new_population(cfg, bundle, progress=False)
+    null = S.load_new_population(cfg, bundle, progress=False, exposure=default)
+    assert null.root == S.shifted_phantom_dir(cfg, default) != shifted.root
+    assert null.name == f"phantoms at exposure {default:g}" and "the null" in null.description
+    assert list(null.split.ids) == list(shifted.split.ids)  # the same children ...
+    assert np.array_equal(null.split.labels, shifted.split.labels)
+    assert all((a != b).any() for a, b in zip(null.split.images, shifted.split.images))  # ... another exposure
+    made = phantom.stack(phantom.generate(6, S._shifted_draw(cfg["phantom"])["seed"], phantom.spec_for("default", 24),
+                                          first_pid=S._shifted_draw(cfg["phantom"])["first_pid"]))
+    by_id = dict(zip(made["ids"], made["images"]))  # at the demo's exposure: the demo generator's own images
+    assert all(np.array_equal(by_id[i], im) for i, im in zip(null.split.ids, null.split.images))
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(UserError) as e:
+            S.load_new_population(cfg, bundle, progress=False, exposure=bad)
+        assert "positive number" in one_line(e)
+    real = DataBundle("folder", 24, dict(bundle.splits), bundle.fingerprint, root=bundle.root)
+    with pytest.raises(UserError) as e:
+        S.load_new_population(cfg, real, progress=False, exposure=2.0)
+    assert "real data" in one_line(e) and "test folder" in one_line(e)
+
+
+def _stub_evaluation(bundle: DataBundle, threshold: float = 0.3):
+    """What study_shift reads of an Evaluation, with scores that separate the classes imperfectly (seeded)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    probs = {s: np.clip(0.6 * bundle[s].labels + 0.5 * rng.random(len(bundle[s])), 0, 1) for s in ("val", "test")}
+    return SimpleNamespace(shipped="phase 2", probs={"phase 2": probs}, threshold=threshold, target_recall=0.98,
+                           fingerprints={"phase 2": "abc"})
+
+
+def test_study_shift_on_real_data_compares_validation_with_the_test_folder_and_records_it(tiny_phantoms):
+    from utils.fileio import read_json
+
+    cfg, phantoms = tiny_phantoms
+    bundle = DataBundle("folder", 24, dict(phantoms.splits), phantoms.fingerprint, root=phantoms.root)
+    ev = _stub_evaluation(bundle)
+    pids = np.unique(bundle["test"].patient_ids)
+    y_t, g_t = bundle["test"].labels, bundle["test"].patient_ids
+
+    def recalibrates(seed: int) -> bool:  # a PNEUMONIA among the labelled, both classes among the scored
+        labelled, scored = S.recalibration_split(g_t, 0.5, seed)
+        return bool((y_t[labelled] == 1).any() and (y_t[scored] == 1).any() and (y_t[scored] == 0).any())
+
+    ok = next(s for s in range(50) if recalibrates(s))
+    bad = next(s for s in range(50) if not recalibrates(s))
+    study = S.study_shift(cfg.variant(seed=ok), bundle, ev, fraction=0.5, n_boot=30, progress=False, n_draws=3)
+    assert study.population.name == "test" and study.population.split is bundle["test"]
+    assert np.array_equal(study.prob, ev.probs["phase 2"]["test"])  # the scores evaluate_models already made
+    assert study.comparison.names == ("validation", "test") and study.recalibration is not None and not study.note
+    assert len(study.recalibration.recal_index) + len(study.recalibration.scored_index) == len(bundle["test"])
+    assert list(study.draws["seed"]) == [ok, ok + 1, ok + 2]
+    assert study.draws.loc[0, "re-chosen threshold"] == study.recalibration.thresholds["recalibrated"]
+    record = read_json(cfg.path("metrics"))["dataset_shift"]
+    assert record["population"] == "test" and "test folder" in record["description"]
+    assert record["recalibration"]["thresholds"] == study.recalibration.thresholds
+    assert record["recalibration_draws"]["sentence"] == study.draws_sentence and study.draws_sentence
+    assert record["comparison"]["counts"]["test"]["patients"] == pids.size
+    # record=False leaves the file alone; a draw that cannot recalibrate is a note, not a crash
+    before = cfg.path("metrics").read_bytes()
+    quiet = S.study_shift(cfg.variant(seed=bad), bundle, ev, fraction=0.5, n_boot=30, progress=False, n_draws=2,
+                          record=False)
+    assert cfg.path("metrics").read_bytes() == before
+    assert quiet.recalibration is None and quiet.note.startswith("Local recalibration cannot run on test:")
 
 # ------------------------------------------------------------------------------------------ figures
 def test_shift_figures_mark_and_name_everything(tmp_path):

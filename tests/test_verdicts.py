@@ -17,6 +17,7 @@ from utils.evaluate.verdicts import (
     interval_side,
     is_empty_map,
     no_map_sentence,
+    road_scale_sentence,
     road_sentence,
     road_verdict,
     sanity_sentence,
@@ -116,6 +117,13 @@ def test_road_sentences(own, diff, verdict, start, numbers):
     assert s.startswith(start) and numbers in s, s
 
 
+def test_road_says_when_the_map_beats_the_null_but_its_own_drop_is_not_shown():
+    s = road_sentence(ci(0.04, -0.1, 0.17), ci(0.17, 0.03, 0.34), null="another image's map")
+    assert road_verdict(ci(0.04, -0.1, 0.17), ci(0.17, 0.03, 0.34)) == "not shown"
+    assert "the interval includes zero), although the map beats another image's map (combined ROAD score" in s
+    assert "although" not in road_sentence(ci(0.04, -0.1, 0.17), ci(0.1, -0.1, 0.3))
+
+
 def test_road_inside_the_margin_and_empty_maps():
     diff = ci(0.02, 0.01, 0.03)
     assert road_verdict(DROP, diff, margin=0.05) == "not shown"
@@ -128,6 +136,41 @@ def test_road_inside_the_margin_and_empty_maps():
     assert s == "ROAD was not scored: All 5 maps were empty or constant (no map): nothing could be scored."
 
 
+def test_road_says_when_the_removal_itself_adds_evidence():
+    s = road_sentence(ci(-0.2, -0.4, -0.05), ci(0.3, 0.1, 0.5), control=ci(2.0, 1.5, 2.5, n=30),
+                      null="another image's map")
+    assert s.startswith("The map is not faithful: removing its most relevant pixels *raises*")
+    assert "from 30 control images raises their logit margin by +2.000" in s and "cannot show faithfulness" in s
+    flat = road_sentence(DROP, ci(0.4, 0.1, 0.7), control=ci(0.1, -0.2, 0.4))
+    assert flat.startswith("The map is faithful") and "adds evidence" not in flat  # a control across zero says nothing
+
+
+FR = (0.005, 0.01, 0.02)
+
+
+def test_road_scale_sentence_can_and_cannot_separate():
+    # margin 6.9: P = 0.999, where a change of 1 in margin moves P by 0.001 — a probability curve looks flat
+    can = road_scale_sentence(6.9, FR, [-0.3, -0.7, -0.9], [0.0, 0.1, 0.2], DROP, [0.0, 0.1, 0.2], ci(0.1, -0.1, 0.3))
+    assert "median of 6.90 on these images (P = 0.999)" in can and "moves P by only 0.001" in can
+    assert "0.5–2 % of the pixels" in can and "-0.30 … -0.90 for the map" in can and "the curves can separate" in can
+    small = road_scale_sentence(6.9, FR, [-0.3, -0.7, -0.9], [0.0, 0.1, 0.2], DROP, [0.1, 0.3, 0.5], ci(0.3, 0.1, 0.5))
+    assert "the curves can separate" in small  # a detectable rise, smaller than the map's drop (0.8)
+    cannot = road_scale_sentence(6.9, FR, [0.0, 0.1, 0.3], [0.2, 0.5, 1.0], ci(-0.1, -0.3, 0.1), [0.5, 3.6, 9.0],
+                                 ci(4.4, 3.5, 5.3))
+    assert "cannot separate" in cannot and "+4.40 on NORMAL images against a mean drop of -0.10" in cannot
+    assert "+0.50 … +9.00" in cannot
+
+
+def test_road_scale_sentence_edge_cases():
+    none = road_scale_sentence(2.0, FR[:1], [-0.5], [0.0], DROP)
+    assert "0.5 % of the pixels" in none and "No control images were given" in none
+    assert "P = 0.881" in none and "moves P by 0.105: P is not saturated" in none
+    assert road_scale_sentence(NAN, FR, [NAN] * 3, [NAN] * 3, MISSING) == ("ROAD's scale was not measured (no map was "
+                                                                           "scored).")
+    with pytest.raises(ValueError, match="one change per fraction"):
+        road_scale_sentence(1.0, FR, [0.0], [0.0, 0.0, 0.0], DROP)
+
+
 # ----------------------------------------------------------------------------------------- sanity
 def step(blocks: str, sim: float, ref: float, lo: float, hi: float, n: int = 16) -> dict:
     return {"blocks": blocks, "similarity": ci(sim, sim - 0.05, sim + 0.05), "reference": ci(ref, ref - 0.05, ref + 0.05),
@@ -137,21 +180,22 @@ def step(blocks: str, sim: float, ref: float, lo: float, hi: float, n: int = 16)
 def test_sanity_at_and_above_the_reference():
     at = [step("fc+layer4", 0.42, 0.41, -0.03, 0.05), step("fc+layer4+layer3", 0.40, 0.41, -0.05, 0.03)]
     s = sanity_sentence(at, "|Spearman rho|")
-    assert s.startswith("At the reference level from fc+layer4 down to the stem") and "0.420" in s and "0.410" in s
+    assert s.startswith("|Spearman rho|: at the reference level from fc+layer4 down to the stem") and "0.420" in s
+    assert "0.410" in s and "another image's randomised map" in s
     assert all(sanity_step_verdict(x["difference"]) == "at the reference" for x in at)
     above = [*at, step("fc+layer4+layer3+layer2", 0.60, 0.41, 0.12, 0.26)]
     s = sanity_sentence(above, "SSIM")
-    assert s.startswith("Above the reference level at 1 of 3 steps") and "fc+layer4+layer3+layer2" in s
+    assert s.startswith("SSIM: above the reference level at 1 of 3 steps") and "fc+layer4+layer3+layer2" in s
     assert "+0.190 [95% CI +0.120, +0.260]" in s
     # a fixed-threshold rule would pass 0.45 < 0.5; against a reference of 0.20 it does not
     s = sanity_sentence([step("fc+layer4", 0.45, 0.20, 0.18, 0.32)])
-    assert s.startswith("Above the reference level")
+    assert s.startswith("|rho|: above the reference level")
 
 
 def test_sanity_equal_maps_margin_and_no_maps():
     # equal similarity and reference (difference exactly zero): at the reference level
     assert sanity_step_verdict(EQUAL) == "at the reference"
-    assert sanity_sentence([step("fc+layer4", 0.3, 0.3, 0.0, 0.0)]).startswith("At the reference level")
+    assert sanity_sentence([step("fc+layer4", 0.3, 0.3, 0.0, 0.0)]).startswith("|rho|: at the reference level")
     inside = step("fc+layer4", 0.43, 0.41, 0.01, 0.03)
     assert sanity_step_verdict(inside["difference"]) == "above the reference"
     assert sanity_step_verdict(inside["difference"], margin=0.05) == "at the reference"

@@ -5,7 +5,7 @@
   checkpoint (:func:`record_operating_point`); every later reader — notebooks 05–09 and the inference
   command — takes it from there (:func:`operating_threshold`) and never re-chooses it.
 * **The chosen explanation.** Notebook 05 records the spec it chose (:func:`record_explanation`); every map
-  of the series is computed from :func:`recorded_explanation` (through :func:`utils.explain.selection.main_explanation`).
+  of the series is computed from :func:`recorded_explanation` (through :func:`utils.explain.maps.main_explanation`).
 * **Predictions.** ``assets/predictions_{split}.csv`` (:func:`predictions_frame`, :func:`read_predictions`)
   with a check that a file still matches the split it claims to describe (:func:`check_predictions_match`).
 * **Does this model belong to this data?** :func:`data_mismatch` compares a checkpoint's data fingerprint

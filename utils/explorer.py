@@ -275,7 +275,7 @@ def _explorer_spec(method: str, layer: str | None, specs: Mapping[str, Mapping[s
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if layer is not None and layer != checked["layer"]:
-        checked = make_spec(checked["method"], layer, checked["shifts"])
+        checked = make_spec(checked["method"], layer, checked["shifts"], anchor=checked["anchor"])
     return checked
 
 

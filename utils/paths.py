@@ -69,6 +69,7 @@ def shipped(name: str) -> Path:
 ARTIFACTS: dict[str, str] = {
     # data
     "phantom_dir": "data/phantom_chest_xray",
+    "shifted_phantom_dir": "data/phantom_chest_xray_shifted",  # notebook 04: the built-in shifted population
     "cache_dir": "data/cache",
     # model/
     "phase1_last": "model/phase1_last.pt",
@@ -91,6 +92,8 @@ ARTIFACTS: dict[str, str] = {
     "history_phase1": "assets/history_phase1.csv",
     "history_phase2": "assets/history_phase2.csv",
     "training_curves": "assets/training_curves.png",
+    "phase_scores": "assets/phase_scores.png",  # notebook 03: each validation image under phase 1 and phase 2
+    "all_at_once": "assets/all_at_once.png",  # notebook 03: why two phases (all layers at once, no warm-up)
     "predictions": "assets/predictions_{split}.csv",
     "metrics": "assets/metrics.json",
     "final_cm": "assets/final_cm.png",
@@ -98,6 +101,8 @@ ARTIFACTS: dict[str, str] = {
     "reliability": "assets/reliability.png",
     "subtype_recall": "assets/subtype_recall.png",
     "model_comparison": "assets/model_comparison.png",
+    "score_shift": "assets/score_shift.png",  # notebook 04: validation vs the new population
+    "recalibration": "assets/recalibration.png",  # notebook 04: local recalibration on the new population
     "gradcam_steps": "assets/gradcam_steps.png",
     "sanity_check": "assets/sanity_check.png",
     "localisation_bars": "assets/localisation_bars.png",
@@ -116,6 +121,8 @@ ARTIFACTS: dict[str, str] = {
     "shortcut_examples": "assets/shortcut_examples.png",
     "shortcut_metrics": "assets/shortcut_metrics.png",
     "shortcut_maps": "assets/shortcut_maps.png",
+    "shortcut_attention": "assets/shortcut_attention.png",  # notebook 08: map mass on the marker, with / without it
+    "shortcut_dose": "assets/shortcut_dose.png",  # notebook 08: AUC against the strength of the confounder
     "marker_finds": "assets/marker_finds.png",
     "marker_summary": "assets/marker_summary.csv",
     "vit_comparison": "assets/vit_comparison.json",  # notebook 09: ResNet-18 vs ViT-Tiny on the same test set

@@ -43,11 +43,17 @@ class MarkerSpec:
 
     p_marker_pneumonia: float = 0.9
     p_marker_normal: float = 0.1
-    height_frac: float = (0.085)  # glyph height / image side (~11 px at 128 px, ~19 px at 224 px)
+    height_frac: float = (0.085)  # asked glyph height / image side; drawn in whole multiples of the 7-row bitmap
+    # (:meth:`glyph_px`: 7 px at 64 px, 14 px at 128 px, 21 px at 224 px)
     margin_frac: tuple[float, float] = (0.03, 0.10)  # distance of the glyph from the top and side edges
     intensity: tuple[int, int] = (215, 255)
     letters: tuple[str, ...] = ("R", "L")
     pad_px: int = 2  # the marker *region* (for the metrics) is the glyph dilated by this many pixels
+
+    def glyph_px(self, size: int) -> tuple[int, int]:
+        """(height, width) in pixels of the marker drawn into a ``size`` px image."""
+        h, w = glyph(self.letters[0], max(5, round(self.height_frac * size))).shape
+        return int(h), int(w)
 
 
 def glyph(letter: str, height: int) -> np.ndarray:

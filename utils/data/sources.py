@@ -90,11 +90,19 @@ def scan_folder(root: str | Path, require_test: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "split", "label", "id", "patient_id", "subtype"])
 
 
-def patient_key_report(root: str | Path) -> dict[str, Any]:
+def patient_key_report(root: str | Path | None = None) -> dict[str, Any]:
     """The evidence behind the patient key, from the file names of a Kermany-layout folder (notebook 01):
     ``evidence`` (:func:`utils.data.patients.patient_key_evidence` over the folders), ``shared`` (train/test
-    patients under each keying rule), ``unknown`` (names of no known form) and ``files``."""
-    df = scan_folder(root, require_test=False)
+    patients under each keying rule), ``unknown`` (names of no known form) and ``files``. Without ``root``: the
+    official ``train/`` and ``test/`` folders, from their file names shipped with the project
+    (:func:`utils.data.fixture.official_names`; names only, offline)."""
+    if root is None:
+        from utils.data.fixture import official_names
+
+        paths = [Path(name) for folder in ("train", "test") for name in official_names(folder)]
+        df = pd.DataFrame({"split": [p.parts[0] for p in paths], "id": [p.stem for p in paths]})
+    else:
+        df = scan_folder(root, require_test=False)
     return {"evidence": patient_key_evidence(df["split"], df["id"]),
             "shared": shared_patients_by_rule(df["split"], df["id"]),
             "unknown": unknown_names(df["id"]), "files": len(df)}
@@ -331,13 +339,14 @@ def load_medmnist(size: int, cache_dir: Path) -> DataBundle | None:
                       notes=["PneumoniaMNIST official split; no patient ids (each image its own patient)"])
 
 
-def load_data(cfg: Config, progress: bool = True) -> DataBundle:
+def load_data(cfg: Config, progress: bool = True, tag: str | None = None) -> DataBundle:
     """The bundle of a resolved config: exactly the source it names, or a one-line error — never another one.
 
     ``folder``: the Kermany layout at ``cfg.data_dir`` (``"kaggle"``: downloaded with kagglehub first);
     ``medmnist``: PneumoniaMNIST (downloaded when online and not cached); ``phantom``: the embedded phantoms,
-    generated into ``data/`` on first use. (``SOURCE="auto"`` was resolved by :func:`utils.config.get_config`,
-    which is the only place a fallback to the phantoms happens, with a banner.)
+    generated into ``data/`` on first use (``tag``: another phantom world beside the main one, in its own folder,
+    e.g. notebook 08's ``data/shortcut_phantom_chest_xray``). (``SOURCE="auto"`` was resolved by
+    :func:`utils.config.get_config`, which is the only place a fallback to the phantoms happens, with a banner.)
     """
     size, seed, vf = cfg["image_size"], cfg["seed"], cfg["val_fraction"]
     cache = cfg.path("cache_dir")
@@ -356,7 +365,7 @@ def load_data(cfg: Config, progress: bool = True) -> DataBundle:
                                 f"{REAL_DATA_HINT}.")
         bundle = load_folder(root, size, vf, seed, cache, progress, require_test=cfg.get("require_test", True))
     else:
-        root = ensure_phantom_dataset(cfg.path("phantom_dir"), size, {**cfg["phantom"]}, progress)
+        root = ensure_phantom_dataset(cfg.path("phantom_dir", tag), size, {**cfg["phantom"]}, progress)
         bundle = load_folder(root, size, vf, seed, cache, progress, source="phantom")
     bundle.notes.extend(cfg.notes)
     return bundle

@@ -14,6 +14,11 @@ it
    threshold, counts the flipped decisions and bootstraps the paired INT8 − FP32 difference with thresholds
    re-chosen per resample (:func:`utils.evaluate.metrics.operating_point_bootstrap`);
 5. writes ``assets/int8_report.json`` and the ``int8`` section of ``assets/metrics.json``.
+
+``tag`` writes every file of the stage under its own name (``model/<tag>_pneumonia_model_int8.onnx``…) and leaves
+``metrics.json`` alone: an exercise never overwrites the shipped INT8 model. :meth:`Int8Deployment.reading` states
+what the run measured as sentences — each number printed from the run, each change read from its paired interval
+with :func:`utils.evaluate.verdicts.difference_verdict`.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from utils.config import Config
 from utils.data.bundle import DataBundle
 from utils.deploy import compare, int8, timing
 from utils.evaluate.metrics import operating_point_bootstrap
+from utils.evaluate.verdicts import difference_verdict, format_difference, interval_side, verdict_phrase
 from utils.fileio import update_json_section, write_json
 from utils.train.model import load_model, predict_proba
 
@@ -67,16 +73,51 @@ class Int8Deployment:
     paired: dict[str, Any]
     changes: str  # the one-line summary (utils.deploy.compare.int8_changes)
     report: dict[str, Any]
+    target_recall: float = 0.98  # the threshold rule's target (cfg["target_recall"])
 
     @property
     def difference(self) -> dict[str, Any]:
         """The paired INT8 − FP32 differences on test (thresholds re-chosen per resample)."""
         return self.paired["differences"]["INT8 - FP32"]
 
+    def reading(self) -> list[str]:
+        """What the comparison says, one sentence each, every number from this run: size, speed against both FP32
+        runners, the paired changes of test sensitivity and specificity with their verdicts, the recall target on
+        test, and the flips."""
+        return int8_reading(self.results, self.difference, len(self.flipped), len(self.p32_test), self.target_recall)
+
+
+def int8_reading(results: pd.DataFrame, difference: dict[str, Any], n_flipped: int, n_test: int,
+                 target_recall: float) -> list[str]:
+    """The sentences of :meth:`Int8Deployment.reading` from the comparison table (:data:`FP32`, :data:`FP32_ONNX`,
+    :data:`INT8` rows of :func:`utils.deploy.compare.variant_row`) and the paired INT8 − FP32 differences."""
+    r32, rs, r8 = results.loc[FP32], results.loc[FP32_ONNX], results.loc[INT8]
+    size = r32.file_mb / r8.file_mb
+    lines = [f"Size: {r32.file_mb:.1f} MB → {r8.file_mb:.1f} MB, {size:.2f}× smaller (one byte per weight instead of "
+             "four would give 4×; scales, int32 biases and the graph take the rest)."]
+    for what, key, better in (("Latency at batch 1", "latency_ms", "lower"),
+                              ("Throughput at batch 32", "throughput_img_s", "higher")):
+        gain = {name: (row[key] / r8[key] if better == "lower" else r8[key] / row[key])
+                for name, row in ((FP32, r32), (FP32_ONNX, rs))}
+        runtime = r32[key] / rs[key] if better == "lower" else rs[key] / r32[key]
+        lines.append(f"{what}: INT8 is {gain[FP32]:.2f}× as fast as {FP32} and {gain[FP32_ONNX]:.2f}× as fast as "
+                     f"{FP32_ONNX} (the runtime alone: {runtime:.2f}×) — "
+                     + ("less than" if gain[FP32_ONNX] < size else "at least") + f" the {size:.2f}× of the file size.")
+    for metric, col in (("sensitivity", "test_recall"), ("specificity", "test_specificity")):
+        d = difference[metric]
+        words = verdict_phrase(difference_verdict(d), 0.0, interval_side(d))
+        lines.append(f"Test {metric}: {r32[col]:.3f} → {r8[col]:.3f}; INT8 − FP32 {format_difference(d)} (threshold "
+                     f"re-chosen on every validation resample): {words}.")
+    met = r8.test_recall >= target_recall
+    lines.append(f"The INT8 model {'meets' if met else 'misses'} the recall target on test ({r8.test_recall:.3f} vs "
+                 f"{target_recall:g}); {n_flipped} of {n_test} test decisions flipped.")
+    return lines
+
 
 def quantise_and_record(cfg: Config, bundle: DataBundle, calib_split: str = "train", n_calib: int = 64,
-                        latency_runs: int = 20, threads: int = 2) -> Int8Deployment:
-    """Quantise, threshold, record and compare the shipped model (see the module docstring)."""
+                        latency_runs: int = 20, threads: int = 2, tag: str | None = None) -> Int8Deployment:
+    """Quantise, threshold, record and compare the shipped model (see the module docstring; ``tag``: write every
+    file under that tag and leave ``metrics.json`` alone — for exercises)."""
     start = time.perf_counter()
     fp32_path = cfg.require("model")
     model, meta = load_model(fp32_path, "cpu")  # INT8 kernels run on the CPU: compare on the CPU
@@ -87,7 +128,8 @@ def quantise_and_record(cfg: Config, bundle: DataBundle, calib_split: str = "tra
 
     calib = int8.calibration_images(bundle.splits, calib_split, n=n_calib, seed=cfg["seed"])
     t0 = time.perf_counter()
-    int8_path = int8.quantize_int8(model, calib, meta, cfg.path("int8_model"), fp32_path=cfg.path("onnx_fp32"))
+    int8_path = int8.quantize_int8(model, calib, meta, cfg.path("int8_model", tag),
+                                   fp32_path=cfg.path("onnx_fp32", tag))
     quantise_seconds = time.perf_counter() - t0
     quantisation = int8.quantisation_table(int8_path)
 
@@ -101,7 +143,7 @@ def quantise_and_record(cfg: Config, bundle: DataBundle, calib_split: str = "tra
     int8_model = int8.load_int8(int8_path, threads=threads)  # exactly what a deployment (or `--int8`) loads
     p8_test = int8_model.predict_proba(test.images)
 
-    fp32_onnx = int8.Int8Model(cfg.path("onnx_fp32"), meta, threads=threads)  # the same runner, FP32 graph
+    fp32_onnx = int8.Int8Model(cfg.path("onnx_fp32", tag), meta, threads=threads)  # the same runner, FP32 graph
     forwards: dict[str, Callable[[torch.Tensor], Any]] = {FP32: timing.torch_forward(model), FP32_ONNX: fp32_onnx,
                                                           INT8: int8_model}
     timings = timing.benchmark_cpu(forwards, val.images[:8], meta, runs=latency_runs, threads=threads)
@@ -109,7 +151,7 @@ def quantise_and_record(cfg: Config, bundle: DataBundle, calib_split: str = "tra
     flipped = compare.flips(p32_test, t32, p8_test, t8)
     rows = [compare.variant_row(FP32, file=fp32_path, timing=timings[FP32], threshold=t32, y_test=test.labels,
                                 p_test=p32_test, n_flips=0),
-            compare.variant_row(FP32_ONNX, file=cfg.path("onnx_fp32"), timing=timings[FP32_ONNX], threshold=t32,
+            compare.variant_row(FP32_ONNX, file=cfg.path("onnx_fp32", tag), timing=timings[FP32_ONNX], threshold=t32,
                                 y_test=test.labels, p_test=p_onnx32,
                                 n_flips=len(compare.flips(p32_test, t32, p_onnx32, t32))),
             compare.variant_row(INT8, file=int8_path, timing=timings[INT8], threshold=t8, y_test=test.labels,
@@ -127,8 +169,12 @@ def quantise_and_record(cfg: Config, bundle: DataBundle, calib_split: str = "tra
               "paired": paired, "flipped_test_ids": list(test.ids[flipped]), "machine": timing.machine_info(threads),
               "timing": {k: timings[INT8][k] for k in ("runs", "batch", "batch_runs", "threads")},
               "run": cfg.knobs, "data": bundle.describe(), "runtime_s": round(time.perf_counter() - start, 1)}
-    write_json(cfg.path("int8_report"), report)
-    update_json_section(cfg.path("metrics"), "int8", {"split": "test", "summary": changes, **paired, "run": cfg.knobs})
+    report["reading"] = int8_reading(results, paired["differences"]["INT8 - FP32"], len(flipped), len(test.labels),
+                                     cfg["target_recall"])
+    write_json(cfg.path("int8_report", tag), report)
+    if tag is None:
+        update_json_section(cfg.path("metrics"), "int8", {"split": "test", "summary": changes, **paired,
+                                                          "run": cfg.knobs})
     return Int8Deployment(fp32_path, model, meta, t32, t32_rule, p32_val, p32_test, len(calib), quantise_seconds,
                           int8_path, quantisation, int8_model, meta8, t8, p8_val, p8_test, timings, results, flipped,
-                          paired, changes, report)
+                          paired, changes, report, float(cfg["target_recall"]))

@@ -10,9 +10,13 @@
   only on the remaining patients, original against recalibrated threshold, with paired intervals from
   :func:`utils.evaluate.metrics.operating_point_bootstrap` (the threshold is re-chosen on every resample of the
   recalibration patients). It costs labelled local data and cannot change the ranking (AUC).
+  :func:`recalibration_draws` repeats it for other draws of the labelled patients and :func:`draws_sentence` says
+  how much the draw decides, and why (at a high recall target one labelled pneumonia sets the threshold).
 * :func:`load_new_population` names the new population of a run: the test folder of a real dataset (on the
   official Kaggle layout a separately collected population) or, on phantoms, a built-in shifted phantom
-  population (:func:`utils.data.phantom.shifted_spec`) written once under ``data/`` like the demo data.
+  population (:func:`utils.data.phantom.shifted_spec`) written once under ``data/`` like the demo data
+  (``cfg.path("shifted_phantom_dir")``; other exposures, e.g. the demo's own as a null, beside it).
+* :func:`study_shift` is notebook 04's section 10 as one call.
 
 Conventions as in :mod:`utils.evaluate.metrics`: 0 = NORMAL, 1 = PNEUMONIA, positive when ``prob >= threshold``.
 """
@@ -267,7 +271,7 @@ class Recalibration:
                     f"recalibrated {self.thresholds['recalibrated']:.3f}": M.format_ci(models["recalibrated"][m], digits),
                     "difference (paired)": M.format_ci(diff[m], digits, signed=True)}
                 for m in ("sensitivity", "specificity", "roc_auc")}
-        return pd.DataFrame(rows).T
+        return pd.DataFrame(rows).T.rename(index={"roc_auc": "ROC AUC"})
 
     def record(self) -> dict[str, Any]:
         """A JSON-ready record (for ``assets/metrics.json``)."""
@@ -351,6 +355,89 @@ def recalibration_sentence(r: Recalibration) -> str:
             "sensitivity on new patients is only as sure as its interval.")
 
 
+# ---------------------------------------------------------------------------------- the draw decides
+#: How many draws of the labelled patients :func:`recalibration_draws` makes by default.
+N_DRAWS = 20
+#: Columns of :func:`recalibration_draws` (one row per draw).
+DRAW_COLUMNS: tuple[str, ...] = ("seed", "labelled patients", "labelled PNEUMONIA", "lowest labelled P(PNEUMONIA)",
+                                 "re-chosen threshold", "specificity, original", "specificity, re-chosen",
+                                 "sensitivity, original", "sensitivity, re-chosen")
+
+
+def recalibration_draws(y_true: Any, prob: Any, patient_ids: Any, threshold: float, target_recall: float,
+                        fraction: float = RECAL_FRACTION, seeds: Sequence[int] = tuple(range(N_DRAWS))
+                        ) -> pd.DataFrame:
+    """Local recalibration repeated for other draws of the labelled patients (point values, no bootstrap).
+
+    One row per seed (:data:`DRAW_COLUMNS`): the labelled sample of :func:`recalibration_split` (its patients and
+    PNEUMONIA images, the lowest P(PNEUMONIA) among them), the threshold :func:`utils.artifacts.threshold_for_recall`
+    re-chooses there, and specificity and sensitivity on *that draw's* scored patients at the original and the
+    re-chosen threshold. A draw whose labelled sample holds no PNEUMONIA (no threshold can be chosen) keeps its row
+    with NaN from the threshold on; a population too small to split at all is a one-line :class:`UserError`."""
+    y, p, g = _check(y_true, prob, patient_ids, "the new population")
+    if g is None:
+        raise UserError("recalibration needs patient ids: pass one per image (images of a patient stay together).")
+    rows = []
+    for seed in seeds:
+        recal, scored = recalibration_split(g, fraction, int(seed))
+        yr, pr, ys, ps = y[recal], p[recal], y[scored], p[scored]
+        row: dict[str, Any] = dict.fromkeys(DRAW_COLUMNS, math.nan)
+        row.update({"seed": int(seed), "labelled patients": int(np.unique(g[recal]).size),
+                    "labelled PNEUMONIA": int((yr == 1).sum())})
+        before = M.threshold_metrics(ys, ps, float(threshold))
+        row.update({"specificity, original": before["specificity"], "sensitivity, original": before["sensitivity"]})
+        if (yr == 1).any():
+            t_new = threshold_for_recall(yr, pr, target_recall)
+            after = M.threshold_metrics(ys, ps, t_new)
+            row.update({"lowest labelled P(PNEUMONIA)": float(pr[yr == 1].min()), "re-chosen threshold": t_new,
+                        "specificity, re-chosen": after["specificity"], "sensitivity, re-chosen": after["sensitivity"]})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(DRAW_COLUMNS))
+
+
+def draws_sentence(draws: pd.DataFrame, target_recall: float, fraction: float = RECAL_FRACTION) -> str:
+    """How much the draw of the labelled patients decides, and why (computed from :func:`recalibration_draws`)."""
+    done = draws.dropna(subset=["re-chosen threshold"])
+    if done.empty:
+        return (f"None of the {len(draws)} draws of {fraction:.0%} of the patients held a PNEUMONIA image, so no "
+                "threshold could be re-chosen: this population is too small for local recalibration.")
+    n, n_pos = len(done), done["labelled PNEUMONIA"].astype(int)
+    below = int((done["sensitivity, re-chosen"] < target_recall).sum())
+
+    def rng(col: str) -> str:
+        return f"{done[col].min():.3f} to {done[col].max():.3f} (median {done[col].median():.3f})"
+
+    skipped = len(draws) - n
+    first = (f"Over {n} draws of {fraction:.0%} of the patients ({n_pos.min()}–{n_pos.max()} labelled PNEUMONIA "
+             f"images each{f'; {skipped} more drew none and re-chose nothing' if skipped else ''}), the re-chosen "
+             f"threshold ranged from {rng('re-chosen threshold')}. On each draw's scored patients, specificity at "
+             f"the re-chosen threshold ranged from {rng('specificity, re-chosen')} — at the original threshold "
+             f"{rng('specificity, original')} — and sensitivity from {rng('sensitivity, re-chosen')}, below the "
+             f"{target_recall:g} target in {below} of {n} draws.")
+    head = draws.iloc[0]
+    if not math.isnan(head["re-chosen threshold"]) and n > 1:  # where the first draw (the one shown) sits among them
+        spec = done["specificity, re-chosen"]
+        first += (f" The first draw (seed {int(head['seed'])}) reached a specificity of "
+                  f"{head['specificity, re-chosen']:.3f}: {int((spec < head['specificity, re-chosen']).sum())} of the "
+                  f"other {n - 1} draws did worse, {int((spec > head['specificity, re-chosen']).sum())} better.")
+    land = "whether the hardest pneumonias happened to be labelled decides where specificity and sensitivity land."
+    if target_recall >= 1:
+        return first + (f" Why: a recall of {target_recall:g} keeps every labelled pneumonia, so the threshold is the "
+                        f"score of the lowest-scoring one — one child's image sets it, and {land}")
+    free = max(1, math.ceil(1 / (1 - target_recall) - 1e-9))
+    by_lowest = int((n_pos < free).sum())  # draws whose threshold is their lowest labelled pneumonia's score
+    why = f" Why: a recall of {target_recall:g} may miss a labelled pneumonia only once there are {free} or more of them"
+    if by_lowest == n:
+        return first + (f"{why}, and no draw had that many: in every draw the threshold is the score of the single "
+                        f"lowest-scoring labelled pneumonia — one child's image sets it, so {land}")
+    if by_lowest:
+        return first + (f"{why}; in {by_lowest} of {n} draws there were fewer, and the threshold is the score of the "
+                        "single lowest-scoring labelled pneumonia — one child's image sets it; in the others one of the "
+                        f"lowest few does. Either way, {land}")
+    return first + (f"{why}, and every draw had that many: the threshold is set by one of the lowest few labelled "
+                    f"pneumonias rather than by the lowest alone — yet {land}")
+
+
 # ------------------------------------------------------------------------------------- the new population
 #: Name of the built-in shifted phantom population in tables, figures and ``assets/metrics.json``.
 SHIFTED_NAME = "shifted phantoms"
@@ -367,10 +454,27 @@ class NewPopulation:
     root: Path | None = None
 
 
-def shifted_phantom_dir(cfg: Config) -> Path:
-    """Where the built-in shifted phantom population is written: beside the demo phantoms, never inside them."""
-    base = cfg.path("phantom_dir")
-    return base.with_name(base.name + "_shifted")
+def _exposure(exposure: float | None) -> float:
+    """The exposure of a shifted phantom population (None: :data:`utils.data.phantom.SHIFTED_EXPOSURE`)."""
+    e = phantom.SHIFTED_EXPOSURE if exposure is None else float(exposure)
+    if not (math.isfinite(e) and e > 0):
+        raise UserError(f"the phantom exposure must be a positive number, got {exposure!r}: e.g. "
+                        f"{phantom.SHIFTED_EXPOSURE:g} (the built-in shift) or "
+                        f"{phantom.PhantomSpec.exposure:g} (the demo's own exposure).")
+    return e
+
+
+def shifted_phantom_dir(cfg: Config, exposure: float | None = None) -> Path:
+    """Where a shifted phantom population is written (``cfg.path("shifted_phantom_dir")``, beside the demo phantoms,
+    never inside them); another ``exposure`` than the built-in one gets its own folder (``…_exposure2.2``)."""
+    base, e = cfg.path("shifted_phantom_dir"), _exposure(exposure)
+    return base if e == phantom.SHIFTED_EXPOSURE else base.with_name(f"{base.name}_exposure{e:g}")
+
+
+def shifted_name(exposure: float | None = None) -> str:
+    """The population's name in tables and figures: :data:`SHIFTED_NAME` for the built-in shift."""
+    e = _exposure(exposure)
+    return SHIFTED_NAME if e == phantom.SHIFTED_EXPOSURE else f"phantoms at exposure {e:g}"
 
 
 def _shifted_draw(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -381,14 +485,16 @@ def _shifted_draw(settings: Mapping[str, Any]) -> dict[str, Any]:
             "seed": int(settings["seed"]) + 2, "first_pid": max(9001, first_test + int(settings["n_patients_test"]))}
 
 
-def ensure_shifted_phantoms(root: str | Path, size: int, settings: Mapping[str, Any], progress: bool = True) -> Path:
+def ensure_shifted_phantoms(root: str | Path, size: int, settings: Mapping[str, Any], progress: bool = True,
+                            exposure: float | None = None) -> Path:
     """Write the shifted phantom population as ``root/test/{NORMAL,PNEUMONIA}/*.png`` (with the phantom sidecars
     and stamp, :func:`utils.data.phantom.write_kermany_layout`) unless the same one is already there. ``settings``
-    are the profile's phantom settings; the spec is :func:`utils.data.phantom.shifted_spec`. Deterministic: the
-    same settings give the same images."""
+    are the profile's phantom settings; the spec is :func:`utils.data.phantom.shifted_spec` at ``exposure`` (None:
+    the built-in one). Deterministic: the same settings give the same images, and every exposure the same patients,
+    lesions and acquisitions — only the exposure technique differs."""
     root = Path(root)
-    spec = phantom.shifted_spec(size, settings.get("difficulty", "default"))
-    drawn = _shifted_draw(settings)
+    spec = phantom.shifted_spec(size, settings.get("difficulty", "default"), _exposure(exposure))
+    drawn = {**_shifted_draw(settings), "population": shifted_name(exposure)}
     if phantom.stamp_matches(root, phantom.dataset_stamp(spec, **drawn)):
         return root
     if root.exists():
@@ -417,16 +523,21 @@ def read_population(folder: str | Path, size: int, cache_dir: Path, name: str = 
     return Split(name, images, df["label"].to_numpy(np.int64), col("id"), col("patient_id"), col("subtype"), hashes)
 
 
-def load_new_population(cfg: Config, bundle: DataBundle, progress: bool = True) -> NewPopulation:
+def load_new_population(cfg: Config, bundle: DataBundle, progress: bool = True,
+                        exposure: float | None = None) -> NewPopulation:
     """The new population of this run, and which one it is.
 
     Real data (a Kermany folder, PneumoniaMNIST): the **test** split. On the official Kaggle layout the test folder
     was collected separately from the training folder (PneumoniaMNIST's test split is that folder, resized), so it
     is a new population, not a held-out part of the old one. Phantoms: the built-in shifted population
     (:func:`ensure_shifted_phantoms`, written once under ``data/`` beside the demo phantoms), checked to share no
-    patient and no image with the demo splits.
+    patient and no image with the demo splits; ``exposure`` draws the same patients at another exposure technique
+    (the demo's own, :attr:`utils.data.phantom.PhantomSpec.exposure`, gives a new sample of the demo population).
     """
     if bundle.source != "phantom":
+        if exposure is not None:
+            raise UserError(f"exposure={exposure!r} changes the built-in shifted phantoms, but this run uses real data "
+                            "(its new population is the test folder): leave exposure out, or use the phantom demo.")
         if "test" not in bundle.splits:
             raise UserError(f"{bundle.root or 'this dataset'} has no test split, and on real data the new population is "
                             "the test folder: use a data folder with test/{NORMAL,PNEUMONIA} (the Kaggle layout).")
@@ -436,16 +547,20 @@ def load_new_population(cfg: Config, bundle: DataBundle, progress: bool = True) 
                 else f"the test folder{where}")
         return NewPopulation(test, "test", f"{what}: on the official Kaggle layout a separately collected population "
                              f"— {len(test)} images of {len(np.unique(test.patient_ids))} patients", bundle.root)
-    settings = cfg["phantom"]
-    root = ensure_shifted_phantoms(shifted_phantom_dir(cfg), bundle.image_size, settings, progress)
-    split = read_population(root / "test", bundle.image_size, cfg.path("cache_dir"), SHIFTED_NAME, progress)
-    check_no_leaks({**bundle.splits, SHIFTED_NAME: split})
-    spec, default = phantom.shifted_spec(bundle.image_size), phantom.spec_for("default", bundle.image_size)
-    return NewPopulation(split, SHIFTED_NAME, (
-        f"built-in shifted phantoms — another hospital's exposure technique (exposure {spec.exposure:g} instead of "
-        f"{default.exposure:g}; same anatomy and lesion model): {len(split)} images of "
-        f"{len(np.unique(split.patient_ids))} new patients, the offline stand-in for a separately collected test "
-        "folder"), root)
+    settings, name, e = cfg["phantom"], shifted_name(exposure), _exposure(exposure)
+    root = ensure_shifted_phantoms(shifted_phantom_dir(cfg, e), bundle.image_size, settings, progress, e)
+    split = read_population(root / "test", bundle.image_size, cfg.path("cache_dir"), name, progress)
+    check_no_leaks({**bundle.splits, name: split})
+    default = phantom.spec_for(settings.get("difficulty", "default"), bundle.image_size).exposure
+    size = f"{len(split)} images of {len(np.unique(split.patient_ids))} new patients"
+    if e == default:
+        what = (f"new phantom patients at the demo's own exposure ({e:g}): {size}, a new sample of the population the "
+                "model was trained and validated on — the null, where nothing should change")
+    else:
+        what = (f"{'built-in shifted phantoms' if name == SHIFTED_NAME else 'shifted phantoms'} — another hospital's "
+                f"exposure technique (exposure {e:g} instead of {default:g}; same anatomy and lesion model): {size}, "
+                "the offline stand-in for a separately collected test folder")
+    return NewPopulation(split, name, what, root)
 
 
 # ------------------------------------------------------------------------------------------- one call
@@ -456,20 +571,27 @@ class ShiftStudy:
     population: NewPopulation
     prob: np.ndarray  # the shipped model's P(PNEUMONIA) on the new population
     comparison: PopulationComparison
-    recalibration: Recalibration
+    recalibration: Recalibration | None  # None when the population is too small to recalibrate (``note`` says why)
+    draws: pd.DataFrame  # recalibration_draws: the same recalibration with other labelled patients
+    draws_sentence: str
+    note: str = ""
 
 
 def study_shift(cfg: Config, bundle: DataBundle, evaluation: Evaluation, fraction: float = RECAL_FRACTION,
-                n_boot: int | None = None, device: str = "auto", progress: bool = True) -> ShiftStudy:
-    """The shipped model on the new population (:func:`load_new_population`): validation against it
-    (:func:`compare_populations`) and local recalibration (:func:`recalibrate`, ``fraction`` of its patients), both
-    at the operating threshold and target recall of ``evaluation`` (:func:`utils.evaluate.evaluation.evaluate_models`);
-    the result is written into ``assets/metrics.json`` as section ``dataset_shift``."""
+                n_boot: int | None = None, device: str = "auto", progress: bool = True,
+                exposure: float | None = None, n_draws: int = N_DRAWS, record: bool = True) -> ShiftStudy:
+    """The shipped model on the new population (:func:`load_new_population`; ``exposure``: phantoms only): validation
+    against it (:func:`compare_populations`), local recalibration (:func:`recalibrate`, ``fraction`` of its
+    patients, seed ``cfg["seed"]``) and the same recalibration for ``n_draws`` draws of the labelled patients
+    (:func:`recalibration_draws`, seeds ``cfg["seed"]`` on: the first is the one above), all at the operating
+    threshold and target recall of ``evaluation`` (:func:`utils.evaluate.evaluation.evaluate_models`). A population
+    too small to recalibrate gives ``recalibration=None`` and a one-line ``note``. With ``record`` the result is
+    written into ``assets/metrics.json`` as section ``dataset_shift`` (exercises pass ``record=False``)."""
     from utils.data.bundle import fingerprint
     from utils.fileio import update_json_section
     from utils.train.model import load_model, predict_proba, resolve_device
 
-    pop = load_new_population(cfg, bundle, progress)
+    pop = load_new_population(cfg, bundle, progress, exposure)
     boots, seed = int(cfg["n_bootstrap"] if n_boot is None else n_boot), int(cfg["seed"])
     shipped, val = evaluation.shipped, bundle["val"]
     if pop.split is bundle.splits.get("test"):
@@ -482,11 +604,24 @@ def study_shift(cfg: Config, bundle: DataBundle, evaluation: Evaluation, fractio
     comparison = compare_populations(val.labels, evaluation.probs[shipped]["val"], pop.split.labels, prob,
                                      evaluation.threshold, val.patient_ids, pop.split.patient_ids,
                                      names=("validation", pop.name), n_boot=boots, seed=seed)
-    recal = recalibrate(pop.split.labels, prob, pop.split.patient_ids, evaluation.threshold,
-                        evaluation.target_recall, fraction, seed=seed, n_boot=boots)
-    update_json_section(cfg.path("metrics"), "dataset_shift", {
-        "population": pop.name, "description": pop.description, "comparison": comparison.record(),
-        "recalibration": recal.record(), "model": f"{cfg.path('model').name} ({shipped})",
-        "model_fingerprint": evaluation.fingerprints.get(shipped), "data_fingerprint": bundle.fingerprint,
-        "population_fingerprint": fingerprint({pop.name: pop.split}), "profile": cfg.profile, "run": cfg.knobs})
-    return ShiftStudy(pop, prob, comparison, recal)
+    args = (pop.split.labels, prob, pop.split.patient_ids, evaluation.threshold, evaluation.target_recall, fraction)
+    recal: Recalibration | None = None
+    note, draws = "", pd.DataFrame(columns=list(DRAW_COLUMNS))
+    try:
+        recal = recalibrate(*args, seed=seed, n_boot=boots)
+    except UserError as exc:
+        note = f"Local recalibration cannot run on {pop.name}: {exc}"
+    try:
+        draws = recalibration_draws(*args, seeds=range(seed, seed + n_draws))
+    except UserError as exc:
+        note = note or f"Local recalibration cannot run on {pop.name}: {exc}"
+    sentence = draws_sentence(draws, evaluation.target_recall, fraction) if len(draws) else ""
+    if record:
+        update_json_section(cfg.path("metrics"), "dataset_shift", {
+            "population": pop.name, "description": pop.description, "comparison": comparison.record(),
+            "recalibration": None if recal is None else recal.record(), "note": note,
+            "recalibration_draws": {"table": draws.to_dict("records"), "sentence": sentence},
+            "model": f"{cfg.path('model').name} ({shipped})",
+            "model_fingerprint": evaluation.fingerprints.get(shipped), "data_fingerprint": bundle.fingerprint,
+            "population_fingerprint": fingerprint({pop.name: pop.split}), "profile": cfg.profile, "run": cfg.knobs})
+    return ShiftStudy(pop, prob, comparison, recal, draws, sentence, note)

@@ -32,6 +32,7 @@ import numpy as np
 from utils.evaluate.metrics import format_ci
 
 __all__ = [
+    "FLAT_SLOPE",
     "VERDICTS",
     "baseline_sentence",
     "baseline_verdict",
@@ -41,6 +42,7 @@ __all__ = [
     "interval_side",
     "is_empty_map",
     "no_map_sentence",
+    "road_scale_sentence",
     "road_sentence",
     "road_verdict",
     "sanity_sentence",
@@ -161,9 +163,14 @@ def road_verdict(own_drop: Mapping[str, float], difference: Mapping[str, float],
 
 
 def road_sentence(own_drop: Mapping[str, float], difference: Mapping[str, float], null: str = "the same map "
-                  "moved elsewhere", n_no_map: int = 0, n_total: int | None = None, margin: float = 0.0) -> str:
+                  "moved elsewhere", n_no_map: int = 0, n_total: int | None = None, margin: float = 0.0,
+                  control: Mapping[str, float] | None = None, controls: str = "control images",
+                  n_controls: int | None = None) -> str:
     """The ROAD verdict as a sentence (see :func:`road_verdict`): the drop and the map − null difference with their
-    intervals, what they mean, and how many maps were 'no map'."""
+    intervals, what they mean, and how many maps were 'no map'. ``control``: the mean change of the target's logit
+    margin when the same pixels are removed from ``controls`` (images without the evidence); when its interval lies
+    above zero the removal itself adds evidence, and the sentence says so. ``n_controls``: how many distinct control
+    images (default: the interval's ``n``, the number of maps applied to them)."""
     n_total = int(own_drop.get("n", 0)) + n_no_map if n_total is None else n_total
     empty = no_map_sentence(n_no_map, n_total)
     verdict = road_verdict(own_drop, difference, margin)
@@ -182,34 +189,100 @@ def road_sentence(own_drop: Mapping[str, float], difference: Mapping[str, float]
         head = f"The map is not faithful: {null} beats it ({diff_txt})."
     elif dv != "above":
         head = (f"Faithfulness not shown: removing the map's most relevant pixels does not detectably lower the "
-                f"target's logit margin ({drop_txt}; the interval includes zero).")
+                f"target's logit margin ({drop_txt}; the interval includes zero)" +
+                (f", although the map beats {null} ({diff_txt})." if fv == "above" else "."))
     elif fv == "within":
         head = (f"Faithfulness not shown: the map beats {null} only by less than the margin of {margin:g} "
                 f"({diff_txt}).")
     else:
         head = (f"Faithfulness not shown: removing the map's pixels lowers the logit margin ({drop_txt}), but no "
                 f"more than removing {null}'s ({diff_txt}; the interval includes zero).")
-    return _join(head, empty)
+    bias = ""
+    if control is not None and difference_verdict(control) == "above":
+        count = int(control.get("n", 0)) if n_controls is None else int(n_controls)
+        bias = (f"The removal itself adds evidence here: removing the same pixels from {count} "
+                f"{controls} raises their logit margin by {format_difference(control)} (the imputed patch reads as "
+                f"evidence for the class), so a drop is biased towards zero" +
+                (" — this ROAD cannot show faithfulness on this model." if verdict != "faithful" else "."))
+    return _join(head, bias, empty)
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+#: Below this dP/d(margin) = P(1 − P) (P beyond ≈ 0.95 or below ≈ 0.05) a probability curve is called flat: a change
+#: of 1 in logit margin moves P by less than 0.05.
+FLAT_SLOPE = 0.05
+
+
+def road_scale_sentence(margin0: float, fractions: Sequence[float], map_change: Sequence[float],
+                        null_change: Sequence[float], own_drop: Mapping[str, float],
+                        control_change: Sequence[float] | None = None, control: Mapping[str, float] | None = None,
+                        null: str = "another image's map", controls: str = "NORMAL images") -> str:
+    """Why ROAD's curves can or cannot separate on this model, from its numbers.
+
+    ``margin0``: the median logit margin of the target before any removal; ``fractions``: the removed fractions;
+    ``map_change`` / ``null_change``: the mean change of the margin after removing each fraction, most relevant first,
+    for the map and the null; ``own_drop``: the map's mean drop with its interval; ``control_change`` / ``control``:
+    the same per fraction and overall (with interval) for the control images. Three statements: the scale (how far a
+    change of 1 in logit margin moves P at ``margin0``: probability curves flatten near P = 1), what the removal
+    does by itself (the control), and the reading — the curves **can** separate when the control's change is smaller
+    than the map's own drop (or not detectably above zero), **cannot** when the removal adds at least as much as the
+    map's pixels take away."""
+    fr = [100 * float(f) for f in fractions]
+    if not fr or len(map_change) != len(fr) or len(null_change) != len(fr):
+        raise ValueError("road_scale_sentence needs one change per fraction for the map and the null")
+    if not _finite(margin0):
+        return "ROAD's scale was not measured (no map was scored)."
+    p0 = _sigmoid(float(margin0))
+    span = f"{fr[0]:g}–{fr[-1]:g} %" if len(fr) > 1 else f"{fr[0]:g} %"
+    slope = p0 * (1 - p0)
+    scale = (f"Scale: the logit margin, which starts at a median of {margin0:.2f} on these images (P = {p0:.3f}); "
+             + (f"there a change of 1 in margin moves P by only {slope:.3f}, so curves of P would look flat whatever "
+                f"the map does." if slope < FLAT_SLOPE else
+                f"there a change of 1 in margin moves P by {slope:.3f}: P is not saturated on these images."))
+    moved = (f"Removing {span} of the pixels, most relevant first, changes the margin by "
+             f"{float(map_change[0]):+.2f} … {float(map_change[-1]):+.2f} for the map and "
+             f"{float(null_change[0]):+.2f} … {float(null_change[-1]):+.2f} for {null}.")
+    if control is None or control_change is None or not _finite(control.get("value")):
+        return _join(scale, moved, "No control images were given: what the removal does by itself was not measured.")
+    ctl = (f"The same removal on {controls} changes their margin by {float(control_change[0]):+.2f} … "
+           f"{float(control_change[-1]):+.2f} (mean {format_difference(control)}): what imputing these pixels does by "
+           f"itself.")
+    drop = float(own_drop["value"]) if _finite(own_drop.get("value")) else 0.0
+    rise = float(control["value"])
+    if difference_verdict(control) != "above" or rise < max(drop, 0.0):
+        reading = ("The removal is close to neutral next to what the map's pixels carry, so the curves can separate: "
+                   f"a gap between the map and {null} is the map's.")
+    else:
+        reading = (f"The removal adds at least as much evidence as the map's pixels take away ({rise:+.2f} on "
+                   f"{controls} against a mean drop of {drop:+.2f}), so the curves cannot separate for a reason that "
+                   f"is the imputation's, not the map's; {null} removes the same kind of tissue and carries the "
+                   f"same bias, which is why the verdict compares the map with it.")
+    return _join(scale, moved, ctl, reading)
 
 
 # ------------------------------------------------------------------------------------------- sanity check
 def sanity_step_verdict(difference: Mapping[str, float], margin: float = 0.0) -> str:
-    """One randomisation step: the similarity (trained vs randomised maps) minus the reference level (maps of two
-    independently initialised models), paired per image. ``"above the reference"`` when the interval is above
-    zero (by at least ``margin``), ``"at the reference"`` otherwise (inside the margin, across zero or below),
-    ``"no map"`` when nothing was scored."""
+    """One randomisation step: the similarity of the trained and randomised maps of the same image minus the
+    reference level (e.g. the trained map against another image's randomised map), paired per image.
+    ``"above the reference"`` when the interval is above zero (by at least ``margin``), ``"at the reference"``
+    otherwise (inside the margin, across zero or below), ``"no map"`` when nothing was scored."""
     v = difference_verdict(difference, margin)
     if v == "not measured":
         return "no map"
     return "above the reference" if v == "above" else "at the reference"
 
 
-def sanity_sentence(steps: Sequence[Mapping[str, Any]], metric: str = "|rho|", reference: str = "two independently "
-                    "initialised models", n_no_map: int = 0, n_total: int | None = None, margin: float = 0.0) -> str:
+def sanity_sentence(steps: Sequence[Mapping[str, Any]], metric: str = "|rho|", reference: str = "the trained map "
+                    "against another image's randomised map", n_no_map: int = 0, n_total: int | None = None,
+                    margin: float = 0.0) -> str:
     """The randomisation check as a sentence. ``steps``: from the first block that must have changed the map down to
     the stem, each ``{"blocks": "fc+layer4", "similarity": {value, ci_low, ci_high}, "reference": {...},
     "difference": {value, ci_low, ci_high}}`` (similarity − reference, paired). Passes when every step is at the
-    reference level; the sentence names the worst step with its numbers."""
+    reference level; the sentence names the worst step (the largest difference among the steps above the reference,
+    else among all) with its numbers."""
     if not steps:
         raise ValueError("sanity_sentence needs at least one randomisation step")
     n_total = int(steps[0]["difference"].get("n", 0)) + n_no_map if n_total is None else n_total
@@ -219,18 +292,19 @@ def sanity_sentence(steps: Sequence[Mapping[str, Any]], metric: str = "|rho|", r
         return _join("The randomisation check was not scored:", empty or "no maps were given.")
     measured = [(s, v) for s, v in zip(steps, verdicts) if v != "no map"]
     above = [(s, v) for s, v in measured if v == "above the reference"]
-    worst, worst_v = max(above or measured, key=lambda sv: float(sv[0]["difference"]["value"]))
-    numbers = (f"{metric} between trained and randomised maps {format_ci(worst['similarity'])} vs "
-               f"{format_ci(worst['reference'])} for {reference}; difference {format_difference(worst['difference'])}")
+    worst, _ = max(above or measured, key=lambda sv: float(sv[0]["difference"]["value"]))
+    numbers = (f"{metric} {format_ci(worst['similarity'])} vs {format_ci(worst['reference'])} for {reference}; "
+               f"difference {format_difference(worst['difference'])}")
     first = steps[0]["blocks"]
-    if worst_v == "above the reference":
-        head = (f"Above the reference level at {len(above)} of {len(measured)} steps from {first} down to the stem: with "
-                f"{worst['blocks']} randomised, the maps still resemble the trained ones more than unrelated models' "
-                f"maps resemble each other ({numbers}) — part of the map reflects the image, not the trained weights.")
+    if above:
+        head = (f"{metric}: above the reference level at {len(above)} of {len(measured)} steps from {first} down to "
+                f"the stem — with {worst['blocks']} randomised, the randomised map of an image still resembles its "
+                f"trained map more than the reference does ({numbers}): part of the map reflects the image, not only "
+                f"the trained weights.")
     else:
-        head = (f"At the reference level from {first} down to the stem: randomising the weights leaves the maps no more "
-                f"alike than two unrelated models' maps (worst step, {worst['blocks']}: {numbers}) — the map depends "
-                f"on the trained weights.")
+        head = (f"{metric}: at the reference level from {first} down to the stem — once randomised, the map of an image "
+                f"resembles its trained map no more than the reference does (worst step, {worst['blocks']}: {numbers}): "
+                f"the map depends on the trained weights.")
     return _join(head, empty)
 
 

@@ -549,16 +549,20 @@ def method_maps(model: nn.Module, x: torch.Tensor, specs: Sequence[Mapping[str, 
         if s["method"] == "occlusion":
             occlusion_windows(x.shape[-2], s["params"]["window"], s["params"]["stride"])
             occlusion_windows(x.shape[-1], s["params"]["window"], s["params"]["stride"])
-    probs = pneumonia_probability(_logits(model, x, batch_size))
     maps: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
+    logits: torch.Tensor | None = None  # every method runs a forward pass anyway: the probabilities come from one
     for s in checked:
         start = time.perf_counter()
         if is_attribution_spec(s):
-            maps[s["name"]] = attribution_maps(model, x, s, targets, mean, std, mean_image, batch_size, progress)
+            att = raw_attributions(model, x, s, targets, mean, std, mean_image, batch_size, progress)
+            maps[s["name"]] = to_maps(att.values, att.spec["params"]["sign"], att.spec["params"]["smooth_px"])
+            lg = torch.from_numpy(att.logits)
         else:
-            maps[s["name"]] = explain(model, x, s, targets, batch_size)[0]
+            maps[s["name"]], lg = explain(model, x, s, targets, batch_size)
         seconds[s["name"]] = (time.perf_counter() - start) / max(len(x), 1)
+        logits = lg if logits is None else logits
+    probs = pneumonia_probability(logits if logits is not None and len(logits) == len(x) else _logits(model, x, batch_size))
     return maps, probs, seconds
 
 
@@ -603,14 +607,22 @@ def captum_gradcam_difference(model: nn.Module, x: torch.Tensor, layer: str = "l
 # ----------------------------------------------------------------------------------------------- choosing parameters
 def parameter_grid(image_size: int, with_mean: bool = False, noises: Sequence[float] = (0.05, 0.15, 0.3),
                    samples: Sequence[int] = (8, 16), steps: Sequence[int] = (8, 16),
-                   window_fractions: Sequence[int] = (4, 8)) -> dict[str, list[Spec]]:
+                   window_fractions: Sequence[int] = (4, 8), fills: Sequence[str] = ("black",)
+                   ) -> dict[str, list[Spec]]:
     """The small grid :func:`choose_parameters` searches, as ``{group: [specs]}``, cheapest first in each group (ties
     go to the earlier, cheaper one). SmoothGrad: ``noises`` × ``samples``; IG, one group per baseline (black, blurred,
     and the training mean when ``with_mean``): ``steps``; occlusion: windows of side / f for f in
-    ``window_fractions`` (stride half the window, :func:`occlusion_windows`).
+    ``window_fractions`` (stride half the window, :func:`occlusion_windows`) × the ``fills`` (:data:`BASELINES`) the
+    occluded window is replaced with — for occlusion the baseline is a parameter to choose, like the window.
 
     Cost per image in model passes: SmoothGrad Σ samples × len(noises), IG Σ steps per baseline, occlusion
-    (side / stride − 1)² forwards per window (49 for side / 4, 225 for side / 8)."""
+    (side / stride − 1)² forwards per window and fill (49 for side / 4, 225 for side / 8)."""
+    unknown = [f for f in fills if f not in BASELINES]
+    if unknown or not fills:
+        raise UserError(f"unknown occlusion fill {unknown or list(fills)}: choose from {', '.join(BASELINES)}")
+    if "mean" in fills and not with_mean:
+        raise UserError("the 'mean' occlusion fill needs the training mean image: pass with_mean=True (and mean_image "
+                        "to choose_parameters)")
     grid: dict[str, list[Spec]] = {"saliency": [make_attribution_spec("saliency")]}
     grid["smoothgrad"] = [make_attribution_spec("smoothgrad", samples=n, noise=s) for n in samples for s in noises]
     for base in ("black", "blurred", *(("mean",) if with_mean else ())):
@@ -619,9 +631,10 @@ def parameter_grid(image_size: int, with_mean: bool = False, noises: Sequence[fl
     occ: list[Spec] = []
     for frac in sorted(window_fractions):  # the largest window (fewest positions, cheapest) first
         k, s, _ = occlusion_windows(image_size, max(1, image_size // frac))
-        spec = make_attribution_spec("occlusion", window=k, stride=s)
-        if spec["name"] not in {o["name"] for o in occ}:
-            occ.append(spec)
+        for fill in fills:
+            spec = make_attribution_spec("occlusion", window=k, stride=s, baseline=fill)
+            if spec["name"] not in {o["name"] for o in occ}:
+                occ.append(spec)
     grid["occlusion"] = occ
     return grid
 
@@ -646,12 +659,7 @@ def choose_parameters(model: nn.Module, val_images: np.ndarray, val_lesion_masks
     if split == "test":
         raise UserError("parameters are chosen on validation data, never on the scored test images: pass the "
                         "validation split")
-    images, labels = np.asarray(val_images), np.asarray(val_labels)
-    if val_lesion_masks is None:
-        raise UserError("choosing parameters needs lesion masks (the phantoms have them; real data does not)")
-    masks = np.asarray(val_lesion_masks, dtype=bool)
-    if not (len(images) == len(labels) == len(masks)):
-        raise UserError(f"images ({len(images)}), labels ({len(labels)}) and masks ({len(masks)}) differ in length")
+    images, labels, masks = loc.scored_inputs(val_images, val_labels, val_lesion_masks, UserError)
     grid = grid if grid is not None else parameter_grid(images.shape[-1], mean_image is not None)
     groups = {g: [check_attribution_spec(s) if is_attribution_spec(s) else _check_any_spec(model, s) for s in specs]
               for g, specs in grid.items()}

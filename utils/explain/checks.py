@@ -1,22 +1,17 @@
-"""Checking the maps: a sanity check, faithfulness curves, other CAM methods and an oracle comparison.
+"""Checking the maps against other implementations: the library's CAM methods and an oracle comparison.
+
+* :func:`compare_methods` — our Grad-CAM next to GradCAM++, HiResCAM, ScoreCAM and EigenCAM from
+  ``pytorch_grad_cam``, scored with the same localisation table;
+* :func:`library_cam` — one ``pytorch_grad_cam`` method's maps;
+* :func:`oracle_difference` — our hand-written Grad-CAM against the library's (must be ≈ 0).
 
 The checks with verdicts against nulls that can win live in their own modules: :mod:`utils.explain.sanity`
 (randomisation against a reference level, :func:`~utils.explain.sanity.randomisation_check`) and
 :mod:`utils.explain.road` (ROAD in both orders, in logit margin, against a null of the map's own geometry,
-:func:`~utils.explain.road.road_test`). This module keeps the series' first versions until the notebooks switch:
+:func:`~utils.explain.road.road_test`). ``cascading_randomisation`` and ``spearman_maps`` are re-exported here only
+until utils/explain/attribution.py and utils/studies/leaderboard.py import them from :mod:`utils.explain.sanity`.
 
-* :func:`cascading_randomisation` (from :mod:`utils.explain.sanity`) with :func:`sanity_verdict`, a fixed
-  mean-|ρ| threshold (:data:`SANITY_RHO`) without a reference level;
-* :func:`road` — faithfulness by ROAD (Rong et al., 2022, "Remove and debias"): remove the most relevant
-  pixels first, *imputing* them from their neighbours (pytorch-grad-cam's noisy linear imputer) instead of
-  painting a constant — a grey or blurred patch on a chest film looks like an opacity and would *raise*
-  P(pneumonia) — and read the fall of the probability against random maps of the same smoothness (most
-  relevant first only, probability scale, smoothed-noise maps: superseded by ``road_test``).
-* :func:`compare_methods` — our Grad-CAM next to GradCAM++, HiResCAM, ScoreCAM and EigenCAM from
-  ``pytorch_grad_cam``, scored with the same localisation table.
-* :func:`oracle_difference` — our hand-written Grad-CAM against the library's (must be ≈ 0).
-
-Nothing here changes the model passed in: the library methods and the randomisation run on deep copies.
+Nothing here changes the model passed in: the library methods run on deep copies.
 """
 from __future__ import annotations
 
@@ -26,7 +21,6 @@ import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,98 +31,18 @@ from utils.explain import localisation as loc
 from utils.explain._model import fixed_targets as _fixed_targets
 from utils.explain._model import layer_name as _layer_name
 from utils.explain._model import model_device as _device
-from utils.explain.gradcam import Targets, eval_mode, gradcam
-from utils.explain.road import linear_impute, road_images
-from utils.explain.sanity import (
-    RANDOMISATION_ORDER,
-    _reset_block,  # noqa: F401  (tests reach the stem's reset through this module)
-    cascading_randomisation,
-    spearman_maps,
-)
+from utils.explain.gradcam import Targets, gradcam
+from utils.explain.sanity import cascading_randomisation, spearman_maps
 
 __all__ = [
     "LIBRARY_METHODS",
     "ORACLE_METHODS",
-    "RANDOMISATION_ORDER",
-    "ROAD_FRACTIONS",
-    "SANITY_RHO",
     "cascading_randomisation",
     "compare_methods",
     "library_cam",
-    "linear_impute",
     "oracle_difference",
-    "road",
-    "road_images",
-    "sanity_verdict",
     "spearman_maps",
 ]
-
-
-# ----------------------------------------------------------------------------- sanity check (first version)
-#: The |Spearman ρ| below which a map "no longer resembles" the trained one (Adebayo et al. use rank correlation).
-SANITY_RHO = 0.5
-
-
-def sanity_verdict(table: pd.DataFrame, after: str = "layer4", rho: float = SANITY_RHO) -> dict[str, Any]:
-    """The pass rule: once every block down to ``after`` is randomised, the mean **|ρ|** with the trained maps
-    must be below ``rho`` — and it must stay below for every later step (all the way to the stem)."""
-    steps = table[table["step"] > 0].reset_index(drop=True)
-    names = list(steps["randomised"])
-    if after not in names:
-        raise ValueError(f"{after!r} is not one of the randomised blocks {names}")
-    tail = steps.iloc[names.index(after):]
-    worst = float(tail["abs_spearman"].max())
-    return {"rule": f"mean |rho| < {rho} from {after} down to the stem", "after": after, "threshold": rho,
-            "abs_spearman_at": float(tail["abs_spearman"].iloc[0]), "worst_after": worst,
-            "passes": bool(worst < rho), "n_images": len(table["rho"].iloc[0])}
-
-
-# ----------------------------------------------------------------------------- faithfulness: ROAD
-#: Fractions of the pixels removed, most relevant first: 0.5 % steps up to 10 % (a phantom lesion is ~3 %).
-ROAD_FRACTIONS: tuple[float, ...] = tuple(round(0.005 * k, 4) for k in range(1, 21))
-
-
-def road(model: nn.Module, x: torch.Tensor, maps: np.ndarray, target: Targets = 1,
-         fractions: Sequence[float] = ROAD_FRACTIONS, batch_size: int = 64, seed: int = 0,
-         smooth_px: float | None = None, progress: bool = False) -> dict[str, Any]:
-    """ROAD, most-relevant-first, for ``maps`` and for random maps of the same smoothness, on the same images.
-
-    For every image the probability of ``target`` is recorded after removing (and imputing) the top
-    ``fractions`` of pixels of its map, and of one smoothed-noise map. ``drop`` = the mean fall of the
-    probability over the fractions (higher = removing what the map points at hurts the prediction more:
-    a faithful map). Returns ``{"fractions", "p0" (N,), "map": {"probs" (N, S), "drop" (N,)},
-    "random": {...}, "difference": per-image drop(map) − drop(random) (N,)}``.
-    """
-    maps = np.asarray(maps, dtype=np.float32)
-    n, _, h, w = x.shape
-    if maps.shape != (n, h, w):
-        raise ValueError(f"maps {maps.shape} must be (N, H, W) = {(n, h, w)}")
-    dev = _device(model)
-    t = torch.as_tensor(_fixed_targets(model, x, target), device=dev)
-    rand = loc.random_maps(n, h, w, seed, 0, smooth_px)
-    result: dict[str, Any] = {"fractions": np.asarray(fractions, dtype=np.float64)}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=2 * n, desc="ROAD", unit="img", leave=False)
-    with torch.inference_mode(), eval_mode(model):
-        p0 = model(x.to(dev)).softmax(1).gather(1, t[:, None])[:, 0].cpu().numpy()
-        result["p0"] = p0
-        for key, m in (("map", maps), ("random", rand)):
-            probs = np.zeros((n, len(fractions)))
-            for i0 in range(0, n, max(1, batch_size // len(fractions))):
-                sl = slice(i0, min(n, i0 + max(1, batch_size // len(fractions))))
-                imgs = road_images(x[sl], m[sl], fractions, seed=seed + i0)
-                tt = t[sl].repeat_interleave(len(fractions))
-                out = model(imgs.to(dev)).softmax(1).gather(1, tt[:, None])[:, 0].cpu().numpy()
-                probs[sl] = out.reshape(-1, len(fractions))
-                if bar is not None:
-                    bar.update(sl.stop - sl.start)
-            result[key] = {"probs": probs, "drop": (p0[:, None] - probs).mean(axis=1)}
-    if bar is not None:
-        bar.close()
-    result["difference"] = result["map"]["drop"] - result["random"]["drop"]
-    return result
 
 
 # ----------------------------------------------------------------------------- other methods
@@ -187,7 +101,7 @@ def library_cam(method: str, model: nn.Module, x: torch.Tensor, layer: str | nn.
 
 def compare_methods(model: nn.Module, x: torch.Tensor, lesion_masks: np.ndarray, layer: str | nn.Module = "layer4",
                     methods: Sequence[str] = ("GradCAM (ours)", "GradCAM++", "HiResCAM", "ScoreCAM", "EigenCAM"),
-                    targets: Targets = None, batch_size: int = 16, tolerance_frac: float = 0.05,
+                    targets: Targets = None, batch_size: int = 16, tolerance_frac: float = loc.TOLERANCE_FRAC,
                     lung_masks: np.ndarray | None = None, n_random: int = 10
                     ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """Maps of several CAM methods on the same layer and targets, and their localisation table.

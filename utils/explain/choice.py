@@ -27,7 +27,7 @@ from utils.checkpoint import state_fingerprint
 from utils.config import Config
 from utils.data.bundle import DataBundle
 from utils.evaluate.metrics import paired_difference_ci
-from utils.evaluate.verdicts import difference_verdict
+from utils.evaluate.verdicts import baseline_sentence, baseline_verdict
 from utils.explain import localisation as L
 from utils.explain.localisation import TOLERANCE_FRAC
 from utils.explain.selection import choose_explanation, score_explanations
@@ -61,22 +61,37 @@ class ExplanationChoice:
     record: dict[str, Any] = field(default_factory=dict)
 
 
+#: How the localisation sentences name the metrics.
+METRIC_NAMES = {"near": "near-pointing", "pointing": "pointing game", "energy": "energy inside the lesion"}
+
+
 def verdict_against_baselines(maps: np.ndarray, lesion_masks: np.ndarray, groups: np.ndarray,
                               priors: dict[str, np.ndarray], metric: str = "near", n_boot: int = 1000,
-                              seed: int = 0, tolerance_frac: float = TOLERANCE_FRAC) -> dict[str, Any]:
+                              seed: int = 0, tolerance_frac: float = TOLERANCE_FRAC, margin: float = 0.0,
+                              images: str = "test true positives") -> dict[str, Any]:
     """Does the map beat the **best** image-blind baseline on ``metric``? Per-image scores of the map and of
     every baseline on the same images; the best baseline is the one with the highest mean; the difference is
-    bootstrapped over patients (paired). ``beats_best_baseline`` is True only when the interval is above 0."""
+    bootstrapped over patients (paired) and read by the series' one rule,
+    :func:`utils.evaluate.verdicts.baseline_verdict` (``"beats"``, ``"ties"``, ``"worse"``, ``"no map"``), with its
+    sentence (:func:`~utils.evaluate.verdicts.baseline_sentence`). Empty or constant maps are "no map": left out of
+    the map's score *and* the baselines' (the comparison stays paired) and counted in ``n_no_map``.
+    ``beats_best_baseline`` is ``verdict == "beats"``."""
     ours = L.per_image_scores(maps, lesion_masks, tolerance_frac)
     base = L.baseline_per_image(lesion_masks, priors, tolerance_frac, seed=seed)
-    keep = ours["has_lesion"].to_numpy()
-    means = {name: float(df.loc[keep, metric].mean()) for name, df in base.items()}
-    best = max(means, key=lambda k: means[k])
+    has = ours["has_lesion"].to_numpy()
+    no_map = ours["no_map"].to_numpy() & has
+    keep = has & ~no_map
+    means = {name: float(df.loc[keep, metric].mean()) if keep.any() else float("nan") for name, df in base.items()}
+    best = max(means, key=lambda k: (np.nan_to_num(means[k], nan=-np.inf), -list(means).index(k)))
     diff = paired_difference_ci(ours.loc[keep, metric].to_numpy(), base[best].loc[keep, metric].to_numpy(),
                                 np.asarray(groups)[keep], n_boot=n_boot, seed=seed)
-    return {"metric": metric, "map": float(ours.loc[keep, metric].mean()), "best_baseline": best,
-            "best_baseline_value": means[best], "baselines": means, "difference": diff,
-            "beats_best_baseline": difference_verdict(diff) == "above", "n": int(keep.sum())}
+    value = float(ours.loc[keep, metric].mean()) if keep.any() else float("nan")
+    verdict = baseline_verdict(diff, margin)
+    sentence = baseline_sentence(METRIC_NAMES.get(metric, metric), value, best, means[best], diff, int(keep.sum()),
+                                 int(no_map.sum()), margin, images)
+    return {"metric": metric, "map": value, "best_baseline": best, "best_baseline_value": means[best],
+            "baselines": means, "difference": diff, "verdict": verdict, "sentence": sentence, "margin": margin,
+            "beats_best_baseline": verdict == "beats", "n": int(keep.sum()), "n_no_map": int(no_map.sum())}
 
 
 def reference_specs(meta: dict[str, Any]) -> list[dict[str, Any]]:

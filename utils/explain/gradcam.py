@@ -24,6 +24,16 @@ Two refinements use the same pass: other channel weightings (:data:`WEIGHTINGS`:
 Grad-CAM++) and :func:`shift_averaged_gradcam`, which averages the maps of a few shifted copies of the
 image (batched into the one pass) to get a finer map out of a coarse layer.
 
+Where the upsampling draws a cell is a choice too (:data:`ANCHORS`). The usual bilinear resize (PyTorch's
+``align_corners=False``, OpenCV's ``cv2.resize`` in ``pytorch-grad-cam``) spreads the h cells evenly over the H
+pixels: cell j lands on pixel (H/h)·j + (H/h − 1)/2, the centre of the j-th block of H/h pixels. A ResNet's cell j is
+centred elsewhere: every stride-2 convolution or pooling with "same" padding is anchored at the top-left, so its
+receptive field is centred on input pixel stride·j (:func:`receptive_field_geometry` finds stride and offset for
+any CNN). The usual resize therefore draws a ResNet's map (stride − 1)/2 px down and right of where the network
+saw it — 7.5 px on ``layer3``, 15.5 px on ``layer4``. ``cells=`` (:class:`CellGeometry`) draws every cell on its
+receptive-field centre instead (:func:`upsample_cells`); the default keeps the library's convention, which the oracle
+check against ``pytorch-grad-cam`` needs.
+
 One forward and one backward per call, in eval mode; the model is handed back exactly as found
 (per-module train/eval flags, ``requires_grad`` flags untouched, no hooks left after ``release``).
 """
@@ -39,10 +49,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ANCHORS",
     "BORDERS",
+    "SHIFT_ALIGN",
     "SHIFT_BORDER",
     "WEIGHTINGS",
     "CamSteps",
+    "CellGeometry",
     "GradCAM",
     "average_unshifted",
     "cam_steps",
@@ -50,14 +63,17 @@ __all__ = [
     "eval_mode",
     "gradcam",
     "gray_to_float",
+    "library_geometry",
     "normalise_maps",
     "overlay",
+    "receptive_field_geometry",
     "resize_map",
     "resolve_layer",
     "shift_averaged_gradcam",
     "shift_grid",
     "shift_images",
     "shifted_size",
+    "upsample_cells",
 ]
 
 #: How the channel weights alpha_k are computed from the activations A and gradients G of one pass:
@@ -134,6 +150,135 @@ def channel_weights(act: torch.Tensor, grad: torch.Tensor, weighting: str = "gra
     raise ValueError(f"unknown weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
 
 
+# ------------------------------------------------------------------------------------- where cells sit
+#: Where a map's low-resolution cells are drawn when it is upsampled (the ``anchor`` of an explanation spec,
+#: :func:`utils.explain.spec.make_spec`): ``"library"`` — the usual bilinear resize, cells spread evenly over the image
+#: (PyTorch ``align_corners=False``, ``pytorch-grad-cam``); ``"receptive_field"`` — each cell on the centre of its
+#: receptive field (:func:`receptive_field_geometry`). For a ViT the two are the same: its patches do not overlap,
+#: so the centre of patch j *is* the centre of the j-th block of pixels.
+ANCHORS: tuple[str, ...] = ("library", "receptive_field")
+
+
+class CellGeometry(NamedTuple):
+    """Where a layer's cells sit on its input: cell (i, j) is centred on input pixel
+    ``(offset[0] + stride[0]·i, offset[1] + stride[1]·j)`` (pixel centres at integer coordinates, rows then
+    columns)."""
+
+    stride: tuple[float, float]
+    offset: tuple[float, float]
+
+
+def library_geometry(grid: Sequence[int], size: Sequence[int]) -> CellGeometry:
+    """Where the usual bilinear resize (``align_corners=False``) draws a ``grid`` = (h, w) of cells on an image of
+    ``size`` = (H, W): stride H/h, cell 0 at (H/h − 1)/2 — the centre of the first block of H/h pixels."""
+    stride = (int(size[0]) / int(grid[0]), int(size[1]) / int(grid[1]))
+    return CellGeometry(stride, ((stride[0] - 1) / 2, (stride[1] - 1) / 2))
+
+
+class _Stop(Exception):
+    """Ends a probing forward pass once the probed layer has run."""
+
+
+def _first_conv_channels(model: nn.Module) -> int:
+    return next((int(m.in_channels) for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+
+
+def receptive_field_geometry(model: nn.Module, layer: str | nn.Module, probe: int = 64) -> CellGeometry:
+    """Stride and receptive-field centre of ``layer``'s cells on the input, measured on the model: for a CNN of
+    convolutions and poolings (PyTorch pads them symmetrically) the layer's grid has
+    ``n = floor((N − D) / S) + 1`` cells along an input of N pixels, and cell j is centred on input pixel
+    ``S·j + (D − 1)/2`` (S: the product of the strides; D: the receptive field's size minus twice its padding).
+    Both are read off the grid sizes: forward passes of all-zero inputs, each stopped as soon as ``layer`` has run,
+    find (by bisection, per axis) the smallest input with ``n`` cells and the smallest with ``n + 1``; those differ
+    by S. A ResNet-18 gives S = 2, 4, 4, 8, 16, 32 for ``conv1``, ``maxpool``, ``layer1`` … ``layer4``, always with
+    D = 1: cell j centred on pixel S·j. ``probe``: the input size the search starts from (doubled until the model
+    runs). ValueError when the grid does not grow with the input (not a CNN of this kind)."""
+    module = resolve_layer(model, layer)
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    channels = _first_conv_channels(model)
+
+    def grid(h: int, w: int) -> tuple[int, int] | None:
+        shapes: list[tuple[int, int]] = []
+
+        def hook(m: nn.Module, i: tuple, o: Any) -> None:
+            if not isinstance(o, torch.Tensor) or o.ndim != 4:
+                raise ValueError(f"layer output is not a (N, K, h, w) feature map: {type(o).__name__}")
+            shapes.append((int(o.shape[-2]), int(o.shape[-1])))
+            raise _Stop
+
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.no_grad(), eval_mode(model):
+                model(torch.zeros((1, channels, h, w), device=device))
+        except _Stop:
+            pass
+        except (RuntimeError, AssertionError):  # too small an input for some layer before this one
+            return None
+        finally:
+            handle.remove()
+        return shapes[0] if shapes else None
+
+    base = int(probe)
+    while grid(base, base) is None:
+        base *= 2
+        if base > 4096:
+            raise ValueError("the model runs on no input size up to 4096 px: cannot probe its grid")
+
+    def axis(k: int) -> tuple[float, float]:
+        def cells(n_pixels: int) -> int:
+            got = grid(*((n_pixels, base) if k == 0 else (base, n_pixels)))
+            return 0 if got is None else got[k]
+
+        def smallest(lo: int, hi: int, target: int) -> int:  # the smallest n in (lo, hi] with cells(n) >= target
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if cells(mid) >= target else (mid, hi)
+            return hi
+
+        n0 = cells(base)
+        hi = 2 * base
+        while cells(hi) <= n0:
+            hi *= 2
+            if hi > 64 * base:
+                raise ValueError(f"the grid of {layer!r} does not grow with the input: cannot find its stride")
+        first = smallest(0, base, n0)  # = D + S·(n0 − 1)
+        stride = smallest(base, hi, n0 + 1) - first  # the next cell appears S pixels later
+        d = first - stride * (n0 - 1)
+        return float(stride), (d - 1) / 2
+
+    (sy, oy), (sx, ox) = axis(0), axis(1)
+    return CellGeometry((sy, sx), (oy, ox))
+
+
+def _axis_weights(n_pixels: int, n_cells: int, stride: float, offset: float, like: torch.Tensor) -> torch.Tensor:
+    """(n_pixels, n_cells) linear-interpolation weights: pixel i between the cells whose centres
+    (``offset + stride·j``) surround it; beyond the first/last centre the edge cell's value (replicate)."""
+    u = ((torch.arange(n_pixels, dtype=torch.float64) - offset) / stride).clamp(0, n_cells - 1)
+    lo = u.floor().long().clamp(max=n_cells - 1)
+    hi = (lo + 1).clamp(max=n_cells - 1)
+    frac = u - lo.to(u.dtype)
+    w = torch.zeros((n_pixels, n_cells), dtype=torch.float64)
+    rows = torch.arange(n_pixels)
+    w.index_put_((rows, lo), 1 - frac, accumulate=True)
+    w.index_put_((rows, hi), frac, accumulate=True)
+    return w.to(dtype=like.dtype, device=like.device)
+
+
+def upsample_cells(raw: torch.Tensor, size: Sequence[int], cells: CellGeometry | None = None) -> torch.Tensor:
+    """Low-resolution maps (N, h, w) → (N, H, W) with ``size`` = (H, W), bilinear. ``cells=None``: the library
+    convention (``F.interpolate(align_corners=False)``, cells spread evenly, :func:`library_geometry`); else each
+    cell's value is drawn on its centre as ``cells`` says (:func:`receptive_field_geometry`), pixels between centres
+    interpolated linearly per axis, pixels beyond the outer centres given the edge cell's value. With
+    ``cells = library_geometry(...)`` both give the same map."""
+    if cells is None:
+        return F.interpolate(raw[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    (h, w), (big_h, big_w) = raw.shape[-2:], (int(size[0]), int(size[1]))
+    wy = _axis_weights(big_h, h, cells.stride[0], cells.offset[0], raw)
+    wx = _axis_weights(big_w, w, cells.stride[1], cells.offset[1], raw)
+    return torch.einsum("Hh,nhw,Ww->nHW", wy, raw, wx)
+
+
 class CamSteps(NamedTuple):
     """The steps of :func:`cam_steps` (tensors): ``alphas`` (N, K), ``weighted`` (N, h, w) = sum_k alpha_k A^k
     before the ReLU, ``raw`` (N, h, w) after it, and ``maps`` (N, H, W) in [0, 1] — one per image, or, with
@@ -147,9 +292,10 @@ class CamSteps(NamedTuple):
 
 def cam_steps(act: torch.Tensor, grad: torch.Tensor, weighting: str, size: Sequence[int],
               shifts: Sequence[tuple[int, int]] | None = None, border: str | None = None,
-              layout: Sequence[tuple[int, int]] | None = None) -> CamSteps:
+              layout: Sequence[tuple[int, int]] | None = None, cells: CellGeometry | None = None) -> CamSteps:
     """THE map from one pass's activations and gradients (N, K, h, w): channel weights (:data:`WEIGHTINGS`),
-    ReLU of the weighted sum, bilinear upsampling to ``size`` = (H, W) of the pass's input, then — when ``shifts``
+    ReLU of the weighted sum, bilinear upsampling to ``size`` = (H, W) of the pass's input (:func:`upsample_cells`:
+    ``cells=None`` the library's convention, else each cell on its receptive-field centre), then — when ``shifts``
     lists more than one shift of :func:`shift_images`' stacked copies (shift-major) — the copies shifted back and
     averaged (:func:`average_unshifted`, ``border`` and ``layout`` as there; with ``border="complete"`` ``size`` is
     the copies' size, :func:`shifted_size`), and each map scaled to [0, 1] (:func:`normalise_maps`). Every Grad-CAM
@@ -158,7 +304,7 @@ def cam_steps(act: torch.Tensor, grad: torch.Tensor, weighting: str, size: Seque
     alphas = channel_weights(act, grad, weighting)  # (N, K); Grad-CAM: mean of the gradients
     weighted = torch.einsum("nk,nkhw->nhw", alphas, act)
     raw = F.relu(weighted)
-    up = F.interpolate(raw[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    up = upsample_cells(raw, size, cells)
     if shifts is not None and len(shifts) > 1:
         up = average_unshifted(up, shifts, border, layout)
     return CamSteps(alphas, weighted, raw, normalise_maps(up))
@@ -175,18 +321,22 @@ class GradCAM:
     ``weighted`` (N, h, w) = sum_k alpha_k A^k before the ReLU, ``raw_maps`` (N, h, w) after the ReLU
     (low resolution, un-normalised), ``maps`` (N, H, W), ``logits`` (tensor) and ``targets`` (N,).
 
-    ``weighting`` chooses the channel weights (:data:`WEIGHTINGS`; default plain Grad-CAM). ``reshape`` makes a
+    ``weighting`` chooses the channel weights (:data:`WEIGHTINGS`; default plain Grad-CAM). ``cells``: where the
+    upsampling draws the layer's cells (:func:`upsample_cells`; default None = the library's convention, e.g.
+    ``cells=receptive_field_geometry(model, "layer3")`` for receptive-field centres). ``reshape`` makes a
     layer whose output is not a (N, K, h, w) feature map readable: it maps the layer's output (and, identically,
     its gradient) to one — for a Vision Transformer, tokens (N, 1 + h·w, C) to (N, C, h, w) without the [CLS]
     token (:func:`utils.train.vit.tokens_to_grid`; the pytorch-grad-cam convention).
     """
 
     def __init__(self, model: nn.Module, target_layer: str | nn.Module = "layer4",
-                 weighting: str = "gradcam", reshape: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 weighting: str = "gradcam", reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 cells: CellGeometry | None = None) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
         self.model = model
         self.weighting = weighting
+        self.cells = cells
         self.reshape = reshape
         self.layer = resolve_layer(model, target_layer)
         self._recording = False
@@ -292,7 +442,7 @@ class GradCAM:
             self._acts.clear()  # no graph kept alive between calls, even after an error
             self._grads.clear()
         with torch.no_grad():
-            steps = cam_steps(act, grad, self.weighting, x.shape[-2:], shifts, border)
+            steps = cam_steps(act, grad, self.weighting, x.shape[-2:], shifts, border, cells=self.cells)
 
         def as_np(t_: torch.Tensor) -> np.ndarray:
             return t_.detach().float().cpu().numpy()
@@ -350,9 +500,10 @@ def gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4"
 #: * ``"partial"`` — each copy keeps the image's size: the content moves, the uncovered strip repeats the edge
 #:   row/column, and a pixel whose content left the frame in some copies is averaged over the others only;
 #: * ``"complete"`` — each copy is the image padded (edge rows/columns repeated) on the sides *complementary* to
-#:   its shift, to (H + span) × (W + span): every copy keeps every pixel, so every pixel is averaged over all S
-#:   copies, and the maps are cropped back to the image. Needs a model that accepts the larger input (a CNN with
-#:   global pooling; not a ViT with fixed position embeddings).
+#:   its shift, to (H + pad) × (W + pad), ``pad`` = the span of the shifts rounded up to :data:`SHIFT_ALIGN`: every
+#:   copy keeps every pixel, so every pixel is averaged over all S copies, and the maps are cropped back to the
+#:   image. Needs a model that accepts the larger input (a CNN with global pooling; not a ViT with fixed position
+#:   embeddings).
 #:
 #: Why ``"partial"`` heats the border: near the far edges (the last ``max(shift)`` rows and columns) only the
 #: copies whose content did not leave the frame count, and a CNN's map responds to its own frame (zero padding
@@ -362,8 +513,9 @@ def gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4"
 #: cells on ``layer3`` at 128 px) spills that into the image's first rows. A cyclic shift (``roll``) is worse:
 #: it pastes the opposite edge next to the border. tests/test_border.py shows both; notebook 05's text says so.
 BORDERS: tuple[str, ...] = ("partial", "complete")
-#: The border treatment used when a caller does not choose (the series' first one until stage B flips it).
-SHIFT_BORDER = "partial"
+#: The border treatment used when a caller does not choose: ``"complete"`` (no border artefact). A ViT keeps
+#: ``"partial"`` (:func:`utils.explain.maps.shift_border`): its position embeddings fix the input size.
+SHIFT_BORDER = "complete"
 
 
 def _check_border(border: str | None) -> str:
@@ -373,16 +525,34 @@ def _check_border(border: str | None) -> str:
     return border
 
 
+#: The ``"complete"`` canvas grows by a multiple of this many pixels (the ResNet's total stride): a layer's grid then
+#: covers the padded copy exactly as it covers the image (an image of 128 px: layer3's 8 cells of 16 px; a copy of
+#: 160 px: 10 cells of 16 px), so the bilinear upsampling puts every cell where the network saw it. A copy of
+#: 128 + 8 = 136 px would get 9 cells drawn 15.1 px apart instead of 16 — the map squeezed towards the top-left by up
+#: to 7 px (measured on the demo model: its peak moved 4–6 px on average).
+SHIFT_ALIGN = 32
+
+
 def _canvas(shifts: Sequence[tuple[int, int]]) -> tuple[int, int, int, int]:
-    """``(top, left, extra rows, extra columns)`` of the ``"complete"`` layout: where copy (0, 0) sits."""
+    """``(top, left, extra rows, extra columns)`` of the ``"complete"`` layout: where copy (0, 0) sits, and how much
+    larger than the image every copy is (the shifts' span rounded up to :data:`SHIFT_ALIGN`). The rounding is split
+    between the two sides, so the copies sit in the middle of the canvas and every image edge is treated alike."""
     dys, dxs = [int(s[0]) for s in shifts], [int(s[1]) for s in shifts]
-    return -min(dys), -min(dxs), max(dys) - min(dys), max(dxs) - min(dxs)
+
+    def layout(offsets: list[int]) -> tuple[int, int]:
+        span = max(offsets) - min(offsets)
+        extra = -(-span // SHIFT_ALIGN) * SHIFT_ALIGN
+        return -min(offsets) + (extra - span) // 2, extra
+
+    (top, extra_h), (left, extra_w) = layout(dys), layout(dxs)
+    return top, left, extra_h, extra_w
 
 
 def shifted_size(size: Sequence[int], shifts: Sequence[tuple[int, int]], border: str | None = None
                  ) -> tuple[int, int]:
     """The size of :func:`shift_images`' copies of an image of ``size`` = (H, W): the same for ``"partial"``,
-    (H + span of the row shifts, W + span of the column shifts) for ``"complete"``."""
+    (H + span of the row shifts, W + span of the column shifts), each span rounded up to :data:`SHIFT_ALIGN`, for
+    ``"complete"``."""
     h, w = int(size[0]), int(size[1])
     if _check_border(border) == "partial":
         return h, w
@@ -424,7 +594,7 @@ def shift_images(x: torch.Tensor, shifts: Sequence[tuple[int, int]], border: str
     Shift ``(dy, dx)`` moves the content ``dy`` pixels down and ``dx`` right. ``border`` (:data:`BORDERS`, default
     :data:`SHIFT_BORDER`): ``"partial"`` keeps the size, ``out[..., i, j] = x[..., clamp(i - dy), clamp(j - dx)]`` —
     the strip uncovered at the border repeats the edge row/column (replicate padding), the content pushed past
-    the far edge is lost; ``"complete"`` pads instead of cropping: every copy is (H + span, W + span)
+    the far edge is lost; ``"complete"`` pads instead of cropping: every copy is (H + pad, W + pad)
     (:func:`shifted_size`) with the whole image at ``(top + dy, left + dx)`` and the edge rows/columns repeated
     around it. Nothing wraps around from the opposite side.
     """

@@ -22,8 +22,8 @@ cannot beat the best of them has shown nothing about the image it explains.
 **No map.** An empty or constant map (all zero, e.g. a ReLU that kept nothing) has no location: it cannot point,
 and its "mass" is either undefined (all zero) or the uniform map's. With ``skip_empty=True`` every scorer returns
 NaN for it, the aggregates leave it out and count it (``n_no_map``), so an all-zero map can never read as "0 %
-outside the lungs". The default ``skip_empty=False`` keeps the series' earlier behaviour (a flat map scores a
-miss and mass 0) until the notebooks switch.
+outside the lungs" — the default. ``skip_empty=False`` scores a flat map as a miss with mass 0 (the series' first
+behaviour; kept for comparison only).
 
 **The image border.** :func:`border_share` is the share of a map's mass within a few pixels of the image edge,
 and ``ignore_border_px`` leaves that band out of :func:`outside_fraction`: lungs never reach the edge, so border
@@ -89,6 +89,19 @@ def _check(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cam, mask
 
 
+def scored_inputs(images: np.ndarray, labels: np.ndarray, lesion_masks: np.ndarray | None,
+                  error: type[Exception] = ValueError) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images, labels, lesion masks as bool)`` as arrays of one length — what scoring maps against lesions needs —
+    or ``error`` with one line saying what is missing or which lengths differ."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if lesion_masks is None:
+        raise error("localisation needs lesion masks (the phantoms have them; real data does not)")
+    masks = np.asarray(lesion_masks, dtype=bool)
+    if not (len(images) == len(labels) == len(masks)):
+        raise error(f"images ({len(images)}), labels ({len(labels)}) and masks ({len(masks)}) differ in length")
+    return images, labels, masks
+
+
 def border_band(h: int, w: int, width_px: int) -> np.ndarray:
     """Boolean (H, W): the pixels within ``width_px`` of the image edge (all False for 0)."""
     if width_px < 0:
@@ -118,7 +131,7 @@ def argmax_point(cam: np.ndarray) -> tuple[int, int]:
     return int(r), int(c)
 
 
-def pointing_game(cam: np.ndarray, lesion_mask: np.ndarray, skip_empty: bool = False) -> bool | float:
+def pointing_game(cam: np.ndarray, lesion_mask: np.ndarray, skip_empty: bool = True) -> bool | float:
     """True if the map's maximum falls inside the lesion. A flat map (e.g. all zero) points nowhere: False, or NaN
     ("no map") with ``skip_empty``."""
     cam, mask = _check(cam, lesion_mask)
@@ -136,7 +149,7 @@ def distance_to_mask(point: tuple[int, int], mask: np.ndarray) -> float:
 
 
 def near_pointing(cam: np.ndarray, mask: np.ndarray, tolerance_frac: float = TOLERANCE_FRAC,
-                  skip_empty: bool = False) -> bool | float:
+                  skip_empty: bool = True) -> bool | float:
     """True if the maximum is within ``tolerance_frac × max(H, W)`` pixels of a lesion pixel (a flat map: False, or
     NaN with ``skip_empty``)."""
     cam, mask = _check(cam, mask)
@@ -145,7 +158,7 @@ def near_pointing(cam: np.ndarray, mask: np.ndarray, tolerance_frac: float = TOL
     return distance_to_mask(argmax_point(cam), mask) <= tolerance_frac * max(cam.shape)
 
 
-def energy_inside(cam: np.ndarray, mask: np.ndarray, skip_empty: bool = False) -> float:
+def energy_inside(cam: np.ndarray, mask: np.ndarray, skip_empty: bool = True) -> float:
     """Fraction of the map's mass inside ``mask`` (0.0 for an all-zero map; NaN for any empty or constant map with
     ``skip_empty``)."""
     cam, mask = _check(cam, mask)
@@ -155,7 +168,7 @@ def energy_inside(cam: np.ndarray, mask: np.ndarray, skip_empty: bool = False) -
     return float(cam[mask].sum() / total) if total > 0 else 0.0
 
 
-def outside_fraction(cam: np.ndarray, lung_mask: np.ndarray, skip_empty: bool = False,
+def outside_fraction(cam: np.ndarray, lung_mask: np.ndarray, skip_empty: bool = True,
                      ignore_border_px: int = 0) -> float:
     """Fraction of the map's mass outside the lung fields: ``1 - energy_inside`` (0.0 for an all-zero map; NaN for
     any empty or constant map with ``skip_empty``). ``ignore_border_px`` > 0 leaves the band within that many pixels
@@ -168,7 +181,7 @@ def outside_fraction(cam: np.ndarray, lung_mask: np.ndarray, skip_empty: bool = 
         keep = ~border_band(cam.shape[0], cam.shape[1], ignore_border_px)
         total = cam[keep].sum()
         return float(cam[keep & ~mask].sum() / total) if total > 0 else math.nan
-    return 1.0 - energy_inside(cam, mask) if cam.sum() > 0 else 0.0
+    return 1.0 - energy_inside(cam, mask, skip_empty=False) if cam.sum() > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------ baselines
@@ -218,7 +231,7 @@ def prior_maps(train_lesion_masks: np.ndarray | None = None, train_lung_masks: n
 
 # ------------------------------------------------------------------------------------ aggregates
 def per_image_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac: float = TOLERANCE_FRAC,
-                     skip_empty: bool = False) -> pd.DataFrame:
+                     skip_empty: bool = True) -> pd.DataFrame:
     """One row per image: ``pointing``, ``near`` (0/1), ``energy``, ``has_lesion`` (images with an empty
     mask get nan scores) and ``no_map`` (the map is empty or constant: NaN scores with ``skip_empty``, else scored as
     a miss). ``cams`` may be one (H, W) map used for every image."""
@@ -238,7 +251,7 @@ def per_image_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac:
 
 
 def localisation_scores(cams: np.ndarray, lesion_masks: np.ndarray, tolerance_frac: float = TOLERANCE_FRAC,
-                        lung_masks: np.ndarray | None = None, skip_empty: bool = False) -> dict[str, float]:
+                        lung_masks: np.ndarray | None = None, skip_empty: bool = True) -> dict[str, float]:
     """Mean scores over images that have a lesion (images with an empty mask are skipped and counted).
 
     Keys: ``pointing``, ``near``, ``energy`` (means), ``area`` (mean lesion area fraction = the energy of
@@ -296,7 +309,7 @@ def localisation_table(cams: np.ndarray | Mapping[str, np.ndarray], lesion_masks
                        tolerance_frac: float = TOLERANCE_FRAC, lung_masks: np.ndarray | None = None,
                        name: str = "Grad-CAM", n_random: int = 10, seed: int = 0,
                        smooth_px: float | None = None, priors: Mapping[str, np.ndarray] | None = None,
-                       skip_empty: bool = False) -> pd.DataFrame:
+                       skip_empty: bool = True) -> pd.DataFrame:
     """One row per method (``cams`` as one array or ``{name: array}``) plus the image-blind baselines.
 
     ``centre prior`` uses the same Gaussian for every image; ``random (mean of n)`` averages the scores of
@@ -390,7 +403,7 @@ def estimate_lung_fields(images: np.ndarray, progress: bool = False) -> np.ndarr
 
 
 def outside_lung_fractions(cams: np.ndarray, lung_masks: np.ndarray | None = None,
-                           images: np.ndarray | None = None, progress: bool = False, skip_empty: bool = False,
+                           images: np.ndarray | None = None, progress: bool = False, skip_empty: bool = True,
                            ignore_border_px: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """Fraction of each map's mass outside the lung fields, and the masks used.
 

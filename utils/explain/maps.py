@@ -10,11 +10,16 @@
   recorded a new choice (notebook 05's :func:`utils.explain.choice.choose_and_record`) maps with that choice.
 * :class:`Explainer` / :func:`explain` compute the maps of one spec in ONE batched forward + backward pass (the
   shifted copies are stacked); :func:`candidate_maps` computes every candidate of a choice from one shared pass.
+* :func:`cell_geometry` — where a spec's cells are drawn when its map is upsampled (its ``anchor``): None for the
+  library's convention, else each cell's receptive-field centre, measured once per model and layer;
+* :func:`map_grid` / :func:`pool_maps` — the cell grid a spec's map is computed on, and maps averaged onto a
+  coarser grid: two maps are compared at *equal resolution* (notebook 09) by pooling both onto the coarser grid.
 """
 from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,12 +31,23 @@ from torch import nn
 from utils.artifacts import recorded_explanation
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
-from utils.explain.gradcam import GradCAM, Targets, cam_steps, resolve_layer, shift_grid
+from utils.explain import gradcam as gradcam_module
+from utils.explain.gradcam import (
+    CellGeometry,
+    GradCAM,
+    Targets,
+    cam_steps,
+    eval_mode,
+    receptive_field_geometry,
+    resolve_layer,
+    shift_grid,
+    shifted_size,
+)
 from utils.explain.spec import ROLLOUT, Spec, check_spec, make_spec, unmeasured_explanation
 from utils.explain.vit import VIT_GRADCAM_LAYER, attention_rollout, layer_reshape
 from utils.paths import notebook_path
 from utils.train.model import pneumonia_probability, preprocess
-from utils.train.vit import is_vit
+from utils.train.vit import is_vit, token_grid
 
 __all__ = [
     "CHECKPOINT_SOURCE",
@@ -40,11 +56,15 @@ __all__ = [
     "Checkpoint",
     "Explainer",
     "candidate_maps",
+    "cell_geometry",
     "checkpoint_meta",
     "explain",
     "main_explanation",
     "main_maps",
+    "map_grid",
+    "pool_maps",
     "resolve_explanation",
+    "shift_border",
 ]
 
 #: A checkpoint as the map functions take it: its path (read *now*) or its metadata (the caller vouches that it is
@@ -158,7 +178,8 @@ class Explainer:
         if self.spec["method"] == ROLLOUT and not is_vit(model):
             raise ValueError("attention rollout explains a Vision Transformer, not this model")
         self._cam = None if self.spec["method"] == ROLLOUT else GradCAM(
-            model, self.spec["layer"], self.spec["method"], reshape=layer_reshape(model))
+            model, self.spec["layer"], self.spec["method"], reshape=layer_reshape(model),
+            cells=cell_geometry(model, self.spec))
 
     def __call__(self, x: torch.Tensor, targets: Targets = None
                  ) -> tuple[np.ndarray, torch.Tensor]:
@@ -168,7 +189,7 @@ class Explainer:
             return attention_rollout(self.model, x)
         if len(self.shifts) == 1:
             return self._cam(x, targets)
-        return self._cam.shift_averaged(x, targets, self.shifts)
+        return self._cam.shift_averaged(x, targets, self.shifts, shift_border(self.model))
 
     def release(self) -> None:
         """Remove the hooks (idempotent)."""
@@ -180,6 +201,35 @@ class Explainer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.release()
+
+
+_GEOMETRY: weakref.WeakKeyDictionary[nn.Module, dict[str, CellGeometry]] = weakref.WeakKeyDictionary()
+
+
+def cell_geometry(model: nn.Module, spec: Mapping[str, Any]) -> CellGeometry | None:
+    """Where ``spec``'s map draws its layer's cells (:func:`utils.explain.gradcam.upsample_cells`): None for
+    ``anchor="library"`` (the usual bilinear resize); for ``"receptive_field"`` each cell's receptive-field centre,
+    measured on the model (:func:`utils.explain.gradcam.receptive_field_geometry`, once per model and layer). A ViT's
+    cells are its patches, and their geometry is the patch embedding's (non-overlapping: each patch centred on its
+    own block of pixels, which is where the library draws it too — the anchoring changes nothing there)."""
+    spec = check_spec(spec)
+    if spec["anchor"] == "library" or spec["method"] == ROLLOUT:
+        return None
+    known = _GEOMETRY.setdefault(model, {})
+    if spec["layer"] not in known:
+        if is_vit(model):
+            proj = model.get_submodule("patch_embed.proj")
+            known[spec["layer"]] = receptive_field_geometry(proj, proj)
+        else:
+            known[spec["layer"]] = receptive_field_geometry(model, spec["layer"])
+    return known[spec["layer"]]
+
+
+def shift_border(model: nn.Module) -> str:
+    """How shift averaging treats the image border for ``model`` (:data:`utils.explain.gradcam.BORDERS`): the series'
+    setting (:data:`utils.explain.gradcam.SHIFT_BORDER`, read at call time), except ``"partial"`` for a ViT, whose
+    fixed position embeddings take no larger copies."""
+    return "partial" if is_vit(model) else gradcam_module.SHIFT_BORDER
 
 
 def _chunks(n: int, per_chunk: int) -> list[slice]:
@@ -232,12 +282,13 @@ class _Tap:
 
 
 def _maps_of(spec: Spec, act: torch.Tensor, grad: torch.Tensor, grid: list[tuple[int, int]], n: int,
-             size: tuple[int, int]) -> np.ndarray:
-    """One spec's maps (n, H, W) from the activations/gradients (S×N, K, h, w) of a pass over ``grid``."""
+             size: tuple[int, int], border: str, cells: CellGeometry | None) -> np.ndarray:
+    """One spec's maps (n, H, W) from the activations/gradients (S×N, K, h, w) of a pass over ``grid`` (copies made
+    with ``border``; ``size``: the copies' size; ``cells``: where its cells are drawn, :func:`cell_geometry`)."""
     keep = [k for k, (dy, dx) in enumerate(grid) if dy in spec["shifts"] and dx in spec["shifts"]]
     idx = torch.as_tensor([k * n + i for k in keep for i in range(n)])
     a, g = act.index_select(0, idx).float(), grad.index_select(0, idx).float()
-    return cam_steps(a, g, spec["method"], size, [grid[k] for k in keep]).maps.cpu().numpy()
+    return cam_steps(a, g, spec["method"], size, [grid[k] for k in keep], border, grid, cells).maps.cpu().numpy()
 
 
 def candidate_maps(model: nn.Module, x: torch.Tensor, candidates: Sequence[Mapping[str, Any]],
@@ -247,7 +298,10 @@ def candidate_maps(model: nn.Module, x: torch.Tensor, candidates: Sequence[Mappi
     the union of the shifts the candidates need. A :class:`~utils.explain.gradcam.GradCAM` hooks the earliest
     candidate layer; later layers (``layer4`` after ``layer3``) are read from the same pass. Every
     weighting and shift set is then derived from the recorded activations and gradients
-    (:func:`utils.explain.gradcam.cam_steps`).
+    (:func:`utils.explain.gradcam.cam_steps`), and so is every anchor (:func:`cell_geometry`: an upsampling, not a
+    pass). With the ``"complete"`` border (:func:`shift_border`) each copy is
+    padded for the whole shift set, so its unshifted copy is not the image itself: one pass per distinct shift set
+    then, so that every candidate's maps equal :func:`explain`'s.
 
     Returns ``({name: maps (N, H, W)}, logits (N, C) of the unshifted images, seconds per image)``.
     ``targets`` default 1 = PNEUMONIA (the evidence for pneumonia).
@@ -262,11 +316,11 @@ def candidate_maps(model: nn.Module, x: torch.Tensor, candidates: Sequence[Mappi
         raise ValueError("attention rollout explains a Vision Transformer, not this model")
     for s in specs:
         resolve_layer(model, s["layer"])  # a bad layer fails before any work
+    cells = {s["name"]: cell_geometry(model, s) for s in specs}
     t_all = None if targets is None or isinstance(targets, (int, np.integer)) else np.asarray(targets).ravel()
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    grid = shift_grid(sorted({o for s in specs for o in s["shifts"]} or {0}))
+    border = shift_border(model)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    pending = sorted(dict.fromkeys(s["layer"] for s in specs), key=lambda name: order.get(name, -1))
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
     logits_out: torch.Tensor | None = None
     start = time.perf_counter()
@@ -279,39 +333,94 @@ def candidate_maps(model: nn.Module, x: torch.Tensor, candidates: Sequence[Mappi
         roll, logits_out = attention_rollout(model, x)
         for s in rollouts:
             out[s["name"]].append(roll)
-    while pending:  # one pass, unless a later layer got no gradient through the first one's graph
-        first, later = pending[0], pending[1:]
-        served, logits_pass = {first}, []
-        with GradCAM(model, first, reshape=reshape) as cam:
-            taps = {name: _Tap(model.get_submodule(name)) for name in later}
-            try:
-                for k, sl in enumerate(_chunks(len(x), batch_size // len(grid))):
-                    xs = x[sl]
-                    _, lg = cam.shift_averaged(xs, targets if t_all is None else t_all[sl], grid)
-                    logits_pass.append(lg.cpu())
-                    assert cam.activations is not None and cam.gradients is not None
-                    rec: dict[str, tuple[Any, Any]] = {first: (torch.from_numpy(cam.activations),
-                                                               torch.from_numpy(cam.gradients))}
-                    for name, tap in taps.items():
-                        if k == 0 and tap.grad is not None:
-                            served.add(name)
-                        if name in served:
-                            rec[name] = (tap.act, tap.grad)
-                    for s in specs:
-                        if s["layer"] in rec:
-                            out[s["name"]].append(_maps_of(s, *rec[s["layer"]], grid, len(xs), size))
-                    if bar is not None:
-                        bar.update(len(xs))
-            finally:
-                for tap in taps.values():
-                    tap.release()
-        if logits_out is None:
-            logits_out = torch.cat(logits_pass) if logits_pass else torch.zeros((0, 0))
-        pending = [name for name in pending if name not in served]
-        if bar is not None and pending:
+    if border == "partial":  # the unshifted copy is the image: every shift set shares one pass
+        groups = [specs] if specs else []
+    else:
+        sets = dict.fromkeys(tuple(s["shifts"]) for s in specs)
+        groups = [[s for s in specs if tuple(s["shifts"]) == key] for key in sets]
+    for group in groups:
+        grid = shift_grid(sorted({o for s in group for o in s["shifts"]}))
+        copy_size = shifted_size(size, grid, border)
+        pending = sorted(dict.fromkeys(s["layer"] for s in group), key=lambda name: order.get(name, -1))
+        if bar is not None:
             bar.reset()
+        while pending:  # one pass, unless a later layer got no gradient through the first one's graph
+            first, later = pending[0], pending[1:]
+            served, logits_pass = {first}, []
+            with GradCAM(model, first, reshape=reshape) as cam:
+                taps = {name: _Tap(model.get_submodule(name)) for name in later}
+                try:
+                    for k, sl in enumerate(_chunks(len(x), batch_size // len(grid))):
+                        xs = x[sl]
+                        tt = targets if t_all is None else t_all[sl]
+                        _, lg = cam(xs, tt) if len(grid) == 1 else cam.shift_averaged(xs, tt, grid, border)
+                        logits_pass.append(lg.cpu())
+                        assert cam.activations is not None and cam.gradients is not None
+                        rec: dict[str, tuple[Any, Any]] = {first: (torch.from_numpy(cam.activations),
+                                                                   torch.from_numpy(cam.gradients))}
+                        for name, tap in taps.items():
+                            if k == 0 and tap.grad is not None:
+                                served.add(name)
+                            if name in served:
+                                rec[name] = (tap.act, tap.grad)
+                        for s in group:
+                            if s["layer"] in rec:
+                                out[s["name"]].append(_maps_of(s, *rec[s["layer"]], grid, len(xs), copy_size,
+                                                               border, cells[s["name"]]))
+                        if bar is not None:
+                            bar.update(len(xs))
+                finally:
+                    for tap in taps.values():
+                        tap.release()
+            if logits_out is None:
+                logits_out = torch.cat(logits_pass) if logits_pass else torch.zeros((0, 0))
+            pending = [name for name in pending if name not in served]
+            if bar is not None and pending:
+                bar.reset()
     if bar is not None:
         bar.close()
     seconds = (time.perf_counter() - start) / max(len(x), 1)
     maps = {n: (np.concatenate(v) if v else np.zeros((0, *size), np.float32)) for n, v in out.items()}
     return maps, logits_out if logits_out is not None else torch.zeros((0, 0)), seconds
+
+
+# ----------------------------------------------------------------------------------------- resolution
+def map_grid(model: nn.Module, spec: Mapping[str, Any], image_size: int | Sequence[int]) -> tuple[int, int]:
+    """The cell grid (rows, columns) ``spec``'s maps are computed on for images of ``image_size``: the output grid
+    of its layer (one dry forward pass), a ViT's patch grid (attention rollout included). Shift averaging moves a
+    map's peak between cells but does not make the layer see finer detail: the grid is the map's resolution."""
+    spec = check_spec(spec)
+    if is_vit(model):
+        return token_grid(model)
+    h, w = (int(image_size), int(image_size)) if isinstance(image_size, (int, np.integer)) else \
+        (int(image_size[0]), int(image_size[1]))
+    shapes: list[tuple[int, int]] = []
+    handle = resolve_layer(model, spec["layer"]).register_forward_hook(
+        lambda m, i, o: shapes.append((int(o.shape[-2]), int(o.shape[-1]))))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros((1, 3, h, w), device=next(model.parameters()).device))
+    finally:
+        handle.remove()
+    return shapes[0]
+
+
+def pool_maps(maps: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+    """Maps (N, H, W) averaged over the cells of a ``grid`` = (rows, columns) and drawn back at (H, W): each cell
+    holds its mean, so the share of mass in any region is the cell masses weighted by how much of each cell the
+    region covers. Each map is then divided by its maximum (fractions of mass unchanged; a map with no mass stays
+    zero). A uniform map stays uniform: an image-blind reference scores the same before and after pooling.
+    Cells split the image as evenly as the pixels allow (``np.linspace`` edges)."""
+    a = np.asarray(maps, dtype=np.float64)
+    if a.ndim != 3:
+        raise ValueError(f"maps must be (N, H, W), got shape {a.shape}")
+    gh, gw = int(grid[0]), int(grid[1])
+    h, w = a.shape[1:]
+    if not (1 <= gh <= h and 1 <= gw <= w):
+        raise ValueError(f"a grid of {gh}×{gw} cells does not fit maps of {h}×{w} pixels")
+    rows, cols = (np.linspace(0, n, g + 1).round().astype(int) for n, g in ((h, gh), (w, gw)))
+    sums = np.add.reduceat(np.add.reduceat(a, rows[:-1], axis=1), cols[:-1], axis=2)
+    means = sums / (np.diff(rows)[:, None] * np.diff(cols)[None, :])
+    top = means.max(axis=(1, 2), keepdims=True, initial=0.0)
+    means = np.divide(means, top, out=np.zeros_like(means), where=top > 0)
+    return np.repeat(np.repeat(means, np.diff(rows), axis=1), np.diff(cols), axis=2).astype(np.float32)

@@ -48,12 +48,7 @@ def score_explanations(model: nn.Module, images: np.ndarray, lesion_masks: np.nd
     best first (near, then pointing, then energy; baselines last) and, with ``return_maps``, also
     ``(maps {name: (n_tp, H, W)}, tp_index)`` with ``tp_index`` into ``images``.
     """
-    images, labels = np.asarray(images), np.asarray(labels)
-    if lesion_masks is None:
-        raise ValueError("localisation needs lesion masks (the phantoms have them; real data does not)")
-    masks = np.asarray(lesion_masks, dtype=bool)
-    if not (len(images) == len(labels) == len(masks)):
-        raise ValueError(f"images ({len(images)}), labels ({len(labels)}) and masks ({len(masks)}) differ in length")
+    images, labels, masks = loc.scored_inputs(images, labels, lesion_masks)
     specs = [check_spec(c) for c in candidates]
     pos = np.flatnonzero(labels == 1)
     x = preprocess(torch.from_numpy(images[pos]), meta["mean"], meta["std"])

@@ -12,7 +12,12 @@ Pieces, small and separately tested:
   detected pneumonias closest to the threshold, for contrast), :func:`select_true_positives`;
 * attention outside the lungs: :func:`outside_lung_fractions` (Grad-CAM mass outside the lung fields,
   ground-truth lung masks on phantoms, :func:`utils.explain.localisation.estimate_lung_field` on real images)
-  and :func:`compare_groups` (Mann-Whitney U, two-sided);
+  and :func:`compare_groups` (Mann-Whitney U, two-sided); an empty or constant map is "no map" (NaN: counted,
+  never scored);
+* the image border (:func:`border_check`): the share of the outside-lung mass within :func:`border_width` pixels of
+  the edge against a uniform map's share. When the band holds more than a uniform map puts there (by
+  :data:`BORDER_MARGIN`), heat on the frame — a padding or shift-averaging artefact — would count as "outside the
+  lungs", and the study reads the share with the band left out (:attr:`FailureStudy.reading`);
 * lesion properties of misses vs detections on the phantoms (:func:`lesion_property_table`);
 * a rule-based failure taxonomy (:func:`classify_failure`, rules in :data:`RULES`, in order);
 * the per-case table saved as ``assets/false_negatives.csv`` (:func:`case_table`).
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,20 +38,35 @@ from scipy.stats import mannwhitneyu
 from utils.config import CLASSES
 from utils.data.phantom import HARD_KINDS
 from utils.errors import UserError
-from utils.explain.localisation import outside_lung_fractions
+from utils.evaluate.metrics import paired_difference_ci
+from utils.evaluate.verdicts import (
+    difference_verdict,
+    empty_maps,
+    format_difference,
+    interval_side,
+    no_map_sentence,
+    verdict_phrase,
+)
+from utils.explain.localisation import border_band, outside_lung_fractions
 from utils.explain.maps import Checkpoint, main_maps
 from utils.paths import notebook_path
 
 __all__ = [
+    "BORDER_FRAC",
+    "BORDER_MARGIN",
     "CASE_COLUMNS",
     "CATEGORIES",
     "DEFAULT_CUTOFFS",
     "HIDDEN_LOCATIONS",
     "LESION_COLUMNS",
     "RULES",
+    "BorderCheck",
     "FailureStudy",
     "OutsideLungComparison",
     "align_to_split",
+    "border_check",
+    "border_shares",
+    "border_width",
     "case_table",
     "category_counts",
     "check_probabilities",
@@ -297,7 +317,8 @@ RULES: tuple[tuple[str, str], ...] = (
     (NO_LESION, "phantom: lesion area < no_lesion_area (nothing visible to find)"),
     (HIDDEN, "phantom: a lesion located retrocardiac or retrodiaphragmatic"),
     (FAINT, "phantom: hard flag 'faint' or 'small', or contrast < contrast, or lesion area < lesion_area"),
-    (DISTRACTION, "map: outside_lung_fraction of the PNEUMONIA map > outside_lung (default 0.5; see failure_cutoffs)"),
+    (DISTRACTION, "map: outside_lung_fraction of the PNEUMONIA map > outside_lung (default 0.5; see failure_cutoffs; "
+                  "the border band left out when it is hotter than a uniform map's)"),
     (NO_LESION, "no lesion info (real data): prob < label_doubt_frac × threshold (confident NORMAL call)"),
     (OTHER, "none of the above"),
 )
@@ -389,6 +410,80 @@ def case_table(cases: pd.DataFrame, threshold: float, outside: Sequence[float],
     return out[list(CASE_COLUMNS) + lesion]
 
 
+# ------------------------------------------------------------------------------------ the image border
+#: The border band of :func:`border_check`, as a fraction of the image side (8 px at 128 px, 14 px at 224 px): the
+#: width of the strip shift averaging can heat (8-px shifts at 128 px) and about a ``layer3`` cell's spill from the
+#: network's own zero padding. The lungs never reach that close to the edge.
+BORDER_FRAC = 1 / 16
+#: How much more of the outside-lung mass the band must hold than a uniform map puts there (share of that mass)
+#: before the study leaves the band out: less is no practical difference.
+BORDER_MARGIN = 0.05
+
+
+def border_width(image_size: int) -> int:
+    """The border band's width in pixels for square images of ``image_size`` (:data:`BORDER_FRAC`, at least 1)."""
+    return max(1, round(int(image_size) * BORDER_FRAC))
+
+
+def border_shares(maps: np.ndarray, lung_masks: np.ndarray, width_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per map (N, H, W): the share of its mass *outside the lungs* that lies within ``width_px`` of the image edge,
+    and the share a uniform map puts there (the band's part of the area outside the lungs). NaN for a map with no
+    mass outside the lungs (an empty map included)."""
+    maps, lungs = np.asarray(maps, dtype=np.float64), np.asarray(lung_masks, bool)
+    if maps.shape != lungs.shape or maps.ndim != 3:
+        raise ValueError(f"maps {maps.shape} and lung masks {lungs.shape} must both be (N, H, W)")
+    outside = ~lungs
+    band = border_band(maps.shape[1], maps.shape[2], width_px)[None] & outside
+    mass = (maps * outside).sum(axis=(1, 2))
+    share = np.divide((maps * band).sum(axis=(1, 2)), mass, out=np.full(len(maps), np.nan), where=mass > 0)
+    area = outside.sum(axis=(1, 2))
+    uniform = np.divide(band.sum(axis=(1, 2)), area, out=np.full(len(maps), np.nan), where=area > 0)
+    share[empty_maps(maps) if len(maps) else np.zeros(0, bool)] = np.nan
+    return share, uniform
+
+
+@dataclass
+class BorderCheck:
+    """Does heat on the image frame drive "outside the lungs"? (:func:`border_check`)"""
+
+    width_px: int
+    share: np.ndarray  # per map: share of its outside-lung mass within the band (NaN: nothing outside, or no map)
+    uniform: np.ndarray  # per map: the same share for a uniform map
+    difference: dict[str, float]  # paired share - uniform, patients resampled
+    verdict: str  # difference_verdict(difference, margin)
+    margin: float
+
+    @property
+    def matters(self) -> bool:
+        """The band holds more of the outside mass than a uniform map, by at least the margin."""
+        return self.verdict == "above"
+
+    def sentence(self) -> str:
+        """The check's finding, with its numbers, and what the study does about it."""
+        if self.verdict == "not measured":
+            return "Border: not measured (no map with mass outside the lungs)."
+        ok = np.isfinite(self.share)
+        head = (f"Border: {np.mean(self.share[ok]):.3f} of the outside-lung mass lies within {self.width_px} px of the "
+                f"image edge, where a uniform map puts {np.mean(self.uniform[ok]):.3f}; map − uniform "
+                f"{format_difference(self.difference)} over {int(ok.sum())} maps: "
+                f"{verdict_phrase(self.verdict, self.margin, interval_side(self.difference))}")
+        if self.matters:
+            return (f"{head} — heat on the frame would count as 'outside the lungs', so this notebook reads that share "
+                    "with the border band left out from here on.")
+        return f"{head} — the border does not drive 'outside the lungs'; the share is read over the whole image."
+
+
+def border_check(maps: np.ndarray, lung_masks: np.ndarray, width_px: int, groups: np.ndarray | None = None,
+                 n_boot: int = 1000, seed: int = 0, margin: float = BORDER_MARGIN) -> BorderCheck:
+    """:func:`border_shares` of ``maps`` and the paired verdict of (share − uniform share) against ``margin``
+    (:func:`utils.evaluate.verdicts.difference_verdict`; ``groups``: patient ids to resample)."""
+    share, uniform = border_shares(maps, lung_masks, width_px)
+    ok = np.isfinite(share) & np.isfinite(uniform)
+    diff = paired_difference_ci(share[ok], uniform[ok], None if groups is None else np.asarray(groups)[ok],
+                                n_boot=n_boot, seed=seed)
+    return BorderCheck(int(width_px), share, uniform, diff, difference_verdict(diff, margin), float(margin))
+
+
 # ------------------------------------------------------------------------------------ the study
 @dataclass
 class FailureStudy:
@@ -406,12 +501,22 @@ class FailureStudy:
     positives: pd.DataFrame  # every pneumonia image: the misses first, with its row in the split
     maps: np.ndarray  # PNEUMONIA maps of ``positives`` (main explanation)
     probs: np.ndarray  # P(PNEUMONIA) recomputed in the same pass
-    outside: np.ndarray  # share of each map outside the lung fields
+    outside: np.ndarray  # share of each map outside the lung fields (NaN: no map), as notebook 05 computes it
     lung_masks: np.ndarray
     lung_source: str  # "ground truth" or "estimated"
     images_all: np.ndarray
     lesion_masks_all: np.ndarray | None
     info_all: pd.DataFrame | None
+    no_map: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # empty or constant maps
+    inner: np.ndarray = field(default_factory=lambda: np.zeros(0))  # outside share with the border band left out
+    border: BorderCheck | None = None
+
+    @property
+    def reading(self) -> str:
+        """Which outside-lung share the study reads: the whole image, or with the border band left out."""
+        if self.border is not None and self.border.matters:
+            return f"outside the lungs, {self.border.width_px}-px border band left out"
+        return "outside the lungs"
 
     @property
     def has_fn(self) -> bool:
@@ -454,7 +559,14 @@ class FailureStudy:
         return None if self.info_all is None else self.info_all.iloc[self.rows(ids)].reset_index(drop=True)
 
     def outside_of(self, ids: Sequence[str]) -> np.ndarray:
+        """The share of each map outside the lungs over the whole image (notebook 05's number; NaN: no map)."""
         return self.outside[self._pos(ids)]
+
+    def read_of(self, ids: Sequence[str]) -> np.ndarray:
+        """The outside-lung share the study reads (:attr:`reading`): :meth:`outside_of`, or the share with the
+        border band left out when :func:`border_check` found the band hotter than a uniform map's."""
+        read = self.inner if self.border is not None and self.border.matters else self.outside
+        return read[self._pos(ids)]
 
 
 def study_failures(model: Any, checkpoint: Checkpoint, split: Any, predictions: pd.DataFrame, threshold: float,
@@ -474,9 +586,15 @@ def study_failures(model: Any, checkpoint: Checkpoint, split: Any, predictions: 
     maps, probs = class_gradcams(model, split.images[rows], checkpoint, progress=progress, classes=["PNEUMONIA"])
     check_probabilities(pos["prob"], probs)
     lungs = None if split.lung_masks is None else split.lung_masks[rows]
-    outside, masks, source = outside_lung_fractions(maps["PNEUMONIA"], lungs, split.images[rows], progress)
-    return FailureStudy(float(threshold), fn, tp, near, pos, maps["PNEUMONIA"], probs, outside, masks, source,
-                        split.images, split.lesion_masks, split.info)
+    cams = maps["PNEUMONIA"]
+    outside, masks, source = outside_lung_fractions(cams, lungs, split.images[rows], progress, skip_empty=True)
+    width = border_width(cams.shape[-1]) if len(cams) else 1
+    inner, _, _ = outside_lung_fractions(cams, masks, skip_empty=True, ignore_border_px=width)
+    border = border_check(cams, masks, width, pos["patient_id"].astype(str).to_numpy() if "patient_id" in pos
+                          else None)
+    return FailureStudy(float(threshold), fn, tp, near, pos, cams, probs, outside, masks, source, split.images,
+                        split.lesion_masks, split.info, empty_maps(cams) if len(cams) else np.zeros(0, bool), inner,
+                        border)
 
 
 # ------------------------------------------------------------------------------- the study's two readings
@@ -492,26 +610,49 @@ class OutsideLungComparison:
     lines: list[str]  # the findings, one sentence each
 
 
+def _border_of_focus(study: FailureStudy) -> str:
+    """The border check for the focus group alone (a few misses can sit on the frame while the rest do not): their
+    outside share with and without the band, and the band's part of their outside mass against a uniform map's."""
+    if study.border is None or study.focus.empty:
+        return ""
+    k = study._pos(study.focus["id"])
+    share, uniform = study.border.share[k], study.border.uniform[k]
+    ok = np.isfinite(share) & np.isfinite(uniform)
+    if not ok.any():
+        return ""
+    return (f"{study.names[0]} ({int(ok.sum())} map(s), medians): {np.nanmedian(study.outside[k][ok]):.3f} outside the "
+            f"lungs over the whole image, {np.nanmedian(study.inner[k][ok]):.3f} with the {study.border.width_px}-px "
+            f"border band left out; the band holds {np.median(share[ok]):.3f} of their outside mass (a uniform map: "
+            f"{np.median(uniform[ok]):.3f}).")
+
+
 def compare_outside_lung(study: FailureStudy) -> OutsideLungComparison:
-    """The outside-lung fractions of the focus group (the misses, or the near misses) against the other detections:
-    Mann-Whitney U (:func:`compare_groups`), the data-driven cut-off of :func:`failure_cutoffs` (falling back to
-    :data:`DEFAULT_CUTOFFS`), the chance level of a uniform map, and the findings as sentences."""
+    """The outside-lung shares the study reads (:meth:`FailureStudy.read_of`) of the focus group (the misses, or the
+    near misses) against the other detections: Mann-Whitney U (:func:`compare_groups`), the data-driven cut-off of
+    :func:`failure_cutoffs` (falling back to :data:`DEFAULT_CUTOFFS`), the chance level of a uniform map, the border
+    check and the "no map" count, as sentences. Empty maps (NaN) are left out of every number and counted."""
     focus_name, rest_name = study.names
-    focus, rest = study.outside_of(study.focus["id"]), study.outside_of(study.rest["id"])
-    groups = {"FN": study.outside_of(study.fn["id"]), "near miss": study.outside_of(study.near["id"]),
-              "TP (all)": study.outside_of(study.tp["id"])}
+    focus, rest = study.read_of(study.focus["id"]), study.read_of(study.rest["id"])
+    groups = {"FN": study.read_of(study.fn["id"]), "near miss": study.read_of(study.near["id"]),
+              "TP (all)": study.read_of(study.tp["id"])}
     stats = compare_groups(focus, rest, (focus_name, rest_name))
     default = DEFAULT_CUTOFFS["outside_lung"]
     assert default is not None
     cut = failure_cutoffs(outside_reference=rest).get("outside_lung", default)
     chance = float(np.median(1 - study.lung_masks.mean(axis=(1, 2))))
     above = (int((focus > cut).sum()), int((rest > cut).sum()))
-    lines = [f"lung masks: {study.lung_source}; chance level (uniform map) {chance:.3f}; 90th percentile of "
-             f"{rest_name} {cut:.3f}",
-             f"median outside-lung fraction: {focus_name} {stats['median_a']:.3f} (n={stats['n_a']}) vs "
-             f"{rest_name} {stats['median_b']:.3f} (n={stats['n_b']})",
-             f"Mann-Whitney U = {stats['U']:.1f}, two-sided p = {stats['p']:.3g}" if np.isfinite(stats["p"])
-             else "no test"]
+    lines = [s for s in (study.border.sentence() if study.border is not None else "", _border_of_focus(study),
+                         no_map_sentence(int(np.sum(study.no_map)), len(study.maps), "PNEUMONIA maps")) if s]
+    lines += [f"share read: {study.reading}; lung masks: {study.lung_source}; chance level (uniform map) {chance:.3f}; "
+              f"90th percentile of {rest_name} {cut:.3f}",
+              f"median outside-lung share: {focus_name} {stats['median_a']:.3f} (n={stats['n_a']}) vs "
+              f"{rest_name} {stats['median_b']:.3f} (n={stats['n_b']})",
+              f"Mann-Whitney U = {stats['U']:.1f}, two-sided p = {stats['p']:.3g}" if np.isfinite(stats["p"])
+              else "no test"]
+    if study.border is not None and study.border.matters:
+        whole = compare_groups(study.outside_of(study.focus["id"]), study.outside_of(study.rest["id"]))
+        lines.append(f"over the whole image (notebook 05's number) the medians would be {whole['median_a']:.3f} vs "
+                     f"{whole['median_b']:.3f}")
     if stats["note"]:
         lines.append(f"note: {stats['note']}")
     lines.append(f"cases above that percentile ({cut:.1%} outside): {above[0]} of {len(focus)} {focus_name}, "

@@ -8,8 +8,8 @@ image), occlusion (:mod:`utils.explain.attribution`, from Captum) and the Grad-C
   against the **best image-blind prior** (mean-lesion, lung-field, centre, random), paired patient bootstrap
   (:func:`utils.explain.choice.verdict_against_baselines`, the rule of notebook 05);
 * **outside-lung mass** against a uniform map (ground-truth lungs on phantoms, estimated lungs on real films);
-* **randomisation** — the cascading check of Adebayo et al. with its reference level
-  (:mod:`utils.explain.checks`);
+* **randomisation** — the cascading check of Adebayo et al. judged against its reference level, the trained map
+  against another image's randomised map, on |Spearman ρ| and SSIM (:func:`utils.explain.sanity.randomisation_check`);
 * **ROAD** in both orders against the same map moved elsewhere (:func:`utils.explain.road.road_test`);
 * **the marker test of notebook 08** — map mass on a burned-in marker, confounded model − control model on the same
   marked images, against the uniform map's share of the marker as the margin; only where the confounded model of
@@ -37,38 +37,42 @@ from torch import nn
 
 from utils.artifacts import checkpoint_state, operating_threshold
 from utils.config import Config
-from utils.data.bundle import DataBundle, Split
+from utils.data.bundle import DataBundle
 from utils.errors import UserError
 from utils.evaluate.metrics import format_ci, paired_difference_ci
 from utils.evaluate.verdicts import (
-    baseline_verdict,
     difference_verdict,
     format_difference,
-    sanity_sentence,
-    sanity_step_verdict,
 )
 from utils.explain import attribution as attr
-from utils.explain import checks
 from utils.explain import localisation as loc
 from utils.explain import road as road_check
+from utils.explain import sanity
 from utils.explain.choice import verdict_against_baselines
 from utils.explain.maps import main_explanation
+from utils.explain.spec import without_shifts
 from utils.fileio import write_json
 from utils.machine import cpu_count
+from utils.paths import notebook_path
 from utils.stages import ensure_explanation
-from utils.train.model import build_model, load_model, predict_proba, preprocess, resolve_device
+from utils.train.model import load_model, predict_proba, preprocess, resolve_device
 
 __all__ = [
     "GRADCAM_ROW",
     "ROWS",
     "Knobs",
     "Leaderboard",
+    "MarkerInputs",
+    "confounded_inputs",
     "leaderboard_panels",
     "leaderboard_sentences",
     "leaderboard_table",
     "marker_row",
+    "measure_leaderboard",
+    "randomisation_entry",
     "run_leaderboard",
     "sharpness",
+    "spec_at_size",
 ]
 
 #: The leaderboard's rows: key → label. The first six are groups of :func:`utils.explain.attribution.parameter_grid`.
@@ -91,15 +95,16 @@ class Knobs:
     """What the leaderboard costs: images per check and the validation grid (notebook 10's parameters cell)."""
 
     n_images: int = 16  # test true positives scored (localisation, cost; the other checks use the first of them)
-    n_val: int = 12  # validation true positives the parameters are chosen on
-    n_sanity: int = 4  # images of the randomisation check (every method's maps, 6 steps + the reference)
-    n_road: int = 12  # images of ROAD (both orders, map and null)
-    n_stability: int = 8  # images of the stability check
-    n_marker: int = 12  # marked test images of the marker test (when the confounded model exists)
+    n_val: int = 6  # validation true positives the parameters are chosen on
+    n_sanity: int = 4  # images of the randomisation check (every method's maps at 6 randomised steps); >= 2
+    n_road: int = 8  # images of ROAD (both orders, map and null)
+    n_stability: int = 4  # images of the stability check
+    n_marker: int = 6  # marked test images of the marker test (when the confounded model exists)
     noises: tuple[float, ...] = (0.1, 0.2)  # SmoothGrad noise (fraction of the grey range)
     samples: tuple[int, ...] = (8,)  # SmoothGrad samples
-    steps: tuple[int, ...] = (8, 16)  # IG steps
-    window_fractions: tuple[int, ...] = (4, 8)  # occlusion windows: image side / f
+    steps: tuple[int, ...] = (4, 8)  # IG steps
+    window_fractions: tuple[int, ...] = (4,)  # occlusion windows: image side / f (stride: half the window)
+    fills: tuple[str, ...] = ("black", "blurred", "mean")  # what an occluded window is replaced with
     stability_level: float = 0.02  # σ of the grey noise of the stability check
     road_fractions: tuple[float, ...] = road_check.ROAD_FRACTIONS
 
@@ -109,6 +114,8 @@ class Knobs:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise UserError(f"{name} must be a whole number >= 1, got {v!r}")
+        if self.n_sanity < 2:
+            raise UserError(f"n_sanity must be at least 2 (the reference is another image's map), got {self.n_sanity}")
         if not 0 < self.stability_level < 1:
             raise UserError(f"stability_level must lie in (0, 1), got {self.stability_level!r}")
         return self
@@ -116,12 +123,17 @@ class Knobs:
 
 @dataclass
 class Leaderboard:
-    """What notebook 10 shows (the JSON is ``record``)."""
+    """What notebook 10 shows (the JSON is ``record``); ``model`` / ``meta`` (threshold included) and ``mean_image``
+    are what the maps were computed with, for the explorer."""
 
     record: dict[str, Any]
     table: pd.DataFrame
     sentences: list[str]
     specs: dict[str, dict[str, Any]]
+    model: nn.Module
+    meta: dict[str, Any]
+    mean_image: np.ndarray
+    index: np.ndarray  # the scored images: indices into the test split
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # row -> maps of the scored test images
     images: np.ndarray | None = None  # those images (uint8)
     lesion_masks: np.ndarray | None = None
@@ -160,45 +172,26 @@ def _outside_lung(maps: np.ndarray, lung_masks: np.ndarray, groups: np.ndarray, 
 
 
 # ------------------------------------------------------------------------------------------ randomisation
-def randomisation_row(model: nn.Module, x: torch.Tensor, cam_fn: Any, groups: np.ndarray, seed: int = 0,
-                      n_boot: int = 1000, after: str = "layer4") -> dict[str, Any]:
-    """The cascading randomisation check of one method, judged against a **reference level** measured in the same
-    run: |ρ| between the maps of two independently initialised models of the same architecture on the same images.
-    From ``after`` down to the stem, each step's |ρ| (trained vs randomised maps) minus the reference is bootstrapped
-    over patients; the method is "at the reference" when no step stays above it
-    (:func:`utils.evaluate.verdicts.sanity_step_verdict`)."""
-    table = checks.cascading_randomisation(model, x, 1, "layer4", cam_fn=cam_fn, seed=seed)
-    fresh = []
-    for k in (1, 2):
-        with torch.random.fork_rng(devices=[]):
-            other, _ = build_model("none", seed=seed + 7919 * k)
-        fresh.append(cam_fn(other.to(next(model.parameters()).device).eval(), x, "layer4", 1))
-    reference = np.abs(np.nan_to_num(checks.spearman_maps(fresh[0], fresh[1]), nan=0.0))
-    names = list(table["randomised"])
-    steps = []
-    for _, r in table.iloc[names.index(after):].iterrows():
-        sim = np.abs(np.asarray(r["rho"], dtype=np.float64))
-        ok = np.isfinite(sim)
-        diff = paired_difference_ci(sim[ok], reference[ok], groups[ok], n_boot=n_boot, seed=seed)
-        steps.append({"blocks": r["blocks"], "similarity": {"value": float(sim[ok].mean()) if ok.any() else np.nan,
-                                                            **_boot_mean(sim[ok], groups[ok], n_boot, seed)},
-                      "reference": {"value": float(reference[ok].mean()) if ok.any() else np.nan,
-                                    **_boot_mean(reference[ok], groups[ok], n_boot, seed)},
-                      "difference": _ci(diff), "verdict": sanity_step_verdict(diff)})
-    verdicts = [s["verdict"] for s in steps]
-    verdict = "no map" if all(v == "no map" for v in verdicts) else \
-        "above the reference" if "above the reference" in verdicts else "at the reference"
-    worst = max(steps, key=lambda s: float(np.nan_to_num(s["difference"]["value"], nan=-np.inf)))
-    return {"verdict": verdict, "passes": verdict == "at the reference", "steps": steps,
-            "worst_difference": worst["difference"], "worst_blocks": worst["blocks"],
-            "summary": f"with {worst['blocks']} random, |ρ| {format_ci(worst['similarity'])} vs reference "
-                       f"{format_ci(worst['reference'])}",
-            "sentence": sanity_sentence(steps), "reference": "two independently initialised models"}
-
-
-def _boot_mean(values: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
-    d = paired_difference_ci(values, np.zeros_like(values), groups, n_boot=n_boot, seed=seed)
-    return {"ci_low": d["ci_low"], "ci_high": d["ci_high"]}
+def randomisation_entry(check: Mapping[str, Any], metric: str = "abs_spearman") -> dict[str, Any]:
+    """The record's view of :func:`utils.explain.sanity.randomisation_check`: its verdict, and the worst step on
+    ``metric`` (the largest similarity − reference difference, from ``layer4`` down to the stem) with its numbers."""
+    steps = list(check["steps"].get(metric, []))
+    verdict = {"at the reference level": "at the reference", "above the reference level": "above the reference"}.get(
+        check["verdict"], "no map")
+    scored = [st for st in steps if np.isfinite(float(st["difference"]["value"]))]
+    above = [st for st in scored if st["verdict"] == "above the reference"]
+    worst = max(above or scored, key=lambda st: float(st["difference"]["value"])) if scored else None
+    entry: dict[str, Any] = {
+        "verdict": verdict, "passes": bool(check["passes"]), "metric": metric, "n": check["n"],
+        "n_no_map": check["n_no_map"], "sentence": check["sentence"],
+        "steps": {m: [{k: st[k] for k in ("blocks", "similarity", "reference", "difference", "verdict")} for st in rows]
+                  for m, rows in check["steps"].items()},
+        "worst_difference": _ci(worst["difference"]) if worst else None,
+        "worst_verdict": worst["verdict"] if worst else "no map",
+        "worst_blocks": worst["blocks"] if worst else None,
+        "summary": (f"with {worst['blocks']} random, {sanity.SIMILARITIES[metric]} {format_ci(worst['similarity'])} "
+                    f"vs {format_ci(worst['reference'])} for another image's map") if worst else "no map"}
+    return entry
 
 
 # ------------------------------------------------------------------------------------------ the marker test
@@ -208,7 +201,8 @@ def marker_row(maps_confounded: np.ndarray, maps_control: np.ndarray, regions: n
     marked images (paired patient bootstrap), judged with the **uniform map's share of the marker** as the margin
     (a difference smaller than what a map spread evenly puts there would not tell a reader anything). Also the share
     of maps whose peak lies within 5 % of the side of the marker. Verdict: ``"exposes the shortcut"``,
-    ``"detectable, below the uniform share"``, ``"does not expose it"`` or ``"no map"``."""
+    ``"detectable, below the uniform share"`` (more mass on the marker, less than the margin), ``"does not expose
+    it"`` (no more mass, or less) or ``"no map"`` (fewer than two images with a map from both models)."""
     regions = np.asarray(regions, bool)
     if not regions.reshape(len(regions), -1).any(axis=1).all():
         raise ValueError("every image of the marker test must carry a marker")
@@ -221,27 +215,16 @@ def marker_row(maps_confounded: np.ndarray, maps_control: np.ndarray, regions: n
     uniform = float(regions.reshape(len(regions), -1).mean())
     diff = paired_difference_ci(mass["confounded"][keep], mass["control"][keep], np.asarray(groups)[keep],
                                 n_boot=n_boot, seed=seed)
-    v = difference_verdict(diff, margin=uniform)
-    verdict = {"above": "exposes the shortcut", "within": "detectable, below the uniform share",
-               "not measured": "no map"}.get(v, "does not expose it")
+    v = difference_verdict(diff, margin=uniform) if keep.sum() >= 2 else "not measured"  # one image: no interval
+    verdict = ("exposes the shortcut" if v == "above" else "no map" if v == "not measured"
+               else "detectable, below the uniform share" if v == "within" and diff["value"] > 0
+               else "does not expose it")
     return {"verdict": verdict, "difference": _ci(diff), "margin": uniform,
             "confounded": float(mass["confounded"][keep].mean()) if keep.any() else float("nan"),
             "control": float(mass["control"][keep].mean()) if keep.any() else float("nan"),
             "peak_on_marker_confounded": float(peak["confounded"][keep].mean()) if keep.any() else float("nan"),
             "peak_on_marker_control": float(peak["control"][keep].mean()) if keep.any() else float("nan"),
             "n": int(keep.sum()), "n_no_map": int(empty.sum())}
-
-
-def _confounded_world(cfg: Config, bundle: DataBundle) -> tuple[Any, DataBundle, Split, np.ndarray]:
-    """Notebook 08's confounded model path, its training world and the decorrelated marked test with its regions."""
-    from utils.data.confounder import MarkerSpec, confounded_bundle, confounded_split
-    from utils.studies.shortcut import TAGS, TEST_MODES, TESTS
-
-    spec = MarkerSpec()
-    world = confounded_bundle(bundle, "correlated", cfg["seed"], spec)
-    k = TESTS.index("decorrelated")
-    test, regions, _ = confounded_split(bundle["test"], TEST_MODES["decorrelated"], cfg["seed"] + 100 + k, spec)
-    return cfg.path("model", TAGS["confounded"]), world, test, regions
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -260,50 +243,152 @@ def _pick(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
     return np.sort(rng.choice(pool, min(n, len(pool)), replace=False)).astype(int) if len(pool) else pool[:0]
 
 
-def _scale(cfg: Config, bundle: DataBundle, device: torch.device) -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"data": bundle.source, "describe": bundle.describe(), "image_size": int(bundle.image_size),
-            "profile": cfg.profile, "knobs": cfg.knobs, "device": device.type, "torch_threads": torch.get_num_threads(),
-            "cpu_cores": cpu_count(), "load_average_1min": float(load[0])}
+def _patients_first(idx: np.ndarray, patient_ids: np.ndarray) -> np.ndarray:
+    """``idx`` reordered so that its first images come from distinct patients (each patient's first image, in order,
+    then each patient's second …): the checks that read only the first few images then bootstrap over patients."""
+    count: dict[Any, int] = {}
+    rank = []
+    for patient in np.asarray(patient_ids)[idx]:
+        rank.append(count.get(patient, 0))
+        count[patient] = rank[-1] + 1
+    return np.asarray(idx)[np.argsort(rank, kind="stable")]
+
+
+class _Clock:
+    """Wall seconds of each phase (``laps``), for the record: what each check costs on this machine."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 2)
+        self.last = now
+
+
+@dataclass
+class MarkerInputs:
+    """What the marker test needs: notebook 08's confounded model, the control it is compared with, and marked test
+    images with their true marker regions (images without a marker are left out by the test). Notebook 08 may train
+    in a world of its own (another image size, data, start): ``control`` is that world's control model (None: the
+    shipped model is the control), ``mean_image`` that world's training mean (None: the shipped run's) and
+    ``image_size`` its size — the methods' parameters are carried over to it (:func:`spec_at_size`)."""
+
+    model: nn.Module
+    images: np.ndarray  # uint8 (N, S, S), markers burned in
+    regions: np.ndarray  # bool (N, S, S)
+    labels: np.ndarray
+    patient_ids: np.ndarray
+    source: str = ""
+    control: nn.Module | None = None
+    mean_image: np.ndarray | None = None
+    world: str = "the shipped run's"
+
+
+def spec_at_size(spec: Mapping[str, Any], from_size: int, to_size: int) -> dict[str, Any]:
+    """An attribution spec chosen at ``from_size`` px carried over to ``to_size`` px: the occlusion window scaled with
+    the image (its stride re-derived so the windows tile the side); every other parameter is size-free (the blurred
+    baseline's default blur is side / 16 already) — a Grad-CAM spec is returned unchanged."""
+    if not attr.is_attribution_spec(spec) or from_size == to_size or spec["method"] != "occlusion":
+        return dict(spec)
+    p = dict(spec["params"])
+    if p.get("window") is not None:
+        p["window"], p["stride"], _ = attr.occlusion_windows(to_size, max(1, round(p["window"] * to_size / from_size)))
+    if p.get("blur") is not None:
+        p["blur"] = p["blur"] * to_size / from_size
+    return attr.make_attribution_spec("occlusion", **p)
+
+
+def confounded_inputs(cfg: Config, bundle: DataBundle, device: torch.device | str = "cpu") -> MarkerInputs | str:
+    """Notebook 08's confounded model, its control and its decorrelated marked test, or — when a model is missing or
+    belongs to other data — the reason, in one line naming the notebook to run (never trained here: two or three
+    training runs). 08's world, training set and marked test come from :mod:`utils.studies.shortcut`
+    (:func:`~utils.studies.shortcut.world_setup`, :func:`~utils.studies.shortcut.confounded_world`,
+    :func:`~utils.studies.shortcut.marked_test`) and its checkpoints from ``shortcut.TAGS``; in the shipped run's
+    world (real data) the shipped model is the control."""
+    from utils.data.confounder import MarkerSpec
+    from utils.studies import shortcut
+
+    spec, dev = MarkerSpec(), resolve_device(str(device))
+    wcfg, clean, shipped_world = shortcut.world_setup(cfg, bundle)
+    _, world = shortcut.confounded_world(cfg, bundle, spec)
+    marked, regions = shortcut.marked_test(cfg, bundle, "decorrelated", spec, clean_test=clean["test"])
+    control_path = None if shipped_world else wcfg.path("model", shortcut.TAGS["control"])
+    path = wcfg.path("model", shortcut.TAGS["confounded"])
+    checks = [(path, world)] + ([(control_path, clean)] if control_path is not None else [])
+    for p, data in checks:
+        reason = checkpoint_state(p, data, need=("threshold_rule",))
+        if reason:
+            rel = p.relative_to(cfg.root) if p.is_relative_to(cfg.root) else p
+            return (f"notebook 08's {rel.name} is not usable here: {reason}; run {notebook_path('shortcut')} first "
+                    "(it trains its models), then this notebook again")
+    model, _ = load_model(path, dev)
+    control = load_model(control_path, dev)[0] if control_path is not None else None
+    rel = path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path
+    return MarkerInputs(model, marked.images, regions, marked.labels, marked.patient_ids, str(rel), control,
+                        None if control is None else attr.dataset_mean_image(clean["train"].images),
+                        "the shipped run's" if control is None else "notebook 08's own")
 
 
 def run_leaderboard(cfg: Config, bundle: DataBundle, methods: Sequence[str] | None = None, knobs: Knobs = Knobs(),
                     device: str = "auto", progress: bool = True, write: bool = True) -> Leaderboard:
-    """Measure every row of :data:`ROWS` (or ``methods``) with every check (see the module docstring) and, with
-    ``write``, save ``assets/attribution_leaderboard.json``. The shipped model and its recorded Grad-CAM come through
-    :func:`utils.stages.ensure_explanation` (rebuilt when missing, as every notebook does)."""
-    rows = _rows(methods)
-    knobs = knobs.check()
+    """Notebook 10's call: the shipped model and its recorded Grad-CAM through :func:`utils.stages.ensure_explanation`
+    (rebuilt when missing, as every notebook does), notebook 08's confounded model when it is there
+    (:func:`confounded_inputs`), then :func:`measure_leaderboard`; with ``write``, it saves
+    ``assets/attribution_leaderboard.json``."""
+    rows, knobs = _rows(methods), knobs.check()
     dev = resolve_device(device)
-    seed, n_boot = int(cfg["seed"]), int(cfg["n_bootstrap"])
     path = ensure_explanation(cfg, bundle, device, progress)
     model, meta = load_model(path, dev)
     threshold, rule = operating_threshold(meta, path)
-    meta = {**meta, "threshold": threshold}
+    marker = confounded_inputs(cfg, bundle, dev)
+    board = measure_leaderboard(model, {**meta, "threshold": threshold, "threshold_rule": rule}, bundle,
+                                main_explanation(path, model), rows, knobs, int(cfg["seed"]), int(cfg["n_bootstrap"]),
+                                marker, progress)
+    board.record["scale"].update(profile=cfg.profile, knobs=cfg.knobs)
+    if write:
+        write_json(cfg.path("attribution_leaderboard"), board.record)
+    return board
+
+
+def measure_leaderboard(model: nn.Module, meta: Mapping[str, Any], bundle: DataBundle, gradcam: Mapping[str, Any],
+                        methods: Sequence[str] | None = None, knobs: Knobs = Knobs(), seed: int = 0,
+                        n_boot: int = 1000, marker: MarkerInputs | str | None = None,
+                        progress: bool = False) -> Leaderboard:
+    """Every check of the module docstring for every row, on ``bundle``'s splits: parameters chosen on its validation
+    split (with lesion masks), everything scored on a seeded draw of its test true positives. ``meta`` holds the
+    normalisation and the operating ``threshold``; ``gradcam`` is the Grad-CAM spec of the row ``"gradcam"``;
+    ``marker``: the marker test's inputs, or why it cannot run."""
+    rows, knobs = _rows(methods), knobs.check()
+    clock = _Clock()
+    dev = next(model.parameters()).device
+    meta = dict(meta)
+    threshold = float(meta["threshold"])
     train, val, test = bundle["train"], bundle["val"], bundle["test"]
     has_masks = all(s.lesion_masks is not None for s in (train, val, test))
-    size = int(bundle.image_size)
     mean_image = attr.dataset_mean_image(train.images)
-    grid = attr.parameter_grid(size, with_mean=True, noises=knobs.noises, samples=knobs.samples, steps=knobs.steps,
-                               window_fractions=knobs.window_fractions)
-    gradcam = {**main_explanation(path, model)}
-    gradcam["name"] = f"{gradcam['name']} (05's choice)"
+    grid = attr.parameter_grid(int(bundle.image_size), with_mean=True, noises=knobs.noises, samples=knobs.samples,
+                               steps=knobs.steps, window_fractions=knobs.window_fractions, fills=knobs.fills)
     val_table = None
     priors: dict[str, np.ndarray] = {}
+    wanted = {g: grid[g] for g in rows if g != GRADCAM_ROW}
     if has_masks:
         assert train.lesion_masks is not None and val.lesion_masks is not None
         priors = loc.prior_maps(train.lesion_masks[train.labels == 1], train.lung_masks)
-        wanted = {g: grid[g] for g in rows if g != GRADCAM_ROW}
         chosen, val_table = attr.choose_parameters(model, val.images, val.lesion_masks, val.labels, meta, wanted,
                                                    mean_image, priors=priors, max_images=knobs.n_val,
-                                                   progress=progress)
-        chosen_on = f"validation true positives (first {val_table.attrs['n_true_positives']}), the series' rule"
+                                                   progress=progress) if wanted else ({}, None)
+        chosen_on = (f"validation true positives (the first {val_table.attrs['n_true_positives']}), 05's rule"
+                     if val_table is not None else "nothing to choose")
     else:
-        chosen = {g: dict(grid[g][0]) for g in rows if g != GRADCAM_ROW}
+        chosen = {g: dict(specs[0]) for g, specs in wanted.items()}
         chosen_on = "nothing: no lesion masks on this data, so each method keeps the cheapest setting of its grid"
-    specs = {g: (gradcam if g == GRADCAM_ROW else chosen[g]) for g in rows}
+    gradcam_spec = {**gradcam, "name": f"{gradcam['name']} (05's choice)"}
+    specs = {g: (gradcam_spec if g == GRADCAM_ROW else chosen[g]) for g in rows}
+    clock.lap("parameter choice (validation)")
 
-    # the scored images: test true positives (seeded draw); real data with too few: the pneumonias the model rates
+    # the scored images: test true positives (seeded draw); with too few, the PNEUMONIA images the model rates highest
     p_test = predict_proba(model, test.images, meta, device=dev)
     rng = np.random.default_rng(seed)
     tp = np.flatnonzero((test.labels == 1) & (p_test >= threshold))
@@ -315,13 +400,12 @@ def run_leaderboard(cfg: Config, bundle: DataBundle, methods: Sequence[str] | No
         pos = np.flatnonzero(test.labels == 1)
         tp, images_are = pos[np.argsort(-p_test[pos], kind="stable")], "test PNEUMONIA images (too few detected)"
     if len(tp) < 2:
-        raise UserError("the leaderboard needs at least two PNEUMONIA test images: this test split has "
-                        f"{len(tp)}")
-    idx = _pick(rng, tp, knobs.n_images)
+        raise UserError(f"the leaderboard needs at least two PNEUMONIA test images: this test split has {len(tp)}")
+    idx = _patients_first(_pick(rng, tp, knobs.n_images), test.patient_ids)
     x = preprocess(torch.from_numpy(test.images[idx]), meta["mean"], meta["std"])
     groups = np.asarray(test.patient_ids[idx])
-    spec_list = [specs[g] for g in rows]
-    maps_by_name, _, seconds = attr.method_maps(model, x, spec_list, 1, meta, mean_image, progress=progress)
+    maps_by_name, _, seconds = attr.method_maps(model, x, [specs[g] for g in rows], 1, meta, mean_image,
+                                                progress=progress)
     maps = {g: maps_by_name[specs[g]["name"]] for g in rows}
     out: dict[str, dict[str, Any]] = {}
     for g in rows:
@@ -330,7 +414,7 @@ def run_leaderboard(cfg: Config, bundle: DataBundle, methods: Sequence[str] | No
                   "sign": s["params"]["sign"] if g != GRADCAM_ROW else "positive (ReLU)",
                   "cost_ms": 1000.0 * seconds[s["name"]], "sharpness": float(np.nanmean(sharpness(maps[g]))),
                   "n_no_map": int(loc.empty_maps(maps[g]).sum())}
-
+    clock.lap("maps of the scored images")
     # localisation against the priors (masks only)
     if has_masks:
         assert test.lesion_masks is not None
@@ -340,19 +424,22 @@ def run_leaderboard(cfg: Config, bundle: DataBundle, methods: Sequence[str] | No
                 v = verdict_against_baselines(maps[g], test.lesion_masks[idx], groups, priors, metric, n_boot, seed)
                 out[g]["localisation"][metric] = {
                     "map": v["map"], "best_baseline": v["best_baseline"], "best_baseline_value": v["best_baseline_value"],
-                    "baselines": v["baselines"], "difference": _ci(v["difference"]),
-                    "verdict": baseline_verdict(v["difference"]), "n": v["n"]}
+                    "baselines": v["baselines"], "difference": _ci(v["difference"]), "verdict": v["verdict"],
+                    "n": v["n"], "n_no_map": v["n_no_map"], "sentence": v["sentence"]}
     # outside-lung mass (ground-truth lungs on phantoms, estimated lungs on real films)
     lungs = test.lung_masks[idx] if test.lung_masks is not None else loc.estimate_lung_fields(test.images[idx])
     lung_source = "ground truth" if test.lung_masks is not None else "estimated"
     for g in rows:
         out[g]["outside_lung"] = {**_outside_lung(maps[g], lungs, groups, n_boot, seed), "lung_masks": lung_source}
-
+    clock.lap("localisation and outside-lung mass")
     # randomisation with its reference level
     n_s = min(knobs.n_sanity, len(idx))
     for g in rows:
         cam_fn = attr.cam_fn_for(specs[g], meta, mean_image)
-        out[g]["randomisation"] = randomisation_row(model, x[:n_s], cam_fn, groups[:n_s], seed, n_boot)
+        check = sanity.randomisation_check(model, x[:n_s], 1, "layer4", seed=seed, cam_fn=cam_fn, groups=groups[:n_s],
+                                           n_boot=n_boot, random_models=False)
+        out[g]["randomisation"] = randomisation_entry(check)
+    clock.lap("randomisation")
     # ROAD, both orders, against the same map moved elsewhere
     n_r = min(knobs.n_road, len(idx))
     for g in rows:
@@ -361,6 +448,7 @@ def run_leaderboard(cfg: Config, bundle: DataBundle, methods: Sequence[str] | No
         out[g]["road"] = {"verdict": r["verdict"], "own_drop": _ci(r["own_drop"]), "difference": _ci(r["difference"]),
                           "n": r["n"], "n_no_map": r["n_no_map"], "null": road_check.NULLS["shift"],
                           "sentence": r["sentence"]}
+    clock.lap("ROAD")
     # stability under a small grey noise that leaves the decision unchanged
     n_t = min(knobs.n_stability, len(idx))
     for g in rows:
@@ -368,58 +456,75 @@ def run_leaderboard(cfg: Config, bundle: DataBundle, methods: Sequence[str] | No
                                 knobs.stability_level, 1, seed=seed, maps=maps[g][:n_t])
         out[g]["stability"] = {k: st[k] for k in ("kind", "level", "n", "n_flipped", "n_kept", "median_rho", "q25",
                                                   "q75")}
-    # the marker test of notebook 08 (only with the confounded model on disk and current)
-    marker = _marker_test(cfg, bundle, model, meta, rows, specs, mean_image, knobs, dev, rng, n_boot, seed)
+    clock.lap("stability")
+    # the marker test of notebook 08 (only with the confounded model)
+    if isinstance(marker, MarkerInputs):
+        marker_test = _marker_test(marker, model, meta, rows, specs, mean_image, knobs.n_marker, rng, n_boot, seed)
+    else:
+        marker_test = {"measured": False, "rows": {}, "reason": marker or "no confounded model was given"}
     for g in rows:
-        out[g]["marker"] = marker["rows"].get(g)
+        out[g]["marker"] = marker_test["rows"].get(g)
+    clock.lap("marker test")
 
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     record = {
         "what": "pixel attribution vs the chosen Grad-CAM, every method with every check of the series",
-        "scale": _scale(cfg, bundle, dev), "threshold": threshold, "threshold_rule": rule,
+        "scale": {"data": bundle.source, "describe": bundle.describe(), "image_size": int(bundle.image_size),
+                  "device": dev.type, "torch_threads": torch.get_num_threads(), "cpu_cores": cpu_count(),
+                  "load_average_1min": float(load[0])},
+        "threshold": threshold, "threshold_rule": meta.get("threshold_rule"),
         "masks": has_masks, "parameters_chosen_on": chosen_on, "images": images_are, "n_images": len(idx),
         "n_sanity": n_s, "n_road": n_r, "n_stability": n_t, "n_bootstrap": n_boot, "knobs": asdict(knobs),
-        "lung_masks": lung_source, "marker_test": {k: v for k, v in marker.items() if k != "rows"},
-        "not_measurable": [] if has_masks else ["localisation (near-pointing, energy in the lesion, the priors): no "
-                                                "lesion masks", "parameter choice on validation: no lesion masks"],
-        "model_saw_masks": False, "rows": [out[g] for g in rows],
+        "lung_masks": lung_source, "marker_test": {k: v for k, v in marker_test.items() if k != "rows"},
+        "not_measurable": [] if has_masks else [
+            "localisation (near-pointing, energy inside the lesion, the comparison with the image-blind priors): no "
+            "lesion masks", "the choice of each method's parameters on validation: no lesion masks"],
+        "model_saw_masks": False, "seconds": {**clock.laps, "total": round(time.perf_counter() - clock.start, 2)},
+        "rows": [out[g] for g in rows],
     }
-    if write:
-        write_json(cfg.path("attribution_leaderboard"), record)
-    lb = Leaderboard(record, leaderboard_table(record), leaderboard_sentences(record), specs, maps,
-                     test.images[idx], None if test.lesion_masks is None else test.lesion_masks[idx], val_table)
-    return lb
+    return Leaderboard(record, leaderboard_table(record), leaderboard_sentences(record), specs, model, meta,
+                       mean_image, idx, maps, test.images[idx],
+                       None if test.lesion_masks is None else test.lesion_masks[idx], val_table)
 
 
-def _marker_test(cfg: Config, bundle: DataBundle, model: nn.Module, meta: Mapping[str, Any], rows: Sequence[str],
-                 specs: Mapping[str, Mapping[str, Any]], mean_image: np.ndarray, knobs: Knobs, dev: torch.device,
+def _marker_test(marker: MarkerInputs, model: nn.Module, meta: Mapping[str, Any], rows: Sequence[str],
+                 specs: Mapping[str, Mapping[str, Any]], mean_image: np.ndarray, n_marker: int,
                  rng: np.random.Generator, n_boot: int, seed: int) -> dict[str, Any]:
-    path, world, marked, regions = _confounded_world(cfg, bundle)
-    reason = checkpoint_state(path, world, need=("threshold_rule",))
-    if reason:
-        rel = path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path
-        return {"measured": False, "rows": {},
-                "reason": f"notebook 08's confounded model ({rel}) is not usable here: {reason}; run "
-                          "notebooks/08_shortcut_learning.ipynb first (two training runs), then this notebook again"}
-    confounded, cmeta = load_model(path, dev)
-    has = regions.reshape(len(regions), -1).any(axis=1)
-    pick = np.r_[_pick(rng, np.flatnonzero(has & (marked.labels == 1)), (knobs.n_marker + 1) // 2),
-                 _pick(rng, np.flatnonzero(has & (marked.labels == 0)), knobs.n_marker // 2)].astype(int)
-    x = preprocess(torch.from_numpy(marked.images[pick]), meta["mean"], meta["std"])
-    if list(cmeta["mean"]) != list(meta["mean"]) or list(cmeta["std"]) != list(meta["std"]):
-        raise UserError(f"{path.name} normalises its inputs differently from the shipped model: rebuild it with "
-                        "notebook 08")
+    """:func:`marker_row` for every row on up to ``n_marker`` marked images (half PNEUMONIA, half NORMAL where
+    possible), each explained for PNEUMONIA by the confounded and by the control model (same specs, carried over to
+    the marked images' size, same images)."""
+    has = np.asarray(marker.regions).reshape(len(marker.regions), -1).any(axis=1)
+    labels = np.asarray(marker.labels)
+    pick = np.r_[_pick(rng, np.flatnonzero(has & (labels == 1)), (n_marker + 1) // 2),
+                 _pick(rng, np.flatnonzero(has & (labels == 0)), n_marker // 2)].astype(int)
+    if len(pick) < 2:
+        return {"measured": False, "rows": {}, "reason": f"only {len(pick)} marked test image(s)"}
+    x = preprocess(torch.from_numpy(np.asarray(marker.images)[pick]), meta["mean"], meta["std"])
+    size = int(x.shape[-1])
     started = time.perf_counter()
-    spec_list = [specs[g] for g in rows]
-    by_model = {k: attr.method_maps(m, x, spec_list, 1, meta, mean_image)[0]
-                for k, m in (("confounded", confounded), ("control", model))}
-    out = {g: marker_row(by_model["confounded"][specs[g]["name"]], by_model["control"][specs[g]["name"]],
-                         regions[pick], marked.patient_ids[pick], n_boot, seed) for g in rows}
-    return {"measured": True, "rows": out, "n_images": len(pick), "images": "decorrelated marked test images "
-            "(notebook 08), both classes, each explained for PNEUMONIA", "uniform_share": float(regions[pick].mean()),
-            "seconds": time.perf_counter() - started}
+    # as notebook 08 reads its models: on the image as it is (a CAM's shift averaging left out, spec.without_shifts)
+    moved = {g: {**without_shifts(spec_at_size(specs[g], int(mean_image.shape[-1]), size)), "name": specs[g]["name"]}
+             for g in rows}
+    base = marker.mean_image if marker.mean_image is not None else mean_image
+    control = marker.control if marker.control is not None else model
+    by_model = {k: attr.method_maps(m, x, [moved[g] for g in rows], 1, meta, base)[0]
+                for k, m in (("confounded", marker.model), ("control", control))}
+    regions = np.asarray(marker.regions, bool)[pick]
+    out = {g: marker_row(by_model["confounded"][specs[g]["name"]], by_model["control"][specs[g]["name"]], regions,
+                         np.asarray(marker.patient_ids)[pick], n_boot, seed) for g in rows}
+    return {"measured": True, "rows": out, "n_images": len(pick), "model": marker.source, "world": marker.world,
+            "image_size": size, "specs": {g: moved[g] for g in rows},
+            "images": "decorrelated marked test images (notebook 08), both classes, each explained for PNEUMONIA",
+            "uniform_share": float(regions.mean()), "seconds": round(time.perf_counter() - started, 2)}
 
 
 # ------------------------------------------------------------------------------------------ reading the record
+def _verdict_cell(entry: Mapping[str, Any] | None) -> str:
+    if entry is None:
+        return "not measurable"
+    return "no map" if entry["verdict"] == "no map" else f"{entry['verdict']} {format_difference(entry['difference'])}"
+
+
 def leaderboard_table(record: Mapping[str, Any]) -> pd.DataFrame:
     """One row per method: cost, sharpness and every verdict with its number (interval as text)."""
     out = []
@@ -430,10 +535,8 @@ def leaderboard_table(record: Mapping[str, Any]) -> pd.DataFrame:
         out.append({
             "method": r["label"], "parameters": r["name"], "ms / image": r["cost_ms"],
             "near-pointing": near["map"] if near else np.nan,
-            "vs best prior (near)": (f"{near['verdict']} {format_difference(near['difference'])}" if near
-                                     else "not measurable"),
-            "vs best prior (energy)": (f"{locs['energy']['verdict']} {format_difference(locs['energy']['difference'])}"
-                                       if locs.get("energy") else "not measurable"),
+            "vs best prior (near)": _verdict_cell(near),
+            "vs best prior (energy)": _verdict_cell(locs.get("energy")),
             "outside lungs": r["outside_lung"]["value"],
             "randomisation": r["randomisation"]["verdict"],
             "ROAD": r["road"]["verdict"],
@@ -451,6 +554,13 @@ def _names(rows: Sequence[Mapping[str, Any]]) -> str:
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
 
 
+def _vs_prior(label: str, loc_entry: Mapping[str, Any]) -> str:
+    """``"Saliency 0.550 vs mean-lesion prior 0.500 (+0.050 [95% CI …])"`` (+ how many maps were empty)."""
+    empty = f", {loc_entry['n_no_map']} empty maps left out" if loc_entry.get("n_no_map") else ""
+    return (f"{label} {loc_entry['map']:.3f} vs {loc_entry['best_baseline']} {loc_entry['best_baseline_value']:.3f} "
+            f"({format_difference(loc_entry['difference'])}{empty})")
+
+
 def _ms(v: float) -> str:
     return f"{v:.0f} ms" if v >= 10 else f"{v:.1f} ms"
 
@@ -466,8 +576,9 @@ def leaderboard_sentences(record: Mapping[str, Any]) -> list[str]:
     above = [r for r in rows if r["randomisation"]["verdict"] == "above the reference"]
     nomap = [r for r in rows if r["randomisation"]["verdict"] not in ("at the reference", "above the reference")]
     text = (f"Randomisation check ({record['n_sanity']} images, every block re-initialised from the top down to the "
-            f"stem, judged against the reference level of unrelated random models): at the reference level — the map "
-            f"depends on the trained weights — {_names(passed)}")
+            f"stem; from layer4 on, the similarity of trained and randomised maps of the same image is judged against "
+            f"the reference level, another image's randomised map, on |Spearman rho| and SSIM): at the reference level "
+            f"— the map depends on the trained weights — {_names(passed)}")
     if above:
         worst = "; ".join(f"{r['label']}: {r['randomisation']['summary']}" for r in above)
         text += f"; above it — part of the map survives random weights, so it reflects the image — {_names(above)} " \
@@ -480,16 +591,16 @@ def leaderboard_sentences(record: Mapping[str, Any]) -> list[str]:
         for metric, words in (("near", "near-pointing"), ("energy", "energy inside the lesion")):
             by = {v: [r for r in rows if r["localisation"][metric]["verdict"] == v] for v in ("beats", "ties", "worse",
                                                                                             "no map")}
-            first = rows[0]["localisation"][metric]
             parts = []
-            for v, word in (("beats", "beat"), ("ties", "tie with"), ("worse", "fall below")):
+            for v, word in (("beats", "beat it"), ("ties", "tie with it"), ("worse", "fall below it")):
                 if by[v]:
-                    nums = ", ".join(f"{r['label']} {r['localisation'][metric]['map']:.3f} "
-                                     f"({format_difference(r['localisation'][metric]['difference'])})" for r in by[v])
-                    parts.append(f"{word} it: {nums}")
-            out.append(f"Against the best image-blind prior on {words} ({first['best_baseline']}, "
-                       f"{first['best_baseline_value']:.3f}; {first['n']} {record['images']}, map − prior with a "
-                       f"paired patient-bootstrap 95% CI): " + "; ".join(parts) + ".")
+                    nums = ", ".join(_vs_prior(r["label"], r["localisation"][metric]) for r in by[v])
+                    parts.append(f"{word}: {nums}")
+            if by["no map"]:
+                parts.append(f"no map (every map empty or constant): {_names(by['no map'])}")
+            n_max = max(r["localisation"][metric]["n"] for r in rows)
+            out.append(f"Against the best image-blind prior on {words} (map − prior on the same images, up to {n_max} "
+                       f"{record['images']}, paired patient-bootstrap 95% CI): " + "; ".join(parts) + ".")
     else:
         out.append("Localisation cannot be measured on this data: there are no lesion masks, so near-pointing, the "
                    "energy inside the lesion and the comparison with the image-blind priors do not exist here — and "
@@ -503,22 +614,27 @@ def leaderboard_sentences(record: Mapping[str, Any]) -> list[str]:
              f"{_names(verdicts['faithful'])}"]
     for v in ("not shown", "not faithful", "no map"):
         if verdicts[v]:
-            nums = ", ".join(f"{r['label']} (map − null {format_difference(r['road']['difference'])})"
-                             for r in verdicts[v])
+            nums = ", ".join(f"{r['label']} (drop of the logit margin, most relevant first, "
+                             f"{format_difference(r['road']['own_drop'])}; map − null "
+                             f"{format_difference(r['road']['difference'])})" for r in verdicts[v])
             parts.append(f"{v}: {nums}")
     out.append(f"ROAD on {record['n_road']} images, both orders, in logit margin: " + "; ".join(parts) + ".")
     # marker
     mt = record.get("marker_test", {})
     if mt.get("measured"):
-        exposes = [r for r in rows if r["marker"] and r["marker"]["verdict"] == "exposes the shortcut"]
-        others = [r for r in rows if r not in exposes]
-        nums = ", ".join(f"{r['label']} {format_difference(r['marker']['difference'])}" for r in exposes)
-        rest = ", ".join(f"{r['label']} {format_difference(r['marker']['difference'])}" for r in others
-                         if r["marker"])
+        groups = {v: [r for r in rows if r.get("marker") and r["marker"]["verdict"] == v]
+                  for v in ("exposes the shortcut", "detectable, below the uniform share", "does not expose it",
+                            "no map")}
+        parts = []
+        for v, word in (("exposes the shortcut", "exposes the shortcut"), ("detectable, below the uniform share",
+                         "a detectable shift smaller than that margin"), ("does not expose it", "does not expose it"),
+                        ("no map", "no map")):
+            if groups[v] or v == "exposes the shortcut":
+                nums = ", ".join(f"{r['label']} {format_difference(r['marker']['difference'], 4)}" for r in groups[v])
+                parts.append(f"{word} — {nums or 'none'}")
         out.append(f"The marker test of notebook 08 ({mt['n_images']} marked test images; map mass on the marker, "
-                   f"confounded model − control, margin = a uniform map's share of the marker, "
-                   f"{mt['uniform_share']:.4f}): exposes the shortcut — {_names(exposes)}"
-                   + (f" ({nums})" if exposes else "") + (f"; does not: {rest}" if rest else "") + ".")
+                   f"confounded model − control, paired 95% CI; margin = a uniform map's share of the marker, "
+                   f"{mt['uniform_share']:.4f}): " + "; ".join(parts) + ".")
     else:
         out.append(f"The marker test was not run: {mt.get('reason', 'no confounded model')}.")
     # cost
@@ -536,9 +652,10 @@ def leaderboard_sentences(record: Mapping[str, Any]) -> list[str]:
 
         def verdicts_of(r: Mapping[str, Any]) -> str:
             parts = [f"randomisation {r['randomisation']['verdict']}", f"ROAD {r['road']['verdict']}"]
-            if record["masks"]:
-                parts.insert(0, f"near-pointing {r['localisation']['near']['map']:.3f} "
-                                f"({r['localisation']['near']['verdict']} the prior)")
+            near = r["localisation"]["near"] if record["masks"] else None
+            if near is not None:
+                parts.insert(0, "near-pointing: no map" if near["verdict"] == "no map" else
+                             f"near-pointing {near['map']:.3f} ({near['verdict']} the prior)")
             return ", ".join(parts)
 
         out.append(f"Looking sharper is not being better: the sharpest maps here, {sharp['label']}, hold "
@@ -554,6 +671,17 @@ def _tone(verdict: str, good: Sequence[str], bad: Sequence[str]) -> str:
     return "good" if verdict in good else "bad" if verdict in bad else "neutral" if verdict else "none"
 
 
+def _randomisation_tone(r: Mapping[str, Any]) -> str:
+    """Green only when the method passes (every step at the reference on every similarity); red when the |ρ| step
+    shown is above the reference; grey when it fails on SSIM alone."""
+    rand = r["randomisation"]
+    if rand["verdict"] == "at the reference":
+        return "good"
+    if rand["verdict"] == "no map":
+        return "none"
+    return "bad" if rand.get("worst_verdict", rand["verdict"]) == "above the reference" else "neutral"
+
+
 def leaderboard_panels(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The figure's panels (:func:`utils.viz.attribution.plot_leaderboard`) from ``record``: one per check, every
     row a method with its number, interval and verdict tone; unmeasured checks say why."""
@@ -565,7 +693,7 @@ def leaderboard_panels(record: Mapping[str, Any]) -> list[dict[str, Any]]:
         return {"label": label, "value": d.get("value"), "ci_low": d.get("ci_low"), "ci_high": d.get("ci_high"),
                 "tone": tone, "text": text}
 
-    panels = []
+    panels: list[dict[str, Any]] = []
     for metric, title in (("near", "near-pointing: map − best prior"), ("energy", "energy in the lesion: map − best "
                                                                                  "prior")):
         prs = []
@@ -574,19 +702,20 @@ def leaderboard_panels(record: Mapping[str, Any]) -> list[dict[str, Any]]:
             prs.append(row(r["label"], lo["difference"] if lo else None,
                            _tone(lo["verdict"], ("beats",), ("worse",)) if lo else "none",
                            "" if lo else "no lesion masks"))
-        best = next(((r.get("localisation") or {}).get(metric) for r in rows if r.get("localisation")), None)
+        best = sorted({r["localisation"][metric]["best_baseline"] for r in rows if r.get("localisation")})
+        label = f"the best prior ({best[0]})" if len(best) == 1 else "the best prior on each method's images"
         panels.append({"title": title, "xlabel": "difference (95% CI)", "rows": prs,
-                       "reference": {"x": 0.0, "label": f"the best prior ({best['best_baseline']})"} if best else None})
+                       "reference": {"x": 0.0, "label": label} if best else None})
     panels.append({"title": f"mass outside the lungs ({record['lung_masks']}) − uniform map",
                    "xlabel": "difference (95% CI); below 0 = stays in the lungs",
                    "reference": {"x": 0.0, "label": "a uniform map"},
                    "rows": [row(r["label"], r["outside_lung"]["difference"],
                                 _tone(r["outside_lung"]["verdict"], ("inside the lungs more than a uniform map",),
                                       ("outside the lungs more than a uniform map",))) for r in rows]})
-    panels.append({"title": "randomisation: similarity to the trained map − reference (worst step)",
-                   "xlabel": "|ρ| difference (95% CI)", "reference": {"x": 0.0, "label": "the reference level"},
-                   "rows": [row(r["label"], r["randomisation"].get("worst_difference"),
-                                _tone(r["randomisation"]["verdict"], ("at the reference",), ("above the reference",)))
+    panels.append({"title": "randomisation: |ρ| to the trained map − reference (worst step)",
+                   "xlabel": "|ρ| difference (95% CI); the table's verdict also reads SSIM",
+                   "reference": {"x": 0.0, "label": "another image's map"},
+                   "rows": [row(r["label"], r["randomisation"].get("worst_difference"), _randomisation_tone(r))
                             for r in rows]})
     panels.append({"title": "ROAD: combined score, map − the same map moved", "xlabel": "logit-margin difference "
                    "(95% CI)", "reference": {"x": 0.0, "label": "the moved map"},

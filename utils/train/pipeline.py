@@ -110,6 +110,37 @@ def run_phase2(cfg: Config, bundle: DataBundle, device: str = "auto", restart: b
     return res, meta1["weights"]
 
 
+#: Notebook 03's counter-example keeps its files under this tag (``model/all_at_once_pneumonia_final_best.pt``…).
+ALL_AT_ONCE_TAG = "all_at_once"
+
+
+def all_at_once_settings(cfg: Config, pretrained: bool = True, epochs: int = 1, lr: float | None = None
+                         ) -> dict[str, Any]:
+    """The recipe phase 2 would be without a warm-up: every layer, including a fresh head, trained at once at one
+    rate — by default the head's rate of phase 1 (``cfg["phase1"]["lr"]``), the natural naive choice — for
+    ``epochs`` epochs, no layer-wise decay, no schedule."""
+    rate = float(lr if lr is not None else cfg["phase1"]["lr"])
+    start = "pretrained start" if pretrained else "random start"
+    return {**phase_settings(cfg, "phase2", pretrained), "lr": rate, "discriminative": False, "epochs": int(epochs),
+            "step_size": 10 ** 6, "gamma": 1.0,
+            "recipe": f"all at once ({start}, no warm-up): every layer and a new head, lr {rate:g}, one rate"}
+
+
+def run_all_at_once(cfg: Config, bundle: DataBundle, epochs: int = 1, lr: float | None = None, device: str = "auto",
+                    restart: bool = False, progress: bool = True, tag: str = ALL_AT_ONCE_TAG) -> tuple[FitResult, str]:
+    """Train the profile's pretrained model *without* the warm-up (:func:`all_at_once_settings`), under ``tag`` so the
+    series' own checkpoints are never touched; resumes like the phases. Returns the fit result and the weights."""
+    dev = resolve_device(device)
+    model, weights = build_model(cfg["weights"], seed=cfg["seed"], arch=cfg.get("arch", "resnet18"),
+                                 image_size=bundle.image_size)
+    settings = all_at_once_settings(cfg, is_pretrained(weights), epochs, lr)
+    meta = base_meta(cfg, bundle, weights, "all at once", init=weights, recipe=settings["recipe"])
+    train, val = _device_data(bundle, dev)
+    res = fit(model.to(dev), train, val, settings, meta, cfg.path("phase2_last", tag), cfg.path("final_best", tag),
+              cfg.path("history_phase2", tag), restart=restart, progress=progress)
+    return res, weights
+
+
 def lr_table(model: torch.nn.Module, phase: dict[str, Any]) -> pd.DataFrame:
     """Phase-2 learning rate of each layer group, discriminative (``phase["lr_decay"]`` per group below
     the head) next to a single learning rate, with the number of parameters per group (head first)."""

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
 from utils.viz.common import finish, wrap_text
 
@@ -53,18 +54,18 @@ def plot_leaderboard(panels: Sequence[Mapping[str, Any]], title: str | None = No
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     height = 0.34 * len(labels) + 1.3
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols + 2.6, height * nrows + 0.4), layout="constrained",
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols + 4.0, height * nrows + 0.6), layout="constrained",
                              sharey=True, squeeze=False)
     y = np.arange(len(labels))[::-1]
     used: set[str] = set()
     refs = False
     for ax, panel in zip(axes.ravel(), panels):
-        ax.set_title(wrap_text(str(panel["title"]), 3.0, 9), fontsize=9)
+        ax.set_title(wrap_text(str(panel["title"]), 2.5, 9), fontsize=9)
         ref = panel.get("reference")
         xlabel = str(panel.get("xlabel", ""))
         if ref is not None and ref.get("label"):
             xlabel += f"\n(dashed: {ref['label']})"
-        ax.set_xlabel(wrap_text(xlabel, 3.0, 8), fontsize=8)
+        ax.set_xlabel(wrap_text(xlabel, 2.5, 8), fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(axis="x", color="0.9", lw=0.6)
         ax.set_axisbelow(True)
@@ -92,11 +93,16 @@ def plot_leaderboard(panels: Sequence[Mapping[str, Any]], title: str | None = No
             drawn.append(float(ref["x"]))
         if panel.get("log"):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         if drawn:
             lo_x, hi_x = min(drawn), max(drawn)
             pad = 0.08 * (hi_x - lo_x or abs(hi_x) or 1.0)
             if panel.get("log"):
-                ax.set_xlim(max(lo_x / 1.6, 1e-6), hi_x * 1.6)
+                lo_x, hi_x = max(lo_x / 1.6, 1e-6), hi_x * 1.6
+                ax.set_xlim(lo_x, hi_x)
+                nice = [m * 10.0 ** e for e in range(math.floor(math.log10(lo_x)), math.ceil(math.log10(hi_x)) + 1)
+                        for m in (1, 2, 5)]
+                ax.set_xticks([v for v in nice if lo_x <= v <= hi_x], [f"{v:g}" for v in nice if lo_x <= v <= hi_x])
             else:
                 ax.set_xlim(lo_x - pad, hi_x + pad)
         else:

@@ -64,7 +64,8 @@ def _cam_on(ax: Axes, img: np.ndarray, cam: np.ndarray | None, alpha: float = 0.
     _contour(ax, lung, LUNG_COLOR, 0.8)
     _contour(ax, lesion, OVERLAY_LESION_COLOR, 1.0)
     if cam is not None and drawn and peak:
-        r, c = np.unravel_index(int(np.nanargmax(cam)), np.shape(cam))
+        top = np.argwhere(np.asarray(cam) == np.nanmax(cam))  # a plateau (a pooled map's top cell): its centre
+        r, c = top.mean(axis=0)
         ax.plot(c, r, **PEAK_STYLE)
     if not drawn:
         _no_map(ax)
@@ -215,14 +216,49 @@ def plot_cam_grid(images: np.ndarray, cams: np.ndarray, titles: Sequence[str] | 
     return finish(fig, save_to)
 
 
-def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0, threshold: float | None = None,
+#: How the randomisation figure names the similarities of :func:`utils.explain.sanity.randomisation_check`.
+SIMILARITY_NAMES = {"abs_spearman": "|Spearman ρ|", "ssim": "SSIM"}
+
+
+def _similarity_panel(ax: Axes, rows: Sequence[Mapping[str, Any]], name: str) -> None:
+    """One similarity of the randomisation check, per step: this image's randomised map vs its trained map, against
+    the reference level (another image's randomised map), each a mean with its 95 % interval; a ring marks the steps
+    whose paired difference lies above the reference."""
+    xs = np.arange(len(rows))
+
+    def pts(key: str) -> tuple[np.ndarray, np.ndarray]:
+        v = np.array([float(r[key]["value"]) for r in rows])
+        err = np.array([[v[i] - float(r[key]["ci_low"]), float(r[key]["ci_high"]) - v[i]] for i, r in enumerate(rows)])
+        return v, np.nan_to_num(err.T, nan=0.0)
+
+    same, e_same = pts("similarity")
+    ref, e_ref = pts("reference")
+    ax.errorbar(xs - 0.08, same, yerr=e_same, fmt="o-", color="C3", ms=4, lw=1, capsize=3,
+                label="same image: randomised vs trained map (mean, 95% CI)")
+    ax.errorbar(xs + 0.08, ref, yerr=e_ref, fmt="s--", color="0.45", ms=4, lw=1, capsize=3,
+                label="reference level: vs another image's randomised map")
+    above = [i for i, r in enumerate(rows) if r.get("verdict") == "above the reference"]
+    ax.plot(xs[above] - 0.08, same[above], "o", ms=11, mfc="none", mec="C3", mew=1.4,
+            label="above the reference (paired CI of the difference > 0)")
+    ax.set_xticks(xs, ["+" + str(r["blocks"]).split("+")[-1] for r in rows])
+    low = min(0.0, float(np.nanmin(np.r_[same - e_same[0], ref - e_ref[0]])) - 0.05)
+    ax.set(ylim=(low, 1.05), ylabel=name)
+    ax.axhline(0, color="0.8", lw=0.6, zorder=0)
+    ax.set_xlabel("blocks re-initialised, from the top (cumulative)")
+
+
+def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0,
+                       steps: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
                        save_to: str | os.PathLike | None = None) -> Figure:
-    """Cascading randomisation (from :func:`utils.explain.checks.cascading_randomisation`): the maps of one
-    image as blocks are re-initialised from the top, and the mean Spearman correlation per step."""
-    steps = len(table)
-    width = 1.9 * (steps + 1)
-    fig = plt.figure(figsize=(width + KEY_WIDTH, 4.9), layout="constrained")
-    grid = fig.add_gridspec(2, steps + 1, height_ratios=[1.1, 1])
+    """Cascading randomisation: the maps of one image as blocks are re-initialised from the top (``table`` of
+    :func:`utils.explain.sanity.cascading_randomisation`) and, below, with ``steps`` (the ``"steps"`` of
+    :func:`utils.explain.sanity.randomisation_check`) one panel per similarity — the same image's randomised map
+    against its trained map, next to the reference level measured in the same run; without ``steps``, the spread of
+    |ρ| over the images per step."""
+    n_steps = len(table)
+    width = 1.9 * (n_steps + 1)
+    fig = plt.figure(figsize=(width + KEY_WIDTH, 5.3), layout="constrained")
+    grid = fig.add_gridspec(2, n_steps + 1, height_ratios=[1.1, 1])
     ax = fig.add_subplot(grid[0, 0])
     _gray(ax, image)
     ax.set_title("input", fontsize=9)
@@ -231,50 +267,99 @@ def plot_randomisation(table: pd.DataFrame, image: np.ndarray, index: int = 0, t
         ax = fig.add_subplot(grid[0, j + 1])
         drawn = _cam_on(ax, image, row.maps[index], peak=False) or drawn
         ax.set_title("trained" if row.step == 0 else f"+{row.randomised}", fontsize=9)
-    ax = fig.add_subplot(grid[1, :])
-    labels = ["trained"] + [f"+{b}" for b in table["randomised"].iloc[1:]]
-    spread = [np.abs(np.asarray(r, dtype=float))[np.isfinite(np.asarray(r, dtype=float))] for r in table["rho"]]
-    ax.boxplot(spread, positions=np.arange(steps), widths=0.5, showfliers=True,
-               flierprops={"markersize": 3, "alpha": 0.6}, medianprops={"color": "C1"})
-    ax.plot([], [], color="C1", label="median |ρ|; box: middle 50% of the images")
-    ax.plot(np.arange(steps), table["abs_spearman"], "o-", color="C3", lw=1, ms=4, label="mean |ρ|")
-    if threshold is not None:
-        ax.axhline(threshold, color="C3", ls="--", lw=0.8, label=f"pass rule: |ρ| < {threshold:g}")
-    ax.set_xticks(np.arange(steps), labels)
-    ax.set(ylim=(-0.03, 1.05), ylabel="|Spearman ρ| vs trained maps")
-    _title(ax, f"cascading randomisation on {len(spread[0])} images: maps that keep |ρ| high explain the image, "
-               "not the model (boxes: spread over the images)", width - 0.8, 10)
-    ax.set_xlabel("blocks re-initialised, from the top (cumulative)")
-    ax.legend(fontsize=8, loc="upper right")
-    overlay_legend(fig, heat=drawn)
+    n_images = len(table["rho"].iloc[0])
+    extra: list[Any] = []
+    if steps:
+        metrics = list(steps)
+        cuts = np.linspace(0, n_steps + 1, len(metrics) + 1).round().astype(int)
+        for k, metric in enumerate(metrics):
+            ax = fig.add_subplot(grid[1, cuts[k]:cuts[k + 1]])
+            _similarity_panel(ax, steps[metric], SIMILARITY_NAMES.get(metric, metric))
+            _title(ax, SIMILARITY_NAMES.get(metric, metric), (cuts[k + 1] - cuts[k]) * 1.9, 9)
+        handles, labels = ax.get_legend_handles_labels()
+        extra = list(zip(handles, labels))
+        fig.suptitle(wrap_text(f"randomisation check on {n_images} images: a map that depends on the trained weights "
+                               "falls to the reference level once they are randomised", width, 10), fontsize=10)
+    else:
+        ax = fig.add_subplot(grid[1, :])
+        labels = ["trained"] + [f"+{b}" for b in table["randomised"].iloc[1:]]
+        spread = [np.abs(np.asarray(r, dtype=float))[np.isfinite(np.asarray(r, dtype=float))] for r in table["rho"]]
+        ax.boxplot(spread, positions=np.arange(n_steps), widths=0.5, showfliers=True,
+                   flierprops={"markersize": 3, "alpha": 0.6}, medianprops={"color": "C1"})
+        ax.plot([], [], color="C1", label="median |ρ|; box: middle 50% of the images")
+        ax.plot(np.arange(n_steps), table["abs_spearman"], "o-", color="C3", lw=1, ms=4, label="mean |ρ|")
+        ax.set_xticks(np.arange(n_steps), labels)
+        ax.set(ylim=(-0.03, 1.05), ylabel="|Spearman ρ| vs trained maps")
+        _title(ax, f"cascading randomisation on {n_images} images: maps that keep |ρ| high explain the image, not the "
+                   "model (boxes: spread over the images)", width - 0.8, 10)
+        ax.set_xlabel("blocks re-initialised, from the top (cumulative)")
+        handles, labels = ax.get_legend_handles_labels()
+        extra = list(zip(handles, labels))
+    overlay_legend(fig, heat=drawn, extra=[h for h, _ in extra])
     return finish(fig, save_to)
+
+
+#: How the ROAD figure names the nulls of :func:`utils.explain.road.road_test`.
+NULL_NAMES = {"derangement": "another image's map", "shift": "the same map moved elsewhere"}
+
+
+def _mean_band(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over the images (rows; rows with a NaN left out) and its 95 % interval (normal approximation), with the
+    unperturbed start (0) prepended."""
+    d = np.asarray(delta, dtype=np.float64)
+    d = d[np.isfinite(d).all(axis=1)]
+    mean = d.mean(axis=0) if len(d) else np.full(d.shape[1], np.nan)
+    half = 1.96 * d.std(axis=0, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.zeros(d.shape[1])
+    return np.r_[0.0, mean], np.r_[0.0, mean - half], np.r_[0.0, mean + half]
 
 
 def plot_road(result: Mapping[str, Any], title: str | None = None,
               save_to: str | os.PathLike | None = None) -> Figure:
-    """ROAD curves (:func:`utils.explain.checks.road`): the target probability as the most relevant pixels of
-    the map — or of a random map — are removed and imputed; mean and interquartile band over the images."""
-    f = 100 * np.asarray(result["fractions"])
-    f0 = np.r_[0.0, f]
-    fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
-    for key, label, style in (("map", "the map's most relevant first", "-"), ("random", "random map", "--")):
-        curve = np.c_[result["p0"], result[key]["probs"]]
-        line, = ax.plot(f0, curve.mean(0), style, label=f"{label}: mean (drop {result[key]['drop'].mean():.3f})")
-        ax.fill_between(f0, np.percentile(curve, 25, 0), np.percentile(curve, 75, 0), alpha=0.15,
-                        color=line.get_color(), label=f"{label}: middle 50% of the {len(curve)} images")
-    ax.set(xlabel="% of pixels removed and imputed (ROAD, most relevant first)", ylabel="P(target class)",
-           ylim=(-0.02, 1.02))
-    _title(ax, title or "faster fall = more faithful map", 5.2, 10)
-    ax.legend(fontsize=7.5)
+    """ROAD curves of :func:`utils.explain.road.road_test`: the mean change of the target's logit margin as pixels are
+    removed and imputed — the map's most relevant first (solid) and least relevant first (dashed), the null's
+    (another image's map) likewise, and the controls (the map's pixels removed from images without the evidence,
+    dotted); bands: 95 % intervals of the means."""
+    f0 = np.r_[0.0, 100 * np.asarray(result["fractions"], dtype=np.float64)]
+    start = np.asarray(result["margin0"], dtype=np.float64)[:, None]
+    null = NULL_NAMES.get(str(result.get("null_kind")), "null")
+    fig, ax = plt.subplots(figsize=(4.8 + 2.4, 3.8), layout="constrained")
+    handles: list[Any] = []
+    labels: list[str] = []
+    for key, color, name in (("map", "C0", "the map"), ("null", "C1", f"null: {null}")):
+        for order, style, words in (("morf", "-", "most relevant first"), ("lerf", "--", "least relevant first")):
+            mean, lo, hi = _mean_band(np.asarray(result[key][order], dtype=np.float64) - start)
+            line, = ax.plot(f0, mean, style, color=color, marker="o" if order == "morf" else None, ms=3.5, lw=1.4)
+            if order == "morf":
+                ax.fill_between(f0, lo, hi, color=color, alpha=0.15, lw=0)
+            handles.append(line)
+            labels.append(f"{name}, {words}")
+    ctl = result.get("control_curves")
+    if ctl is not None:
+        mean, lo, hi = _mean_band(np.asarray(ctl["morf"]) - np.asarray(ctl["margin0"])[:, None])
+        line, = ax.plot(f0, mean, ":", color="C2", marker="s", ms=3, lw=1.6)
+        ax.fill_between(f0, lo, hi, color="C2", alpha=0.15, lw=0)
+        handles.append(line)
+        labels.append(f"control: the map's pixels removed from {int(result.get('n_controls', 0))} NORMAL images")
+    handles.append(Patch(facecolor="0.5", alpha=0.25, edgecolor="none"))
+    labels.append("band: 95% interval of the mean")
+    ax.axhline(0, color="0.6", lw=0.7, zorder=0)
+    n = int(result.get("n", len(start)))
+    ax.set(xlabel="% of pixels removed and imputed (ROAD)", ylabel="change of the target's logit margin")
+    _title(ax, title or f"ROAD on {n} images: a faithful map falls below the null, most relevant first", 4.4, 10)
+    fig.legend(handles, [wrap_text(t, 1.9, 7.5) for t in labels], loc="outside right center", fontsize=7.5,
+               frameon=False)
     return finish(fig, save_to)
 
 
 def plot_method_comparison(images: np.ndarray, maps: Mapping[str, np.ndarray],
                            lesion_masks: np.ndarray | None = None, n_images: int = 4,
-                           save_to: str | os.PathLike | None = None) -> Figure:
+                           save_to: str | os.PathLike | None = None, lung_masks: np.ndarray | None = None,
+                           lung_label: str = "lung", image_titles: Sequence[str] | None = None) -> Figure:
     """Rows: images; columns: the input then one overlay per method (from :func:`utils.explain.checks.compare_methods`).
 
-    Column titles are the method names, wrapped to the column's width; a key below names the marks.
+    Column titles are the method names, wrapped to the column's width; ``image_titles[i]`` heads row i's input
+    (default: "input" over the first row only); a key beside the grid names the marks (``lung_masks``: cyan
+    outlines, named ``lung_label`` in the key — say "estimated" when they are).
     """
     n = max(1, min(n_images, len(images)))
     cols = len(maps) + 1
@@ -287,11 +372,16 @@ def plot_method_comparison(images: np.ndarray, maps: Mapping[str, np.ndarray],
     for i in range(min(n_images, len(images))):
         _gray(axes[i, 0], images[i])
         for j, m in enumerate(maps.values(), start=1):
-            drawn |= _cam_on(axes[i, j], images[i], m[i], lesion=None if lesion_masks is None else lesion_masks[i])
+            drawn |= _cam_on(axes[i, j], images[i], m[i], lesion=None if lesion_masks is None else lesion_masks[i],
+                             lung=None if lung_masks is None else lung_masks[i])
     for j, name in enumerate(maps, start=1):
         _title(axes[0, j], name, width, 9)
-    axes[0, 0].set_title("input", fontsize=9)
-    overlay_legend(fig, lesion=_any(lesion_masks, n), peak=drawn, heat=drawn)
+    if image_titles is None:
+        axes[0, 0].set_title("input", fontsize=9)
+    for i, text in enumerate(list(image_titles or [])[:n]):
+        _title(axes[i, 0], text, width, 8)
+    overlay_legend(fig, lesion=_any(lesion_masks, n), lung=_any(lung_masks, n), peak=drawn, heat=drawn,
+                   lung_label=lung_label)
     _drop_ticks(fig)
     return finish(fig, save_to)
 
@@ -330,9 +420,9 @@ def plot_case_sheet(images: np.ndarray, cams_pneumonia: np.ndarray, cams_normal:
                     titles: Sequence[str], lesion_masks: np.ndarray | None = None,
                     lung_masks: np.ndarray | None = None, cases_per_row: int | None = None,
                     lung_label: str = "lung", save_to: str | os.PathLike | None = None) -> Figure:
-    """One panel triple per case: the image | Grad-CAM for PNEUMONIA (evidence for) | Grad-CAM for NORMAL
-    (what pulled the other way). ``titles[i]`` heads the image panel; lesion contours white, lungs cyan
-    (``lung_label`` names them in the key below).
+    """One panel triple per case: the image | the map for PNEUMONIA (evidence for) | the map for NORMAL
+    (what pulled the other way) — whichever explanation the maps come from. ``titles[i]`` heads the image panel;
+    lesion contours white, lungs cyan (``lung_label`` names them in the key below).
 
     ``cases_per_row`` defaults to 1 up to 8 cases, else 2.
     """
@@ -356,9 +446,9 @@ def plot_case_sheet(images: np.ndarray, cams_pneumonia: np.ndarray, cams_normal:
         _contour(axes[r, c0], lesion, OVERLAY_LESION_COLOR, 0.8)
         _title(axes[r, c0], titles[i], width, 7.5)
         drawn |= _cam_on(axes[r, c0 + 1], images[i], cams_pneumonia[i], lesion=lesion, lung=lung)
-        axes[r, c0 + 1].set_title("Grad-CAM: PNEUMONIA", fontsize=8)
+        axes[r, c0 + 1].set_title("map for PNEUMONIA", fontsize=8)
         drawn |= _cam_on(axes[r, c0 + 2], images[i], cams_normal[i], lesion=lesion, lung=lung)
-        axes[r, c0 + 2].set_title("Grad-CAM: NORMAL", fontsize=8)
+        axes[r, c0 + 2].set_title("map for NORMAL", fontsize=8)
     overlay_legend(fig, lesion=_any(lesion_masks, n), lung=_any(lung_masks, n), peak=drawn, heat=drawn,
                    lung_label=lung_label)
     _drop_ticks(fig)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from utils.config import CLASSES
+from utils.evaluate import verdicts
 from utils.fileio import atomic_path
 
 DPI = 120
@@ -47,6 +50,18 @@ def caption() -> str:
     return _CAPTION["text"]
 
 
+@contextmanager
+def captioned(text: str) -> Iterator[None]:
+    """Stamp ``text`` under the figures made inside the block (e.g. a figure drawn from a recorded real-data run
+    in a notebook whose caption names the phantom run), then restore the caption before it."""
+    before = _CAPTION["text"]
+    set_caption(text)
+    try:
+        yield
+    finally:
+        set_caption(before)
+
+
 def caption_artist(fig: Figure) -> Text | None:
     """The caption :func:`finish` stamped on ``fig`` (None if it has none)."""
     return getattr(fig, _ATTR, None)
@@ -67,15 +82,12 @@ def whole_numbers(*axes: Axes, axis: str = "y") -> None:
 
 
 def is_empty_map(cam: np.ndarray | None) -> bool:
-    """True for a map with nothing to show: missing, not finite anywhere, or constant (max − min = 0).
+    """True for a map with nothing to show: missing, or no map by the series' one rule
+    (:func:`utils.evaluate.verdicts.is_empty_map`: constant everywhere, all zero included, or nothing finite).
 
     Such a map is drawn as "no map" (a flat map points nowhere; rescaling it would paint noise or nothing).
     """
-    if cam is None:
-        return True
-    cam = np.asarray(cam, dtype=float)
-    finite = cam[np.isfinite(cam)]
-    return finite.size == 0 or bool(finite.max() - finite.min() <= 0)
+    return cam is None or verdicts.is_empty_map(np.asarray(cam, dtype=float))
 
 
 def _outside_legends(fig: Figure, where: str) -> bool:

@@ -71,11 +71,33 @@ def plot_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray, tit
         handles.append(Line2D([], [], color=LESION_COLOR, label="lesion (ground truth)"))
     if lung_masks is not None:
         handles.append(Line2D([], [], color=LUNG_COLOR, label=lung_label))
-    if handles:
-        fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    if handles:  # below a suptitle's height when there is one (it spans the figure, key margin included)
+        fig.legend(handles=handles, loc="outside right center" if title else "outside right upper", fontsize=8,
+                   frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return finish(fig, save_to)
+
+
+def plot_lung_fields(images: np.ndarray, labels: Sequence[int] | np.ndarray, ids: Sequence[str], estimated: np.ndarray,
+                     lung_masks: np.ndarray | None = None, lesion_masks: np.ndarray | None = None,
+                     ious: Sequence[float] | None = None, n_cols: int = 6,
+                     save_to: str | os.PathLike | None = None) -> Figure:
+    """Notebook 01's sample grid with the lung field a map will be judged by: where true lung masks exist
+    (phantoms) their outline, each image titled with the IoU of the *estimated* field against it (``ious``);
+    where none exist (real data) the estimated field itself, said to be an estimate in the key and the title."""
+    images = np.asarray(images)
+    if len(ids) != len(images) or len(estimated) != len(images):
+        raise ValueError("images, ids and estimated lung fields must have the same length")
+    if lung_masks is not None:
+        if ious is None or len(ious) != len(images):
+            raise ValueError("give one IoU of the estimate per image when true lung masks are drawn")
+        titles = [f"{name}\nlung estimate IoU {v:.2f}" for name, v in zip(ids, ious)]
+        return plot_sample_grid(images, labels, titles, lesion_masks=lesion_masks, lung_masks=lung_masks,
+                                n_cols=n_cols, lung_label="lung (ground truth)", save_to=save_to)
+    return plot_sample_grid(images, labels, list(ids), lesion_masks=lesion_masks, lung_masks=np.asarray(estimated),
+                            n_cols=n_cols, lung_label="lung field (ESTIMATED: no masks here)",
+                            title="real data: the cyan outline is the lung-field estimate", save_to=save_to)
 
 
 # ------------------------------------------------------------------------------------------ counts
