@@ -444,7 +444,9 @@ def shortcut_rows(rep: Reports) -> list[Row]:
                "normals in training" if "p_marker_pneumonia" in marker else "a marker that follows the label")
     boot = ((s.get("operating_point") or {}).get(tests[-1]) or {}).get("bootstrap")
     return [Row(f"shortcut learning (08): {planted}",
-                f"{rep.split_word('test')}: {_n(sc.get('test_images'))} images per version · {rep.study_scale(sc)}",
+                f"{rep.split_word('test')}: {_n(sc.get('test_images'))} images per version · " + (
+                    f"notebook 08's own world: {sc['world']} · {device_word(sc.get('device', 'cpu'))}"
+                    if sc.get("world") else rep.study_scale(sc)),
                 f"ROC AUC ({' → '.join(tests)} test): {numbers}. " + " ".join(_shortcut_verdict(s)),
                 interval_kind(boot) + " (paired between models)")]
 
@@ -661,7 +663,7 @@ def record_run(project: Path, dest: Path, info: Mapping[str, Any] | None = None,
     for name in (*REPORTS.values(), *COPIED_TOO):
         src, dst = artifact(name, project), dest / report_file(name)
         if src.is_file():
-            written.append(repo_relative_copy(src, dst, repo))
+            written.append(repo_relative_copy(src, dst, repo, project))
         elif dst.exists():
             dst.unlink()
     knobs = dict((found["metrics"].get("test") or {}).get("run") or found["data"].get("run") or {})
@@ -675,13 +677,15 @@ def record_run(project: Path, dest: Path, info: Mapping[str, Any] | None = None,
     return written
 
 
-def repo_relative_copy(src: Path, dst: Path, repo: Path = ROOT) -> Path:
-    """Copy ``src`` to ``dst`` (atomically); in a JSON report, every path inside the checkout ``repo`` is written
-    relative to it, so a committed record names ``.realdata/…``, not the recording machine's folders."""
+def repo_relative_copy(src: Path, dst: Path, repo: Path = ROOT, project: Path | None = None) -> Path:
+    """Copy ``src`` to ``dst`` (atomically); in a JSON report, every path inside the run's ``project`` root is
+    written relative to it (``model/…``) and every other path inside the checkout ``repo`` relative to the checkout
+    (``.realdata/…``), so a committed record does not name the recording machine's folders."""
     if Path(src).suffix != ".json":
         return atomic_copy(src, dst)
-    prefix = str(Path(repo).resolve()).rstrip("/") + "/"
-    text = Path(src).read_text(encoding="utf-8").replace(prefix, "")
+    text = Path(src).read_text(encoding="utf-8")
+    for root in ([] if project is None else [project]) + [repo]:
+        text = text.replace(str(Path(root).resolve()).rstrip("/") + "/", "")
     return atomic_write(dst, lambda f: f.write(text), binary=False)
 
 
@@ -697,7 +701,11 @@ def record_demo(project: Path | None = None, runs_dir: Path = RUNS_DIR) -> list[
         raise UserError(f"{project}/assets holds a run with {why}: record-demo records the demo as `make demo` runs it "
                         "(unset the CXR_* knobs, run `make demo`, then `make record-demo`).")
     spec = next(s for s in RUNS if s.key == "demo")
-    return record_run(project, runs_dir / spec.folder, {"run": "demo", "made_by": spec.how,
+    how = spec.how if project.resolve() == project_root().resolve() else (
+        "the demo's notebooks run as `make demo` runs them in another project root (e.g. `make bench-demo`'s, kept "
+        "with `python -m benchmarks.demo_time --keep`), recorded by `python scripts/results.py --record-demo "
+        "--project <root>`")
+    return record_run(project, runs_dir / spec.folder, {"run": "demo", "made_by": how,
                                                         "splits": {"test": {"label": "test"}}})
 
 

@@ -158,19 +158,20 @@ def test_show_real_figure_finds_its_file_from_any_working_directory(checkout, tm
     elsewhere = tmp_path / "somewhere" / "else"
     elsewhere.mkdir(parents=True)
     monkeypatch.chdir(elsewhere)
-    path = gallery.show_real_figure("real_samples")
-    assert path == checkout / gallery.REAL_DIR / "real_samples.png"
+    assert gallery.show_real_figure("real_samples") is None  # a cell shows the figure, never a path
+    path = checkout / gallery.REAL_DIR / "real_samples.png"
     assert shown == [(path, "real films · 128 px · Kermany et al. 2018, CC BY 4.0")]
-    assert gallery.show_real_figure("real_samples.png", caption="mine") == path and shown[-1][1] == "mine"
+    gallery.show_real_figure("real_samples.png", caption="mine")
+    assert shown[-1] == (path, "mine")
 
 
 def test_show_real_figure_says_in_one_line_which_file_is_missing(checkout, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert gallery.show_real_figure("real_vit_maps") is None  # never raises
+    gallery.show_real_figure("real_vit_maps")  # never raises
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "docs/real/real_vit_maps.png" in lines[0] and "scripts/real_figures.py" in lines[0]
     monkeypatch.setattr(gallery, "repo_root", lambda: None)  # a pip install without the repository
-    assert gallery.show_real_figure("real_vit_maps") is None
+    gallery.show_real_figure("real_vit_maps")
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "git clone" in lines[0] and "docs/real/real_vit_maps.png" in lines[0]
 

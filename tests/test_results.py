@@ -177,6 +177,15 @@ def test_run_json_names_the_test_split_and_the_provenance(tmp_path):
     assert "no recorded run" in block  # the demo folder is absent: said so, no numbers
 
 
+def test_the_shortcut_row_states_the_scale_of_notebook_08s_own_world(tmp_path):
+    record = read_json(Path(results.RUNS_DIR) / "demo_cpu_128px" / "shortcut.json")  # the committed demo record
+    row = row_starting(rows_of(write_run(tmp_path / "run", shortcut=record)), "shortcut learning")
+    assert record["scale"]["world"] in row.on and "phantom-pretrained" not in row.on
+    del record["scale"]["world"]  # a record without its world: the study's own size and epochs, the run's weights
+    row = row_starting(rows_of(write_run(tmp_path / "old", shortcut=record)), "shortcut learning")
+    assert f"{record['scale']['image_size']} px" in row.on
+
+
 def test_table_cells_escape_pipes(tmp_path):
     block = results.render_block(tmp_path / "runs") + "\n" + results.render_run(
         results.RUNS[0], results.load_reports(write_run(tmp_path / "runs" / "demo_cpu_128px")))
@@ -231,6 +240,10 @@ def test_a_record_names_paths_inside_the_checkout_relative_to_it(tmp_path):
     results.record_run(project, dest, {"project_root": str(project)}, repo)
     assert read_json(dest / "data_summary.json")["run"]["data_dir"] == ".realdata/layout"
     assert read_json(dest / "run.json")["project_root"] == ".realdata/project"
+    outside = fake_project(tmp_path / "elsewhere")  # a root outside the checkout: its own paths relative to it
+    write_json(artifact("int8_report", outside), {"fp32": {"path": str(outside / "model" / "m.pt")}})
+    results.record_run(outside, dest, {}, repo)
+    assert read_json(dest / "int8_report.json")["fp32"]["path"] == "model/m.pt"
     assert str(repo) not in "".join(p.read_text(encoding="utf-8") for p in dest.iterdir())
 
 

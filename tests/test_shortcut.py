@@ -460,3 +460,12 @@ def test_compare_records_reads_every_number_from_the_records(paired):
     assert table["scale"].tolist()[::2] == ["phantom X-rays: 64 px, …", "Kermany chest X-rays: 128 px, 1 + 2 epochs"]
     row = table.iloc[0]
     assert row["reversed"] == 0.24 and row["in-distribution - reversed"] == pytest.approx(0.72)
+
+
+def test_dose_levels_default_to_phantoms_only_and_refuse_a_non_probability():
+    from utils.errors import UserError
+    assert S.dose_levels("phantom") == S.PHANTOM_DOSE_LEVELS
+    assert S.dose_levels("folder") == () and S.dose_levels("medmnist") == ()
+    assert S.dose_levels("folder", [0.6]) == (0.6,) and S.dose_levels("phantom", ()) == ()
+    with pytest.raises(UserError, match="dose levels"):
+        S.dose_levels("phantom", [1.5])

@@ -29,6 +29,7 @@ heuristic: how often does the map's peak, and how much of its mass, fall on a ma
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -42,6 +43,7 @@ from utils.config import Config
 from utils.data import load_data
 from utils.data.bundle import SOURCE_NAMES, DataBundle, Split, fingerprint, pixel_hashes
 from utils.data.confounder import MarkerSpec, confounded_bundle, confounded_split, find_markers_all
+from utils.errors import UserError
 from utils.evaluate import metrics as M
 from utils.evaluate.verdicts import difference_verdict, interval_side
 from utils.explain import localisation as L
@@ -328,6 +330,22 @@ def run_shortcut_experiment(cfg: Config, bundle: DataBundle, control_path: Any, 
     measure_attention(run, {k: m for k, (m, _) in models.items()}, models["control"][1], n_maps,
                       seed=cfg["seed"], n_boot=int(cfg["n_bootstrap"]))
     return run
+
+
+#: The confounder strengths notebook 08 trains besides its own on phantoms (a model each, seconds on the demo).
+PHANTOM_DOSE_LEVELS: tuple[float, ...] = (0.5, 0.7)
+
+
+def dose_levels(source: str, levels: Sequence[float] | None = None) -> tuple[float, ...]:
+    """The levels :func:`dose_response` trains: ``levels`` as given (``()`` none), or by default
+    :data:`PHANTOM_DOSE_LEVELS` on phantoms and none on real data, where each level is another model trained on the
+    whole training split (minutes to hours)."""
+    if levels is None:
+        return PHANTOM_DOSE_LEVELS if source == "phantom" else ()
+    bad = [q for q in levels if not 0.0 <= float(q) <= 1.0]
+    if bad:
+        raise UserError(f"dose levels are probabilities P(marker | PNEUMONIA) in [0, 1], got {bad}")
+    return tuple(float(q) for q in levels)
 
 
 def dose_response(cfg: Config, bundle: DataBundle, run: ShortcutRun, levels: tuple[float, ...] = (0.5, 0.7, 1.0),

@@ -103,23 +103,22 @@ def _display(path: Path, caption: str) -> None:
         display(Markdown(f"*{caption}*"))
 
 
-def show_real_figure(name: str, caption: str | None = None) -> Path | None:
+def show_real_figure(name: str, caption: str | None = None) -> None:
     """Show the committed real figure ``name`` (a key of :data:`REAL_FIGURES`) under a code cell, captioned by
-    ``caption`` or else by the manifest (the run's scale and the attribution). Returns its path, or None after
-    printing one line when the file is not here; never raises."""
+    ``caption`` or else by the manifest (the run's scale and the attribution); one printed line instead when the
+    file is not here. Never raises, returns nothing (a notebook cell shows the figure, not a path;
+    :func:`real_figure_path` gives the path)."""
     try:
         path = real_figure_path(name)
         if path is None:
             print(missing_line(name))
-            return None
+            return
         if caption is None:
             entry = real_manifest().get("figures", {}).get(_stem(name), {})
             caption = str(entry.get("caption", ATTRIBUTION)) if isinstance(entry, dict) else ATTRIBUTION
         _display(path, caption)
-        return path
     except Exception as exc:  # a figure beside the lesson must never stop the notebook
         print(f"real figure {name!r} not shown: {type(exc).__name__}: {exc}")
-        return None
 
 
 # ------------------------------------------------------------------------------- the recorded real run
