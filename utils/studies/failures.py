@@ -38,15 +38,8 @@ from scipy.stats import mannwhitneyu
 from utils.config import CLASSES
 from utils.data.phantom import HARD_KINDS
 from utils.errors import UserError
+from utils.evaluate import verdicts
 from utils.evaluate.metrics import paired_difference_ci
-from utils.evaluate.verdicts import (
-    difference_verdict,
-    empty_maps,
-    format_difference,
-    interval_side,
-    no_map_sentence,
-    verdict_phrase,
-)
 from utils.explain.localisation import border_band, outside_lung_fractions
 from utils.explain.maps import Checkpoint, main_maps
 from utils.paths import notebook_path
@@ -438,7 +431,7 @@ def border_shares(maps: np.ndarray, lung_masks: np.ndarray, width_px: int) -> tu
     share = np.divide((maps * band).sum(axis=(1, 2)), mass, out=np.full(len(maps), np.nan), where=mass > 0)
     area = outside.sum(axis=(1, 2))
     uniform = np.divide(band.sum(axis=(1, 2)), area, out=np.full(len(maps), np.nan), where=area > 0)
-    share[empty_maps(maps) if len(maps) else np.zeros(0, bool)] = np.nan
+    share[verdicts.empty_maps(maps) if len(maps) else np.zeros(0, bool)] = np.nan
     return share, uniform
 
 
@@ -450,7 +443,7 @@ class BorderCheck:
     share: np.ndarray  # per map: share of its outside-lung mass within the band (NaN: nothing outside, or no map)
     uniform: np.ndarray  # per map: the same share for a uniform map
     difference: dict[str, float]  # paired share - uniform, patients resampled
-    verdict: str  # difference_verdict(difference, margin)
+    verdict: str  # verdicts.difference_verdict(difference, margin)
     margin: float
 
     @property
@@ -465,8 +458,8 @@ class BorderCheck:
         ok = np.isfinite(self.share)
         head = (f"Border: {np.mean(self.share[ok]):.3f} of the outside-lung mass lies within {self.width_px} px of the "
                 f"image edge, where a uniform map puts {np.mean(self.uniform[ok]):.3f}; map − uniform "
-                f"{format_difference(self.difference)} over {int(ok.sum())} maps: "
-                f"{verdict_phrase(self.verdict, self.margin, interval_side(self.difference))}")
+                f"{verdicts.format_difference(self.difference)} over {int(ok.sum())} maps: "
+                f"{verdicts.verdict_phrase(self.verdict, self.margin, verdicts.interval_side(self.difference))}")
         if self.matters:
             return (f"{head} — heat on the frame would count as 'outside the lungs', so this notebook reads that share "
                     "with the border band left out from here on.")
@@ -481,7 +474,7 @@ def border_check(maps: np.ndarray, lung_masks: np.ndarray, width_px: int, groups
     ok = np.isfinite(share) & np.isfinite(uniform)
     diff = paired_difference_ci(share[ok], uniform[ok], None if groups is None else np.asarray(groups)[ok],
                                 n_boot=n_boot, seed=seed)
-    return BorderCheck(int(width_px), share, uniform, diff, difference_verdict(diff, margin), float(margin))
+    return BorderCheck(int(width_px), share, uniform, diff, verdicts.difference_verdict(diff, margin), float(margin))
 
 
 # ------------------------------------------------------------------------------------ the study
@@ -593,8 +586,8 @@ def study_failures(model: Any, checkpoint: Checkpoint, split: Any, predictions: 
     border = border_check(cams, masks, width, pos["patient_id"].astype(str).to_numpy() if "patient_id" in pos
                           else None)
     return FailureStudy(float(threshold), fn, tp, near, pos, cams, probs, outside, masks, source, split.images,
-                        split.lesion_masks, split.info, empty_maps(cams) if len(cams) else np.zeros(0, bool), inner,
-                        border)
+                        split.lesion_masks, split.info,
+                        verdicts.empty_maps(cams) if len(cams) else np.zeros(0, bool), inner, border)
 
 
 # ------------------------------------------------------------------------------- the study's two readings
@@ -642,7 +635,7 @@ def compare_outside_lung(study: FailureStudy) -> OutsideLungComparison:
     chance = float(np.median(1 - study.lung_masks.mean(axis=(1, 2))))
     above = (int((focus > cut).sum()), int((rest > cut).sum()))
     lines = [s for s in (study.border.sentence() if study.border is not None else "", _border_of_focus(study),
-                         no_map_sentence(int(np.sum(study.no_map)), len(study.maps), "PNEUMONIA maps")) if s]
+                         verdicts.no_map_sentence(int(np.sum(study.no_map)), len(study.maps), "PNEUMONIA maps")) if s]
     lines += [f"share read: {study.reading}; lung masks: {study.lung_source}; chance level (uniform map) {chance:.3f}; "
               f"90th percentile of {rest_name} {cut:.3f}",
               f"median outside-lung share: {focus_name} {stats['median_a']:.3f} (n={stats['n_a']}) vs "

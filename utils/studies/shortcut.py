@@ -126,11 +126,14 @@ class ShortcutWorld:
     phantom: dict[str, Any] | None = None
     phase2: dict[str, Any] | None = None
 
-    def describe(self, cfg: Config) -> str:
-        """One line: image size, start, epochs and lesions of the world under ``cfg``."""
+    def describe(self, cfg: Config, started: str | None = None) -> str:
+        """One line: image size, start, epochs and lesions of the world under ``cfg``. ``started``: how the models
+        were actually initialised (a checkpoint's ``weights``, e.g. a random start where ImageNet weights could not
+        be fetched); without it, what the world asks for."""
         wcfg = self.settings(cfg)
-        start = {"none": "a random start", "phantom": "the phantom-pretrained backbone",
-                 "imagenet": "ImageNet weights"}.get(wcfg["weights"], wcfg["weights"])
+        start = started or {"none": "a random start", "phantom": "the phantom-pretrained backbone",
+                            "imagenet": "ImageNet weights where they can be fetched (else a random start; the "
+                                        "checkpoints say which)"}.get(wcfg["weights"], wcfg["weights"])
         p2 = wcfg["phase2"]
         held = f" (phase-2 rate held for {p2['step_size']})" if self.phase2 and "step_size" in self.phase2 else ""
         lesions = f", {self.phantom['difficulty']} phantom lesions" if self.phantom and "difficulty" in self.phantom \
@@ -326,7 +329,8 @@ def run_shortcut_experiment(cfg: Config, bundle: DataBundle, control_path: Any, 
     explanation = without_shifts(main_explanation(control_path, models["control"][0]))
     run = ShortcutRun(spec, explanation, paths, thresholds, tests, seen, regions, probs, val_probs, paired,
                       shortcut_table(paired), shift,
-                      world=(world or default_world(cfg.source)).describe(cfg), clean_test=clean["test"])
+                      world=(world or default_world(cfg.source)).describe(cfg, models["confounded"][1].get("weights")),
+                      clean_test=clean["test"])
     measure_attention(run, {k: m for k, (m, _) in models.items()}, models["control"][1], n_maps,
                       seed=cfg["seed"], n_boot=int(cfg["n_bootstrap"]))
     return run
@@ -606,11 +610,14 @@ def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.02) -> list[str]
     3. **Did the remedy hold up?** Its own in-distribution − reversed drop, and remedy − confounded on the reversed
        test.
 
-    A record of the first design (no ``version_differences``: the confounded model trained beside the shipped one,
-    e.g. the committed real-data run) gets the sentences of that design, :func:`_first_design_verdict`.
+    A record of the first design (no ``version_differences``: no model compared with itself across test versions,
+    no map on the same image without the marker) gets one sentence saying so: its map test was not specific to the
+    marker, and no verdict is read from it.
     """
     if "version_differences" not in record:
-        return _first_design_verdict(record)
+        return ["This record is of notebook 08's first design: its maps were not compared on the same images with "
+                "and without the marker, so a difference between models could be overall map shape, not attention "
+                "to the marker — no verdict is read from it; run notebook 08 again to measure it."]
 
     def ci(d: dict[str, float]) -> str:
         return M.format_ci(d, signed=True)
@@ -684,48 +691,4 @@ def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.02) -> list[str]
                      f"confounded model there: {text}.")
     else:
         lines.append(f"The remedy did not remove the shortcut: {text}.")
-    return lines
-
-
-def _first_design_verdict(record: dict[str, Any], min_auc: float = 0.01, min_mass: float = 0.005) -> list[str]:
-    """The verdict of a record of the first design (the confounded model beside the shipped one, no versions
-    compared): reversed-test AUC confounded − control, map mass on the marker confounded − control, remedy −
-    control on the reversed test, each *shown* when :func:`utils.evaluate.verdicts.difference_verdict` says so with
-    the margin (``min_auc`` of AUC, ``min_mass`` of the map's mass). Kept so the committed records still read."""
-    def ci(d: dict[str, float]) -> str:
-        return M.format_ci(d, signed=True)
-
-    diffs = record["operating_point"]["reversed"]["differences"]
-    used = diffs["confounded - control"]["roc_auc"]
-    lines = []
-    if difference_verdict(used, min_auc) == "below":
-        lines.append(f"The confounded model used the marker: on the reversed test its AUC is lower than the "
-                     f"control's by {ci(used)} (paired 95% CI).")
-    elif interval_side(used) == "below":
-        lines.append(f"The confounded model's reversed-test AUC is detectably but negligibly below the control's "
-                     f"({ci(used)}, smaller than {min_auc}): no shortcut that matters at this scale.")
-    else:
-        lines.append(f"No evidence that the confounded model used the marker at this scale: reversed-test AUC, "
-                     f"confounded − control {ci(used)} (paired 95% CI includes zero or is positive).")
-    att = record["attention_decorrelated_test"]["paired_differences"].get("confounded - control", {})
-    mass = att.get("marker_mass")
-    if mass is None or difference_verdict(mass, min_mass) == "not measured":
-        lines.append("The maps were not measured against the marker (no marked test images were mapped).")
-    elif difference_verdict(mass, min_mass) == "above":
-        lines.append(f"The explanation showed it: the confounded model's maps put more mass on the marker than the "
-                     f"control's, {ci(mass)} (share of map mass, paired 95% CI).")
-    elif interval_side(mass) == "above":
-        lines.append(f"The maps' mass on the marker differs detectably but negligibly between the confounded model "
-                     f"and the control ({ci(mass)} of the map, below {min_mass}): the explanation would not have "
-                     f"told a reader anything.")
-    else:
-        lines.append(f"The explanation did not separate the two models on the marker: map mass on the marker, "
-                     f"confounded − control {ci(mass)} (paired 95% CI includes zero or is negative).")
-    remedy = diffs["remedy - control"]["roc_auc"]
-    word = difference_verdict(remedy, min_auc)
-    if word in ("above", "below"):
-        lines.append(f"The remedy's reversed-test AUC is {word} the control's: {ci(remedy)}.")
-    else:
-        lines.append(f"The remedy matches the control on the reversed test within the noise or the margin "
-                     f"({min_auc}): AUC {ci(remedy)}.")
     return lines
