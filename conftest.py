@@ -5,7 +5,8 @@ real data and then runs ``make test`` keeps every file. Concretely:
 
 * ``CXR_PROJECT_ROOT`` points at a temporary folder for the whole session (unless the caller set it);
 * every notebook that nbval executes gets a **fresh, empty** root of its own — it must rebuild whatever it needs
-  from upstream, exactly as in a fresh Colab runtime (``utils.stages``);
+  from upstream, exactly as in a fresh Colab runtime (``utils.stages``) — removed after its last cell, so the disk
+  holds one notebook's checkpoints at a time (``CXR_KEEP_TEST_ROOTS=1`` keeps every root for inspection);
 * at the end the working copy's ``data/``, ``model/`` and ``assets/`` are compared with a snapshot taken at the
   start; any change fails the session.
 """
@@ -56,6 +57,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if str(path) not in roots:
         roots[str(path)] = Path(tempfile.mkdtemp(prefix=f"cxr-nb-{Path(str(path)).stem}-"))
     os.environ["CXR_PROJECT_ROOT"] = str(roots[str(path)])
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After a notebook's last cell, its root goes (nbval runs a notebook's cells in a row): the session holds one
+    notebook's checkpoints at a time, not the whole series' (about 4 GB at the test knobs)."""
+    path = str(getattr(getattr(item, "parent", None), "fspath", ""))
+    if not path.endswith(".ipynb") or str(getattr(getattr(nextitem, "parent", None), "fspath", "")) == path:
+        return
+    root = _STATE["notebook_roots"].pop(path, None)  # type: ignore[attr-defined]
+    if root is not None and os.environ.get("CXR_KEEP_TEST_ROOTS") is None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
