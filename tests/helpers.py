@@ -34,3 +34,13 @@ def phantom_split(name: str, n_patients: int, seed: int, first_pid: int, size: i
     extra = (data["lung_masks"], data["lesion_masks"], data["info"]) if masks else ()
     return Split(name, data["images"], data["labels"], np.asarray(data["ids"]), np.asarray(data["patient_ids"]),
                  np.asarray(data["subtypes"]), pixel_hashes(data["images"]), *extra)
+
+
+def phantom_bundle(size: int, n_train: int, n_val: int, n_test: int, masks: bool = True):
+    """A phantom :class:`utils.data.bundle.DataBundle` at ``size`` px: train / val / test of ``n_*`` patients each
+    (seeds 1 / 2 / 3, patient ids from 1 / 501 / 901, so no patient is in two splits), via :func:`phantom_split`."""
+    from utils.data.bundle import DataBundle, fingerprint
+
+    splits = {name: phantom_split(name, n, seed, pid, size, masks) for name, n, seed, pid in
+              (("train", n_train, 1, 1), ("val", n_val, 2, 501), ("test", n_test, 3, 901))}
+    return DataBundle("phantom", size, splits, fingerprint(splits))

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import phantom_split
+from helpers import phantom_bundle
 
 from utils.artifacts import record_operating_point, threshold_for_recall
 from utils.checkpoint import make_meta, save_checkpoint, update_meta
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, get_config
-from utils.data.bundle import DataBundle, Split, fingerprint
 from utils.explain.localisation import energy_inside, outside_fraction
 from utils.explain.maps import map_grid, pool_maps
 from utils.explain.spec import make_spec
@@ -137,9 +136,6 @@ def test_an_empty_map_is_no_map_not_zero_outside_the_lungs():
 SIZE = 64
 
 
-def _split(name: str, n_patients: int, seed: int, first_pid: int) -> Split:
-    return phantom_split(name, n_patients, seed, first_pid, SIZE)
-
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
@@ -147,9 +143,7 @@ def compared(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("CXR_PROJECT_ROOT", str(tmp_path_factory.mktemp("project")))
     cfg = get_config("demo", image_size=SIZE, quiet=True, n_bootstrap=50)
-    splits = {name: _split(name, n, seed, pid) for name, n, seed, pid in
-              (("train", 4, 1, 1), ("val", 12, 2, 501), ("test", 14, 3, 901))}
-    bundle = DataBundle("phantom", SIZE, splits, fingerprint(splits))
+    bundle = phantom_bundle(SIZE, 4, 12, 14)
     paths = {}
     for k, (name, spec) in enumerate((("fine", make_spec("gradcam", "layer3")), ("coarse", make_spec("gradcam", "layer4")))):
         model, _ = build_model("phantom", seed=k)

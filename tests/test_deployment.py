@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import phantom_split
+from helpers import phantom_bundle
 
 from utils.artifacts import record_operating_point, threshold_for_recall
 from utils.checkpoint import make_meta, save_checkpoint, state_fingerprint
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, get_config
-from utils.data.bundle import DataBundle, Split, fingerprint
 from utils.deploy.compare import flips
 from utils.deploy.deployment import FP32, FP32_ONNX, INT8, int8_reading, quantise_and_record
 from utils.deploy.int8 import load_int8
@@ -18,9 +17,6 @@ from utils.fileio import read_json
 
 SIZE = 64
 
-
-def _split(name: str, n_patients: int, seed: int, first_pid: int) -> Split:
-    return phantom_split(name, n_patients, seed, first_pid, SIZE, masks=False)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +26,7 @@ def deployed(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("CXR_PROJECT_ROOT", str(tmp_path_factory.mktemp("project")))
     cfg = get_config("demo", image_size=SIZE, quiet=True, n_bootstrap=100)
-    splits = {name: _split(name, n, seed, pid) for name, n, seed, pid in
-              (("train", 8, 1, 1), ("val", 8, 2, 501), ("test", 10, 3, 901))}
-    bundle = DataBundle("phantom", SIZE, splits, fingerprint(splits))
+    bundle = phantom_bundle(SIZE, 8, 8, 10, masks=False)
     model = pretrained_fp32()
     path = save_checkpoint(cfg.path("model"), {"model": model.state_dict(),
                                                "meta": make_meta(image_size=SIZE, mean=IMAGENET_MEAN,

@@ -16,6 +16,7 @@ from utils.explain.attribution import make_attribution_spec
 from utils.explain.spec import make_spec
 from utils.fileio import read_json, write_json
 from utils.studies import leaderboard as LB
+from utils.studies import shortcut
 from utils.train.model import build_model
 from utils.viz import attribution as VA
 from utils.viz.common import set_caption
@@ -83,9 +84,9 @@ def test_sentences_sort_each_method_by_its_verdict_with_its_numbers():
     assert "not shown: Saliency (drop of the logit margin, most relevant first, +0.500 [95% CI +0.200, +0.800]; " \
            "map − null +0.100 [95% CI -0.200, +0.400])" in road
     assert "exposes the shortcut — IG, black baseline +0.0800 [95% CI +0.0500, +0.1100];" in marker
-    assert "a detectable shift smaller than that margin — Grad-CAM (05's choice) +0.0040 [95% CI +0.0010, +0.0070]" \
-        in marker
-    assert "does not expose it — Saliency +0.0020 [95% CI -0.0100, +0.0150]." in marker and "margin" in marker
+    assert "detectable, below the uniform share — Grad-CAM (05's choice) +0.0040 [95% CI +0.0010, +0.0070]" in marker
+    assert "confounded model − control, paired" in marker and "with and without the marker" in marker
+    assert "does not expose it — Saliency +0.0020 [95% CI -0.0100, +0.0150]." in marker and "a uniform map's share" in marker
     assert "Saliency 12 ms (2× Grad-CAM (05's choice))" in cost and "IG, black baseline 120 ms (20× Grad-CAM" in cost
     assert "Grad-CAM (05's choice) 6.0 ms" in cost and "load average 1.5" in cost
     assert "the sharpest maps here, Saliency, hold 0.62" in sharp and "near-pointing 0.550 (ties the prior)" in sharp
@@ -139,28 +140,64 @@ def marker_case(n: int = 6, size: int = 32):
     return regions, uniform, on_marker, np.arange(n)
 
 
-def test_marker_row_exposes_only_a_shift_larger_than_a_uniform_maps_share():
+def row_of(conf_with, conf_without, other_with, other_without, regions, groups, remedy=None):
+    """marker_row with the control (and the remedy, unless given) mapped as ``other``."""
+    rem = remedy if remedy is not None else (other_with, other_without)
+    maps = {"confounded": conf_with, "control": other_with, "remedy": rem[0]}
+    without = {"confounded": conf_without, "control": other_without, "remedy": rem[1]}
+    return LB.marker_row(maps, without, regions, groups, n_boot=200)
+
+
+def test_marker_row_exposes_only_mass_the_marker_drew_beyond_a_uniform_maps_share():
     regions, uniform, on_marker, groups = marker_case()
-    got = LB.marker_row(on_marker, uniform, regions, groups, n_boot=200)
+    got = row_of(on_marker, uniform, uniform, uniform, regions, groups)
     assert got["verdict"] == "exposes the shortcut" and got["margin"] == pytest.approx(16 / 1024)
-    assert got["confounded"] == 1.0 and got["difference"]["value"] == pytest.approx(1 - 16 / 1024, abs=1e-4)
-    assert got["peak_on_marker_confounded"] == 1.0 and got["n"] == 6
-    same = LB.marker_row(uniform, uniform, regions, groups, n_boot=200)
-    assert same["verdict"] == "does not expose it" and same["difference"]["value"] == 0.0
+    assert got["difference"]["value"] == pytest.approx(1 - 16 / 1024, abs=1e-4) == got["own"]["value"]
+    assert got["drawn"]["control"] == 0.0 and got["vs_remedy"]["value"] == got["difference"]["value"]
+    assert got["peak_on_marker"]["confounded"] == [1.0, 0.0] and got["n"] == 6 and got["n_no_map"] == 0
+    # a map that sits on the marker's corner whether or not the marker is there (a baseline's artefact, the map's
+    # shape) is not attention to the marker: the first design scored this as exposing the shortcut
+    always = row_of(on_marker, on_marker, uniform, uniform, regions, groups)
+    assert always["verdict"] == "does not expose it" and always["difference"]["value"] == 0.0
     slight = uniform.copy()
     slight[regions] *= 1.5  # 16 pixels at 1.5 / (1008 + 24): a detectable shift of 0.0077, below the margin 0.0156
-    small = LB.marker_row(slight, uniform, regions, groups, n_boot=200)
+    small = row_of(slight, uniform, uniform, uniform, regions, groups)
     assert small["verdict"] == "detectable, below the uniform share"
     assert 0 < small["difference"]["value"] < small["margin"]
-    empty = LB.marker_row(np.zeros_like(uniform), uniform, regions, groups, n_boot=200)
-    assert empty["verdict"] == "no map" and empty["n_no_map"] == 6
-    less = LB.marker_row(uniform, slight, regions, groups, n_boot=200)  # less mass on the marker, detectably
+    both = row_of(on_marker, uniform, slight, uniform, regions, groups)  # the control moves too, less
+    assert both["verdict"] == "exposes the shortcut"
+    assert both["difference"]["value"] == pytest.approx(got["difference"]["value"] - small["difference"]["value"])
+    empty = row_of(np.zeros_like(uniform), uniform, uniform, uniform, regions, groups)
+    assert empty["verdict"] == "no map" and empty["n_no_map"] == 6 and empty["n"] == 0
+    less = row_of(uniform, slight, uniform, uniform, regions, groups)  # the marker drew mass away, detectably
     assert less["difference"]["value"] < 0 and less["verdict"] == "does not expose it"
     one = np.zeros_like(uniform)
     one[0] = on_marker[0]  # a map on one image only: no interval, no verdict
-    assert LB.marker_row(one, uniform, regions, groups, n_boot=200)["verdict"] == "no map"
+    assert row_of(one, uniform, uniform, uniform, regions, groups)["verdict"] == "no map"
+    no_remedy_map = row_of(on_marker, uniform, uniform, uniform, regions, groups,
+                           remedy=(np.zeros_like(uniform), uniform))
+    assert no_remedy_map["verdict"] == "its own maps moved, no map to compare"
+    two = LB.marker_row({"confounded": on_marker, "control": uniform}, {"confounded": uniform, "control": uniform},
+                        regions, groups, n_boot=200)  # no remedy: compared with the control alone
+    assert two["verdict"] == "exposes the shortcut" and two["vs_remedy"] is None
     with pytest.raises(ValueError, match="marker"):
-        LB.marker_row(uniform, uniform, np.zeros_like(regions), groups)
+        row_of(uniform, uniform, uniform, uniform, np.zeros_like(regions), groups)
+    with pytest.raises(ValueError, match="control"):
+        LB.marker_row({"confounded": on_marker}, {"confounded": uniform}, regions, groups)
+
+
+def test_the_marker_row_reads_the_verdict_notebook_08_reads():
+    """One rule: the row's verdict is 08's map verdict on 08's own paired differences, in the leaderboard's words."""
+    regions, uniform, on_marker, groups = marker_case()
+    slight = uniform.copy()
+    slight[regions] *= 1.5
+    for conf_with in (on_marker, slight, uniform):
+        maps = {"confounded": conf_with, "control": uniform, "remedy": uniform}
+        without = {m: uniform for m in maps}
+        _, diffs, share = shortcut.marker_attention(maps, without, regions, groups, n_boot=200)
+        assert LB.marker_row(maps, without, regions, groups, n_boot=200)["verdict"] == \
+            LB.MARKER_WORDS[shortcut.marker_map_verdict(diffs, share)]
+    assert set(LB.MARKER_WORDS) == set(shortcut.MAP_VERDICTS)
 
 
 def test_spec_at_size_scales_only_the_occlusion_window():
@@ -235,13 +272,15 @@ def test_the_leaderboard_assembles_every_check_for_every_method(tiny_model, tmp_
     regions[:, 1:3, 1:3] = True
     images[regions] = 250
     with torch.random.fork_rng(devices=[]):
-        confounded, control = build_model("none", seed=4)[0].eval(), build_model("none", seed=5)[0].eval()
-    marker = LB.MarkerInputs(confounded, images, regions, marked.labels, marked.patient_ids, "tiny", control,
-                             images.mean(axis=0) / 255, "a tiny world")
+        confounded, control, remedy = (build_model("none", seed=k)[0].eval() for k in (4, 5, 6))
+    clean = marked.images[:, ::2, ::2].copy()
+    marker = LB.MarkerInputs(confounded, images, clean, regions, marked.labels, marked.patient_ids, "tiny", control,
+                             remedy, images.mean(axis=0) / 255, "a tiny world")
     board = LB.measure_leaderboard(tiny_model, META, bundle, make_spec("gradcam", "layer3"), knobs=TINY_KNOBS,
                                    n_boot=50, marker=marker)
     rec = board.record
     assert [r["row"] for r in rec["rows"]] == list(LB.ROWS)
+    assert rec["marker_test"]["models"] == ["confounded", "control", "remedy"]
     assert rec["masks"] and rec["not_measurable"] == [] and rec["marker_test"]["measured"]
     moved = rec["marker_test"]["specs"]["occlusion"]["params"]
     assert rec["marker_test"]["image_size"] == S // 2 and moved["window"] * 2 == board.specs["occlusion"]["params"][
@@ -313,8 +352,15 @@ def test_confounded_inputs_are_notebook_08s_world_and_checkpoints(tmp_path, monk
     refused = LB.confounded_inputs(cfg, bundle)
     assert isinstance(refused, str) and "shortcut_control_pneumonia_model.pt" in refused and "other" in refused
     write(shortcut.TAGS["control"], clean)
+    write(shortcut.TAGS["remedy"], world)  # trained on the marked images, not on the cleaned ones: refused
+    refused = LB.confounded_inputs(cfg, bundle)
+    assert isinstance(refused, str) and "shortcut_remedy_pneumonia_model.pt" in refused and "other" in refused
+    write(shortcut.TAGS["remedy"], shortcut.cleaned_bundle(world))
     got = LB.confounded_inputs(cfg, bundle)
     assert isinstance(got, LB.MarkerInputs) and got.control is not None and got.world == "notebook 08's own"
+    assert got.remedy is not None
     marked, regions = shortcut.marked_test(cfg, bundle, "decorrelated", MarkerSpec())
     assert np.array_equal(got.images, marked.images) and np.array_equal(got.regions, regions)
+    assert np.array_equal(got.clean_images, clean["test"].images)  # the same images, unmarked
+    assert np.array_equal(got.clean_images[~regions], got.images[~regions])
     assert got.images.shape[1] == clean.image_size and got.mean_image is not None

@@ -10,12 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import phantom_split
+from helpers import phantom_bundle
 
 from utils.artifacts import predictions_frame, record_operating_point
 from utils.checkpoint import make_meta, save_checkpoint, update_meta
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, get_config
-from utils.data.bundle import DataBundle, Split, fingerprint
 from utils.errors import UserError
 from utils.explain import localisation, review
 from utils.explain.choice import choose_and_record
@@ -28,9 +27,6 @@ SIZE = 64
 CHOSEN = make_spec("gradcam", "layer3", (0, 8))  # not the unmeasured default (plain Grad-CAM on layer4)
 
 
-def _split(name: str, n_patients: int, seed: int, first_pid: int) -> Split:
-    return phantom_split(name, n_patients, seed, first_pid, SIZE)
-
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
@@ -40,9 +36,7 @@ def stage(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("CXR_PROJECT_ROOT", str(root))
     cfg = get_config("demo", image_size=SIZE, quiet=True)
-    splits = {name: _split(name, n, seed, pid) for name, n, seed, pid in
-              (("train", 14, 1, 1), ("val", 10, 2, 501), ("test", 12, 3, 901))}
-    bundle = DataBundle("phantom", SIZE, splits, fingerprint(splits))
+    bundle = phantom_bundle(SIZE, 14, 10, 12)
     model, _ = build_model("phantom", seed=0)  # labels-only backbone, fresh head: it sees the lesions a little
     path = cfg.path("model")
     save_checkpoint(path, {"model": model.state_dict(),

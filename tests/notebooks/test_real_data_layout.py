@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -31,7 +32,7 @@ def _execute(nb: Path, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
-    """Build the fixture, run every notebook on it in order; returns the run's paths."""
+    """Build the fixture, run every notebook on it in order; yields the run's paths, then removes them."""
     base = tmp_path_factory.mktemp("real_layout")
     data = build_kermany_fixture(base / "chest_xray", FixtureSpec())
     root, executed = base / "project", base / "executed"
@@ -48,7 +49,9 @@ def series(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return {"data": data, "root": root, "executed": executed}
+    yield {"data": data, "root": root, "executed": executed}
+    if os.environ.get("CXR_KEEP_TEST_ROOTS") is None:  # the series' checkpoints (~2 GB) go before the notebooks run
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _text(path: Path) -> str:

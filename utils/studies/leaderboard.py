@@ -55,6 +55,7 @@ from utils.fileio import write_json
 from utils.machine import cpu_count
 from utils.paths import notebook_path
 from utils.stages import ensure_explanation
+from utils.studies import shortcut
 from utils.train.model import load_model, predict_proba, preprocess, resolve_device
 
 __all__ = [
@@ -99,7 +100,7 @@ class Knobs:
     n_sanity: int = 4  # images of the randomisation check (every method's maps at 6 randomised steps); >= 2
     n_road: int = 8  # images of ROAD (both orders, map and null)
     n_stability: int = 4  # images of the stability check
-    n_marker: int = 6  # marked test images of the marker test (when the confounded model exists)
+    n_marker: int = 8  # marked test images of the marker test (when the confounded model exists)
     noises: tuple[float, ...] = (0.1, 0.2)  # SmoothGrad noise (fraction of the grey range)
     samples: tuple[int, ...] = (8,)  # SmoothGrad samples
     steps: tuple[int, ...] = (4, 8)  # IG steps
@@ -195,36 +196,39 @@ def randomisation_entry(check: Mapping[str, Any], metric: str = "abs_spearman") 
 
 
 # ------------------------------------------------------------------------------------------ the marker test
-def marker_row(maps_confounded: np.ndarray, maps_control: np.ndarray, regions: np.ndarray, groups: np.ndarray,
-               n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """One method's marker test: map mass on the marker region, confounded model − control model on the same
-    marked images (paired patient bootstrap), judged with the **uniform map's share of the marker** as the margin
-    (a difference smaller than what a map spread evenly puts there would not tell a reader anything). Also the share
-    of maps whose peak lies within 5 % of the side of the marker. Verdict: ``"exposes the shortcut"``,
-    ``"detectable, below the uniform share"`` (more mass on the marker, less than the margin), ``"does not expose
-    it"`` (no more mass, or less) or ``"no map"`` (fewer than two images with a map from both models)."""
+#: 08's map verdict (:func:`utils.studies.shortcut.marker_map_verdict`) in the leaderboard's words.
+MARKER_WORDS = {"shown": "exposes the shortcut", "own maps only": "its own maps moved, no map to compare",
+                "below the uniform share": "detectable, below the uniform share", "not shown": "does not expose it",
+                "not measured": "no map"}
+
+
+def marker_row(maps: Mapping[str, np.ndarray], maps_without: Mapping[str, np.ndarray], regions: np.ndarray,
+               groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """One method's marker test — notebook 08's, with 08's rule. ``maps[model]``: the maps of marked images by
+    ``"confounded"``, ``"control"`` (and ``"remedy"`` where there is one); ``maps_without[model]``: the same
+    model's maps of the same images without the marker (each as that model is given them). The mass the marker
+    *drew* into each model's map (with − without, so overall map shape cancels) is compared between models, paired
+    by image, patients resampled (:func:`utils.studies.shortcut.marker_attention`), and read by
+    :func:`utils.studies.shortcut.marker_map_verdict` with the uniform map's share of the marker as the margin.
+    ``difference``: the drawn mass, confounded − control; ``own``: the confounded model's with − without;
+    ``vs_remedy``: confounded − remedy. Verdict: one of :data:`MARKER_WORDS`."""
     regions = np.asarray(regions, bool)
     if not regions.reshape(len(regions), -1).any(axis=1).all():
         raise ValueError("every image of the marker test must carry a marker")
-    mass = {k: np.array([loc.energy_inside(c, r) for c, r in zip(m, regions)])
-            for k, m in (("confounded", maps_confounded), ("control", maps_control))}
-    peak = {k: np.array([float(loc.near_pointing(c, r)) for c, r in zip(m, regions)])
-            for k, m in (("confounded", maps_confounded), ("control", maps_control))}
-    empty = loc.empty_maps(np.asarray(maps_confounded)) | loc.empty_maps(np.asarray(maps_control))
-    keep = ~empty
-    uniform = float(regions.reshape(len(regions), -1).mean())
-    diff = paired_difference_ci(mass["confounded"][keep], mass["control"][keep], np.asarray(groups)[keep],
-                                n_boot=n_boot, seed=seed)
-    v = difference_verdict(diff, margin=uniform) if keep.sum() >= 2 else "not measured"  # one image: no interval
-    verdict = ("exposes the shortcut" if v == "above" else "no map" if v == "not measured"
-               else "detectable, below the uniform share" if v == "within" and diff["value"] > 0
-               else "does not expose it")
-    return {"verdict": verdict, "difference": _ci(diff), "margin": uniform,
-            "confounded": float(mass["confounded"][keep].mean()) if keep.any() else float("nan"),
-            "control": float(mass["control"][keep].mean()) if keep.any() else float("nan"),
-            "peak_on_marker_confounded": float(peak["confounded"][keep].mean()) if keep.any() else float("nan"),
-            "peak_on_marker_control": float(peak["control"][keep].mean()) if keep.any() else float("nan"),
-            "n": int(keep.sum()), "n_no_map": int(empty.sum())}
+    if not {"confounded", "control"} <= set(maps) or set(maps) != set(maps_without):
+        raise ValueError("the marker test needs the confounded and the control model's maps, with and without it")
+    table, diffs, uniform = shortcut.marker_attention(dict(maps), dict(maps_without), regions, groups,
+                                                      n_boot=n_boot, seed=seed)
+    per = table.set_index("model")
+    both = diffs["confounded - control"]["marker_drawn"]
+    remedy = diffs.get("confounded - remedy", {}).get("marker_drawn")
+    return {"verdict": MARKER_WORDS[shortcut.marker_map_verdict(diffs, uniform)], "difference": _ci(both),
+            "own": _ci(diffs["confounded: with - without marker"]["marker_mass"]),
+            "vs_remedy": None if remedy is None else _ci(remedy), "margin": uniform,
+            "drawn": {m: float(per.loc[m, "marker_drawn"]) for m in per.index},
+            "peak_on_marker": {m: [float(per.loc[m, "marker_pointing"]), float(per.loc[m, "marker_pointing_without"])]
+                               for m in per.index},
+            "n": int(both["n"]), "n_no_map": len(regions) - int(both["n"])}
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -269,19 +273,22 @@ class _Clock:
 
 @dataclass
 class MarkerInputs:
-    """What the marker test needs: notebook 08's confounded model, the control it is compared with, and marked test
-    images with their true marker regions (images without a marker are left out by the test). Notebook 08 may train
-    in a world of its own (another image size, data, start): ``control`` is that world's control model (None: the
-    shipped model is the control), ``mean_image`` that world's training mean (None: the shipped run's) and
-    ``image_size`` its size — the methods' parameters are carried over to it (:func:`spec_at_size`)."""
+    """What the marker test needs: notebook 08's confounded model, the models it is compared with, and marked test
+    images with their true marker regions and the same images without the marker (images without a marker are left
+    out by the test). Notebook 08 may train in a world of its own (another image size, data, start): ``control`` is
+    that world's control model (None: the shipped model is the control), ``remedy`` its remedy (None: not compared),
+    ``mean_image`` that world's training mean (None: the shipped run's) — the methods' parameters are carried over
+    to its image size (:func:`spec_at_size`)."""
 
     model: nn.Module
     images: np.ndarray  # uint8 (N, S, S), markers burned in
+    clean_images: np.ndarray  # uint8 (N, S, S), the same images without the marker
     regions: np.ndarray  # bool (N, S, S)
     labels: np.ndarray
     patient_ids: np.ndarray
     source: str = ""
     control: nn.Module | None = None
+    remedy: nn.Module | None = None
     mean_image: np.ndarray | None = None
     world: str = "the shipped run's"
 
@@ -301,34 +308,33 @@ def spec_at_size(spec: Mapping[str, Any], from_size: int, to_size: int) -> dict[
 
 
 def confounded_inputs(cfg: Config, bundle: DataBundle, device: torch.device | str = "cpu") -> MarkerInputs | str:
-    """Notebook 08's confounded model, its control and its decorrelated marked test, or — when a model is missing or
-    belongs to other data — the reason, in one line naming the notebook to run (never trained here: two or three
-    training runs). 08's world, training set and marked test come from :mod:`utils.studies.shortcut`
-    (:func:`~utils.studies.shortcut.world_setup`, :func:`~utils.studies.shortcut.confounded_world`,
+    """Notebook 08's confounded model, its control and remedy, and its decorrelated marked test with the same images
+    unmarked — or, when a model is missing or belongs to other data, the reason, in one line naming the notebook to
+    run (never trained here: three training runs). 08's world, training sets and marked test come from
+    :mod:`utils.studies.shortcut` (:func:`~utils.studies.shortcut.world_setup`,
+    :func:`~utils.studies.shortcut.confounded_world`, :func:`~utils.studies.shortcut.cleaned_bundle`,
     :func:`~utils.studies.shortcut.marked_test`) and its checkpoints from ``shortcut.TAGS``; in the shipped run's
     world (real data) the shipped model is the control."""
     from utils.data.confounder import MarkerSpec
-    from utils.studies import shortcut
 
     spec, dev = MarkerSpec(), resolve_device(str(device))
     wcfg, clean, shipped_world = shortcut.world_setup(cfg, bundle)
     _, world = shortcut.confounded_world(cfg, bundle, spec)
-    marked, regions = shortcut.marked_test(cfg, bundle, "decorrelated", spec, clean_test=clean["test"])
-    control_path = None if shipped_world else wcfg.path("model", shortcut.TAGS["control"])
-    path = wcfg.path("model", shortcut.TAGS["confounded"])
-    checks = [(path, world)] + ([(control_path, clean)] if control_path is not None else [])
-    for p, data in checks:
-        reason = checkpoint_state(p, data, need=("threshold_rule",))
+    path = {m: wcfg.path("model", shortcut.TAGS[m]) for m in shortcut.MODELS}
+    checks = [("confounded", lambda: world)] + ([] if shipped_world else [("control", lambda: clean)])
+    checks.append(("remedy", lambda: shortcut.cleaned_bundle(world)))  # cleaned only when the others are current
+    for name, data in checks:
+        reason = checkpoint_state(path[name], data(), need=("threshold_rule",))
         if reason:
-            rel = p.relative_to(cfg.root) if p.is_relative_to(cfg.root) else p
-            return (f"notebook 08's {rel.name} is not usable here: {reason}; run {notebook_path('shortcut')} first "
-                    "(it trains its models), then this notebook again")
-    model, _ = load_model(path, dev)
-    control = load_model(control_path, dev)[0] if control_path is not None else None
-    rel = path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path
-    return MarkerInputs(model, marked.images, regions, marked.labels, marked.patient_ids, str(rel), control,
-                        None if control is None else attr.dataset_mean_image(clean["train"].images),
-                        "the shipped run's" if control is None else "notebook 08's own")
+            return (f"notebook 08's {path[name].name} is not usable here: {reason}; run {notebook_path('shortcut')} "
+                    "first (it trains its models), then this notebook again")
+    marked, regions = shortcut.marked_test(cfg, bundle, "decorrelated", spec, clean_test=clean["test"])
+    models = {m: load_model(path[m], dev)[0] for m in shortcut.MODELS if m != "control" or not shipped_world}
+    rel = path["confounded"].relative_to(cfg.root) if path["confounded"].is_relative_to(cfg.root) else path["confounded"]
+    return MarkerInputs(models["confounded"], marked.images, clean["test"].images, regions, marked.labels,
+                        marked.patient_ids, str(rel), models.get("control"), models["remedy"],
+                        None if shipped_world else attr.dataset_mean_image(clean["train"].images),
+                        "the shipped run's" if shipped_world else "notebook 08's own")
 
 
 def run_leaderboard(cfg: Config, bundle: DataBundle, methods: Sequence[str] | None = None, knobs: Knobs = Knobs(),
@@ -491,30 +497,40 @@ def _marker_test(marker: MarkerInputs, model: nn.Module, meta: Mapping[str, Any]
                  specs: Mapping[str, Mapping[str, Any]], mean_image: np.ndarray, n_marker: int,
                  rng: np.random.Generator, n_boot: int, seed: int) -> dict[str, Any]:
     """:func:`marker_row` for every row on up to ``n_marker`` marked images (half PNEUMONIA, half NORMAL where
-    possible), each explained for PNEUMONIA by the confounded and by the control model (same specs, carried over to
-    the marked images' size, same images)."""
+    possible), each explained for PNEUMONIA by the confounded model, the control and the remedy (same specs, carried
+    over to the marked images' size), with and without the marker, each model given the images as notebook 08 gives
+    them (the remedy: cleaned by :func:`utils.studies.shortcut.remedy_view`)."""
     has = np.asarray(marker.regions).reshape(len(marker.regions), -1).any(axis=1)
     labels = np.asarray(marker.labels)
     pick = np.r_[_pick(rng, np.flatnonzero(has & (labels == 1)), (n_marker + 1) // 2),
                  _pick(rng, np.flatnonzero(has & (labels == 0)), n_marker // 2)].astype(int)
     if len(pick) < 2:
         return {"measured": False, "rows": {}, "reason": f"only {len(pick)} marked test image(s)"}
-    x = preprocess(torch.from_numpy(np.asarray(marker.images)[pick]), meta["mean"], meta["std"])
-    size = int(x.shape[-1])
     started = time.perf_counter()
+    marked, clean = np.asarray(marker.images)[pick], np.asarray(marker.clean_images)[pick]
+    size = int(marked.shape[-1])
     # as notebook 08 reads its models: on the image as it is (a CAM's shift averaging left out, spec.without_shifts)
     moved = {g: {**without_shifts(spec_at_size(specs[g], int(mean_image.shape[-1]), size)), "name": specs[g]["name"]}
              for g in rows}
     base = marker.mean_image if marker.mean_image is not None else mean_image
-    control = marker.control if marker.control is not None else model
-    by_model = {k: attr.method_maps(m, x, [moved[g] for g in rows], 1, meta, base)[0]
-                for k, m in (("confounded", marker.model), ("control", control))}
+    models = {"confounded": marker.model, "control": marker.control if marker.control is not None else model,
+              **({"remedy": marker.remedy} if marker.remedy is not None else {})}
+    with_, without = {}, {}
+    for name, net in models.items():
+        pair = (shortcut.remedy_view(marked), shortcut.remedy_view(clean)) if name == "remedy" else (marked, clean)
+        x = preprocess(torch.from_numpy(np.ascontiguousarray(np.concatenate(pair))), meta["mean"], meta["std"])
+        maps = attr.method_maps(net, x, [moved[g] for g in rows], 1, meta, base)[0]
+        with_[name] = {k: v[:len(pick)] for k, v in maps.items()}
+        without[name] = {k: v[len(pick):] for k, v in maps.items()}
     regions = np.asarray(marker.regions, bool)[pick]
-    out = {g: marker_row(by_model["confounded"][specs[g]["name"]], by_model["control"][specs[g]["name"]], regions,
-                         np.asarray(marker.patient_ids)[pick], n_boot, seed) for g in rows}
+    groups = np.asarray(marker.patient_ids)[pick]
+    out = {g: marker_row({m: with_[m][moved[g]["name"]] for m in models},
+                         {m: without[m][moved[g]["name"]] for m in models}, regions, groups, n_boot, seed)
+           for g in rows}
     return {"measured": True, "rows": out, "n_images": len(pick), "model": marker.source, "world": marker.world,
-            "image_size": size, "specs": {g: moved[g] for g in rows},
-            "images": "decorrelated marked test images (notebook 08), both classes, each explained for PNEUMONIA",
+            "image_size": size, "specs": {g: moved[g] for g in rows}, "models": list(models),
+            "images": "decorrelated marked test images (notebook 08), both classes, each explained for PNEUMONIA "
+                      "with and without the marker",
             "uniform_share": float(regions.mean()), "seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -622,19 +638,17 @@ def leaderboard_sentences(record: Mapping[str, Any]) -> list[str]:
     # marker
     mt = record.get("marker_test", {})
     if mt.get("measured"):
-        groups = {v: [r for r in rows if r.get("marker") and r["marker"]["verdict"] == v]
-                  for v in ("exposes the shortcut", "detectable, below the uniform share", "does not expose it",
-                            "no map")}
+        groups = {v: [r for r in rows if r.get("marker") and r["marker"]["verdict"] == v] for v in MARKER_WORDS.values()}
         parts = []
-        for v, word in (("exposes the shortcut", "exposes the shortcut"), ("detectable, below the uniform share",
-                         "a detectable shift smaller than that margin"), ("does not expose it", "does not expose it"),
-                        ("no map", "no map")):
-            if groups[v] or v == "exposes the shortcut":
+        for v in MARKER_WORDS.values():
+            if groups[v] or v == MARKER_WORDS["shown"]:
                 nums = ", ".join(f"{r['label']} {format_difference(r['marker']['difference'], 4)}" for r in groups[v])
-                parts.append(f"{word} — {nums or 'none'}")
-        out.append(f"The marker test of notebook 08 ({mt['n_images']} marked test images; map mass on the marker, "
-                   f"confounded model − control, paired 95% CI; margin = a uniform map's share of the marker, "
-                   f"{mt['uniform_share']:.4f}): " + "; ".join(parts) + ".")
+                parts.append(f"{v} — {nums or 'none'}")
+        others = " and the ".join(m for m in mt.get("models", ["control"]) if m != "confounded")
+        out.append(f"The marker test of notebook 08, with 08's rule ({mt['n_images']} marked test images, each mapped "
+                   f"with and without the marker; the map mass the marker drew, confounded model − {others}, paired "
+                   f"95% CI; shown when every comparison clears a uniform map's share of the marker, "
+                   f"{mt['uniform_share']:.4f}; confounded − control below): " + "; ".join(parts) + ".")
     else:
         out.append(f"The marker test was not run: {mt.get('reason', 'no confounded model')}.")
     # cost
@@ -722,7 +736,7 @@ def leaderboard_panels(record: Mapping[str, Any]) -> list[dict[str, Any]]:
                    "rows": [row(r["label"], r["road"]["difference"],
                                 _tone(r["road"]["verdict"], ("faithful",), ("not faithful",))) for r in rows]})
     mt = record.get("marker_test", {})
-    panels.append({"title": "marker (08): mass on the marker, confounded − control", "xlabel": "share of map mass "
+    panels.append({"title": "marker (08): mass the marker drew, confounded − control", "xlabel": "share of map mass "
                    "(95% CI)", "reference": {"x": mt["uniform_share"], "label": "uniform map's share (margin)"}
                    if mt.get("measured") else None,
                    "rows": [row(r["label"], r["marker"]["difference"] if r.get("marker") else None,

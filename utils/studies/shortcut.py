@@ -94,9 +94,14 @@ def remove_markers(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out
 
 
+def remedy_view(images: np.ndarray) -> np.ndarray:
+    """What the remedy is given: ``images`` with every marker the heuristic finds imputed away."""
+    return remove_markers(images, find_markers_all(images))
+
+
 def cleaned_split(split: Split) -> Split:
     """``split`` with every marker the heuristic finds imputed away (the remedy's preprocessing)."""
-    images = remove_markers(split.images, find_markers_all(split.images))
+    images = remedy_view(split.images)
     return replace(split, images=images, hashes=pixel_hashes(images))
 
 
@@ -409,7 +414,7 @@ def measure_attention(run: ShortcutRun, models: dict[str, torch.nn.Module], meta
     idx = _mapped_images(run.regions[version], test.labels, n_maps, seed)
     run.map_index = idx
     without = {"control": test.images[idx], "confounded": test.images[idx],
-               "remedy": cleaned_split(test.subset(idx)).images}
+               "remedy": remedy_view(test.images[idx])}
     for name, model in models.items():
         for store, images in ((run.maps, run.seen[version][name].images[idx]), (run.maps_clean, without[name])):
             x = preprocess(torch.from_numpy(np.ascontiguousarray(images)), meta["mean"], meta["std"])
@@ -489,6 +494,43 @@ def marker_attention(maps: dict[str, np.ndarray], maps_without: dict[str, np.nda
     regions = np.asarray(regions, dtype=bool)
     uniform = float(regions.reshape(len(regions), -1).mean(axis=1).mean()) if len(regions) else float("nan")
     return table, diffs, uniform
+
+
+#: :func:`marker_map_verdict`'s answers, in the order a reader meets them.
+MAP_VERDICTS = ("shown", "own maps only", "below the uniform share", "not shown", "not measured")
+
+
+def marker_map_verdict(diffs: dict[str, dict[str, dict[str, float]]], uniform: float) -> str:
+    """Did the maps show the shortcut? One rule for notebooks 08 and 10, read from :func:`marker_attention`'s
+    paired differences. The confounded model's *drawn* mass (the same image with − without the marker) is compared
+    with every other model's (``"confounded - control"``, ``"confounded - remedy"``, those measured), each read by
+    :func:`~utils.evaluate.verdicts.difference_verdict` with the uniform map's share of the marker as the margin:
+
+    * ``"shown"`` — every comparison above the margin;
+    * ``"own maps only"`` — the confounded model's own maps moved by more than the margin, but a model to compare
+      with gave no map;
+    * ``"below the uniform share"`` — every comparison's interval above zero, not every estimate at the margin:
+      detectable, not something a reader would see;
+    * ``"not shown"`` — any other outcome; ``"not measured"`` — no confounded-model map with and without the
+      marker, or no other model to compare with.
+
+    A difference over fewer than two images is not measured (one image's bootstrap interval has no width)."""
+    def read(d: dict[str, float] | None) -> str:
+        measured = d is not None and _measured(d) and int(d.get("n", 2)) >= 2
+        return difference_verdict(d, uniform) if d is not None and measured else "not measured"
+
+    own = read(diffs.get("confounded: with - without marker", {}).get("marker_mass"))
+    vs = [d.get("marker_drawn") for k, d in diffs.items() if k.startswith("confounded - ")]
+    if own == "not measured" or not np.isfinite(uniform) or not vs:
+        return "not measured"
+    verdicts = {read(d) for d in vs}
+    if verdicts == {"above"}:
+        return "shown"
+    if "not measured" in verdicts and verdicts <= {"above", "not measured"} and own == "above":
+        return "own maps only"
+    if all(d is not None and interval_side(d) == "above" for d in vs):
+        return "below the uniform share"
+    return "not shown"
 
 
 def finder_check(marked_images: np.ndarray, true_regions: np.ndarray, clean_images: np.ndarray) -> dict[str, Any]:
@@ -646,7 +688,8 @@ def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.02) -> list[str]
     own = diffs.get("confounded: with - without marker", {}).get("marker_mass")
     vs = {b: diffs.get(f"confounded - {b}", {}).get("marker_drawn") for b in ("control", "remedy")}
     per_model = {r["model"]: r for r in att.get("per_model", [])}
-    if own is None or not _measured(own) or not np.isfinite(uniform):
+    shown = marker_map_verdict(diffs, uniform)
+    if shown == "not measured":
         conf = per_model.get("confounded", {})
         counts = (f": the confounded model gave no map (empty or constant) on {int(conf['no_map'])} of "
                   f"{int(conf['images'])} marked images with the marker and on {int(conf['no_map_without'])} of "
@@ -665,16 +708,12 @@ def shortcut_verdict(record: dict[str, Any], min_auc: float = 0.02) -> list[str]
                             else f"not comparable with the {b}'s (no map)" for b, d in vs.items())
         said = (f"adding the marker drew {ci(own)} of the confounded model's map onto it (the same images with − "
                 f"without it), more {than}; a uniform map puts {uniform:.3f} there{point}{no_map}")
-        verdicts = {difference_verdict(d, uniform) if d is not None and _measured(d) else "not measured"
-                    for d in vs.values()}
-        increases = all(d is not None and interval_side(d) == "above" for d in vs.values())
-        if verdicts == {"above"}:
+        if shown == "shown":
             lines.append(f"The explanation showed it: {said}.")
-        elif ("not measured" in verdicts and verdicts <= {"above", "not measured"}
-              and difference_verdict(own, uniform) == "above"):
+        elif shown == "own maps only":
             lines.append(f"The confounded model's own maps moved to the marker, but not every other model gave a map "
                          f"to compare with: {said}.")
-        elif increases:
+        elif shown == "below the uniform share":
             lines.append(f"The maps moved to the marker detectably but by less than a uniform map's share of its "
                          f"region ({uniform:.3f}) — not something a reader would see: {said}.")
         else:
