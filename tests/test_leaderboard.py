@@ -101,6 +101,23 @@ def test_sentences_without_masks_or_confounded_model_say_what_was_not_measured()
     assert "near-pointing" not in text[-1]  # the sharpness sentence reads only what was measured
 
 
+def test_a_marker_row_without_enough_maps_gives_counts_not_an_interval(tmp_path):
+    from test_figure_layout import CAPTION, layout_problems
+
+    record = fake_record()
+    record["rows"][0]["marker"] = {"verdict": "no map", "difference": ci(0.0104, 0.0104, 0.0104, 1), "n": 1,
+                                   "n_no_map": 7, "margin": 0.01}  # one image: a bootstrap interval of no width
+    marker = LB.leaderboard_sentences(record)[4]
+    assert "no map — Saliency (a map from every model, with and without the marker, on 1 of 8 images)" in marker
+    assert "+0.0104" not in marker
+    panel = next(p for p in LB.leaderboard_panels(record) if p["title"].startswith("marker"))
+    assert panel["rows"][0]["value"] is None and panel["rows"][0]["text"] == "no map on 7 of 8 images"
+    set_caption(CAPTION)
+    problems = layout_problems(VA.plot_leaderboard(LB.leaderboard_panels(record), save_to=tmp_path / "b.png"))
+    set_caption("")
+    assert problems == []
+
+
 def test_panels_follow_the_verdicts_and_mark_what_was_not_measured(tmp_path):
     from test_figure_layout import CAPTION, layout_problems
 

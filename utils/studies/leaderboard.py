@@ -202,6 +202,12 @@ MARKER_WORDS = {"shown": "exposes the shortcut", "own maps only": "its own maps 
                 "not measured": "no map"}
 
 
+def _marker_unmeasured(entry: Mapping[str, Any]) -> str:
+    """Why a marker row has no verdict, in a few words: how many images had a map from every model."""
+    n, total = int(entry.get("n", 0)), int(entry.get("n", 0)) + int(entry.get("n_no_map", 0))
+    return f"a map from every model, with and without the marker, on {n} of {total} images"
+
+
 def marker_row(maps: Mapping[str, np.ndarray], maps_without: Mapping[str, np.ndarray], regions: np.ndarray,
                groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """One method's marker test — notebook 08's, with 08's rule. ``maps[model]``: the maps of marked images by
@@ -642,7 +648,8 @@ def leaderboard_sentences(record: Mapping[str, Any]) -> list[str]:
         parts = []
         for v in MARKER_WORDS.values():
             if groups[v] or v == MARKER_WORDS["shown"]:
-                nums = ", ".join(f"{r['label']} {format_difference(r['marker']['difference'], 4)}" for r in groups[v])
+                nums = ", ".join(f"{r['label']} ({_marker_unmeasured(r['marker'])})" if v == MARKER_WORDS["not measured"]
+                                 else f"{r['label']} {format_difference(r['marker']['difference'], 4)}" for r in groups[v])
                 parts.append(f"{v} — {nums or 'none'}")
         others = " and the ".join(m for m in mt.get("models", ["control"]) if m != "confounded")
         out.append(f"The marker test of notebook 08, with 08's rule ({mt['n_images']} marked test images, each mapped "
@@ -739,8 +746,11 @@ def leaderboard_panels(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     panels.append({"title": "marker (08): mass the marker drew, confounded − control", "xlabel": "share of map mass "
                    "(95% CI)", "reference": {"x": mt["uniform_share"], "label": "uniform map's share (margin)"}
                    if mt.get("measured") else None,
-                   "rows": [row(r["label"], r["marker"]["difference"] if r.get("marker") else None,
-                                _tone(r["marker"]["verdict"], ("exposes the shortcut",), ()) if r.get("marker")
+                   "rows": [row(r["label"], None, "none", f"no map on {r['marker']['n_no_map']} of "
+                                f"{r['marker']['n'] + r['marker']['n_no_map']} images")
+                            if r.get("marker") and r["marker"]["verdict"] == MARKER_WORDS["not measured"] else
+                            row(r["label"], r["marker"]["difference"] if r.get("marker") else None,
+                                _tone(r["marker"]["verdict"], (MARKER_WORDS["shown"],), ()) if r.get("marker")
                                 else "none", "" if r.get("marker") else "no confounded model") for r in rows]})
     panels.append({"title": f"stability: Spearman ρ under grey noise σ={rows[0]['stability']['level']:g}",
                    "xlabel": "median ρ (bars: quartiles); 1 = unchanged", "reference": None,
