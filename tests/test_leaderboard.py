@@ -85,7 +85,7 @@ def test_sentences_sort_each_method_by_its_verdict_with_its_numbers():
            "map − null +0.100 [95% CI -0.200, +0.400])" in road
     assert "exposes the shortcut — IG, black baseline +0.0800 [95% CI +0.0500, +0.1100];" in marker
     assert "detectable, below the uniform share — Grad-CAM (05's choice) +0.0040 [95% CI +0.0010, +0.0070]" in marker
-    assert "confounded model − control, paired" in marker and "with and without the marker" in marker
+    assert "in the confounded model's maps minus the control's, paired" in marker and "with and without" in marker
     assert "does not expose it — Saliency +0.0020 [95% CI -0.0100, +0.0150]." in marker and "a uniform map's share" in marker
     assert "Saliency 12 ms (2× Grad-CAM (05's choice))" in cost and "IG, black baseline 120 ms (20× Grad-CAM" in cost
     assert "Grad-CAM (05's choice) 6.0 ms" in cost and "load average 1.5" in cost

@@ -651,11 +651,11 @@ def leaderboard_sentences(record: Mapping[str, Any]) -> list[str]:
                 nums = ", ".join(f"{r['label']} ({_marker_unmeasured(r['marker'])})" if v == MARKER_WORDS["not measured"]
                                  else f"{r['label']} {format_difference(r['marker']['difference'], 4)}" for r in groups[v])
                 parts.append(f"{v} — {nums or 'none'}")
-        others = " and the ".join(m for m in mt.get("models", ["control"]) if m != "confounded")
+        others = " and minus ".join(f"the {m}'s" for m in mt.get("models", ["control"]) if m != "confounded")
         out.append(f"The marker test of notebook 08, with 08's rule ({mt['n_images']} marked test images, each mapped "
-                   f"with and without the marker; the map mass the marker drew, confounded model − {others}, paired "
-                   f"95% CI; shown when every comparison clears a uniform map's share of the marker, "
-                   f"{mt['uniform_share']:.4f}; confounded − control below): " + "; ".join(parts) + ".")
+                   f"with and without the marker; the map mass the marker drew in the confounded model's maps minus "
+                   f"{others}, paired 95% CI; shown when every comparison clears a uniform map's share of the marker, "
+                   f"{mt['uniform_share']:.4f}; the numbers below: confounded − control): " + "; ".join(parts) + ".")
     else:
         out.append(f"The marker test was not run: {mt.get('reason', 'no confounded model')}.")
     # cost
