@@ -1,7 +1,8 @@
 """Small assertions and runners shared by several test files (tests/ is on sys.path under pytest)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,3 +45,20 @@ def phantom_bundle(size: int, n_train: int, n_val: int, n_test: int, masks: bool
     splits = {name: phantom_split(name, n, seed, pid, size, masks) for name, n, seed, pid in
               (("train", n_train, 1, 1), ("val", n_val, 2, 501), ("test", n_test, 3, 901))}
     return DataBundle("phantom", size, splits, fingerprint(splits))
+
+
+@contextmanager
+def demo_project(tmp_path_factory, size: int, counts: tuple[int, int, int], masks: bool = True, **overrides
+                 ) -> Iterator[tuple]:
+    """For a module fixture: a fresh project root that ``CXR_PROJECT_ROOT`` points at while the block runs; yields
+    ``(the demo config at size px with overrides, a phantom bundle of counts = (train, val, test) patients)``."""
+    import pytest
+
+    from utils.config import get_config
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CXR_PROJECT_ROOT", str(tmp_path_factory.mktemp("project")))
+    try:
+        yield get_config("demo", image_size=size, quiet=True, **overrides), phantom_bundle(size, *counts, masks=masks)
+    finally:
+        mp.undo()

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import phantom_bundle
+from helpers import demo_project
 
 from utils.artifacts import record_operating_point, threshold_for_recall
 from utils.checkpoint import make_meta, save_checkpoint, update_meta
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, get_config
+from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.explain.localisation import energy_inside, outside_fraction
 from utils.explain.maps import map_grid, pool_maps
 from utils.explain.spec import make_spec
@@ -136,28 +136,25 @@ def test_an_empty_map_is_no_map_not_zero_outside_the_lungs():
 SIZE = 64
 
 
-
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     """Two shipped ResNets in a fresh root, one explained on layer3 (4x4 at 64 px), one on layer4 (2x2)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CXR_PROJECT_ROOT", str(tmp_path_factory.mktemp("project")))
-    cfg = get_config("demo", image_size=SIZE, quiet=True, n_bootstrap=50)
-    bundle = phantom_bundle(SIZE, 4, 12, 14)
-    paths = {}
-    for k, (name, spec) in enumerate((("fine", make_spec("gradcam", "layer3")), ("coarse", make_spec("gradcam", "layer4")))):
-        model, _ = build_model("phantom", seed=k)
-        path = save_checkpoint(cfg.path("model", name), {"model": model.state_dict(), "meta": make_meta(
-            image_size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD)})
-        val = bundle["val"]
-        p_val = predict_proba(model, val.images, {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
-        record_operating_point(path, threshold_for_recall(val.labels, p_val, cfg["target_recall"]), cfg["target_recall"])
-        update_meta(path, explanation=spec)
-        paths[name] = path
-    torch.manual_seed(0)
-    cmp = arch.compare_architectures(cfg, bundle, paths, device="cpu", latency_runs=1, progress=False)
-    yield cfg, bundle, cmp
-    mp.undo()
+    with demo_project(tmp_path_factory, SIZE, (4, 12, 14), n_bootstrap=50) as (cfg, bundle):
+        paths = {}
+        for k, (name, spec) in enumerate((("fine", make_spec("gradcam", "layer3")),
+                                          ("coarse", make_spec("gradcam", "layer4")))):
+            model, _ = build_model("phantom", seed=k)
+            path = save_checkpoint(cfg.path("model", name), {"model": model.state_dict(), "meta": make_meta(
+                image_size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD)})
+            val = bundle["val"]
+            p_val = predict_proba(model, val.images, {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+            record_operating_point(path, threshold_for_recall(val.labels, p_val, cfg["target_recall"]),
+                                   cfg["target_recall"])
+            update_meta(path, explanation=spec)
+            paths[name] = path
+        torch.manual_seed(0)
+        cmp = arch.compare_architectures(cfg, bundle, paths, device="cpu", latency_runs=1, progress=False)
+        yield cfg, bundle, cmp
 
 
 def test_both_maps_are_scored_on_the_coarser_grid(compared):

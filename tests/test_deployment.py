@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import phantom_bundle
+from helpers import demo_project
 
 from utils.artifacts import record_operating_point, threshold_for_recall
 from utils.checkpoint import make_meta, save_checkpoint, state_fingerprint
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, get_config
+from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.deploy.compare import flips
 from utils.deploy.deployment import FP32, FP32_ONNX, INT8, int8_reading, quantise_and_record
 from utils.deploy.int8 import load_int8
@@ -18,23 +18,18 @@ from utils.fileio import read_json
 SIZE = 64
 
 
-
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     from test_quantize import pretrained_fp32
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CXR_PROJECT_ROOT", str(tmp_path_factory.mktemp("project")))
-    cfg = get_config("demo", image_size=SIZE, quiet=True, n_bootstrap=100)
-    bundle = phantom_bundle(SIZE, 8, 8, 10, masks=False)
-    model = pretrained_fp32()
-    path = save_checkpoint(cfg.path("model"), {"model": model.state_dict(),
-                                               "meta": make_meta(image_size=SIZE, mean=IMAGENET_MEAN,
-                                                                 std=IMAGENET_STD)})
-    record_operating_point(path, 0.5, cfg["target_recall"])
-    yield cfg, bundle, state_fingerprint(model.state_dict()), quantise_and_record(cfg, bundle, n_calib=8,
-                                                                                  latency_runs=2, threads=1)
-    mp.undo()
+    with demo_project(tmp_path_factory, SIZE, (8, 8, 10), masks=False, n_bootstrap=100) as (cfg, bundle):
+        model = pretrained_fp32()
+        path = save_checkpoint(cfg.path("model"), {"model": model.state_dict(),
+                                                   "meta": make_meta(image_size=SIZE, mean=IMAGENET_MEAN,
+                                                                     std=IMAGENET_STD)})
+        record_operating_point(path, 0.5, cfg["target_recall"])
+        yield cfg, bundle, state_fingerprint(model.state_dict()), quantise_and_record(cfg, bundle, n_calib=8,
+                                                                                      latency_runs=2, threads=1)
 
 
 def test_the_int8_threshold_is_the_series_rule_on_its_own_validation_predictions(deployed):

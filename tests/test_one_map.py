@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import phantom_bundle
+from helpers import demo_project
 
 from utils.artifacts import predictions_frame, record_operating_point
 from utils.checkpoint import make_meta, save_checkpoint, update_meta
-from utils.config import IMAGENET_MEAN, IMAGENET_STD, get_config
+from utils.config import IMAGENET_MEAN, IMAGENET_STD
 from utils.errors import UserError
 from utils.explain import localisation, review
 from utils.explain.choice import choose_and_record
@@ -32,27 +32,22 @@ CHOSEN = make_spec("gradcam", "layer3", (0, 8))  # not the unmeasured default (p
 def stage(tmp_path_factory):
     """A shipped model with a recorded threshold in a fresh project root, its phantom bundle, and the metadata
     loaded *before* notebook 05's choice was recorded (what the notebook holds in ``meta``)."""
-    root = tmp_path_factory.mktemp("project")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CXR_PROJECT_ROOT", str(root))
-    cfg = get_config("demo", image_size=SIZE, quiet=True)
-    bundle = phantom_bundle(SIZE, 14, 10, 12)
-    model, _ = build_model("phantom", seed=0)  # labels-only backbone, fresh head: it sees the lesions a little
-    path = cfg.path("model")
-    save_checkpoint(path, {"model": model.state_dict(),
-                           "meta": make_meta(image_size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD)})
-    model, meta = load_model(path)
-    val, test = bundle["val"], bundle["test"]
-    probs = predict_proba(model, test.images, meta)
-    # some pneumonias detected on validation (to choose on) and on test, some missed on test (06's false negatives)
-    threshold = float(min(predict_proba(model, val.images, meta)[val.labels == 1].max(),
-                          np.median(probs[test.labels == 1])))
-    record_operating_point(path, threshold, 0.5)
-    model, stale = load_model(path)  # what the notebook holds from here on
-    choice = choose_and_record(cfg, bundle, candidates=[CHOSEN], progress=False)
-    yield {"cfg": cfg, "bundle": bundle, "path": path, "model": model, "stale": stale, "probs": probs,
-           "threshold": threshold, "choice": choice}
-    mp.undo()
+    with demo_project(tmp_path_factory, SIZE, (14, 10, 12)) as (cfg, bundle):
+        model, _ = build_model("phantom", seed=0)  # labels-only backbone, fresh head: it sees the lesions a little
+        path = cfg.path("model")
+        save_checkpoint(path, {"model": model.state_dict(),
+                               "meta": make_meta(image_size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD)})
+        model, meta = load_model(path)
+        val, test = bundle["val"], bundle["test"]
+        probs = predict_proba(model, test.images, meta)
+        # some pneumonias detected on validation (to choose on) and on test, some missed on test (06's false negatives)
+        threshold = float(min(predict_proba(model, val.images, meta)[val.labels == 1].max(),
+                              np.median(probs[test.labels == 1])))
+        record_operating_point(path, threshold, 0.5)
+        model, stale = load_model(path)  # what the notebook holds from here on
+        choice = choose_and_record(cfg, bundle, candidates=[CHOSEN], progress=False)
+        yield {"cfg": cfg, "bundle": bundle, "path": path, "model": model, "stale": stale, "probs": probs,
+               "threshold": threshold, "choice": choice}
 
 
 def _maps_of(model, spec, images, targets=1) -> np.ndarray:
