@@ -209,3 +209,6 @@ def test_fast_bootstrap_metrics_equal_scikit_learn():
         assert len(ref) == len(fast) == len(M.HEADLINE_METRICS)
         for a, b in zip(ref, fast):
             assert (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-12, (y, p, t, ref, fast)
+        auc = M.mann_whitney_auc(y, p)  # the AUC the bootstrap and notebook 03's phase study share
+        assert (math.isnan(auc) and math.isnan(ref[M.HEADLINE_METRICS.index("roc_auc")])) or \
+            abs(auc - ref[M.HEADLINE_METRICS.index("roc_auc")]) < 1e-12

@@ -140,6 +140,19 @@ def headline_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float,
     return {**{k: tm[k] for k in THRESHOLD_METRICS}, **threshold_free_metrics(y_true, prob, n_bins)}
 
 
+def mann_whitney_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (average ranks for ties) in plain NumPy, for loops that call it
+    thousands of times; nan with one class. tests/test_metrics.py checks it against scikit-learn."""
+    n_pos = int(np.count_nonzero(y))
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    from scipy.stats import rankdata
+
+    ranks = rankdata(p)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def _headline_fast(y: np.ndarray, p: np.ndarray, threshold: float, n_bins: int = 10) -> list[float]:
     """:func:`headline_metrics`' values (same order, same definitions, nan where undefined) in plain NumPy.
 
@@ -156,10 +169,7 @@ def _headline_fast(y: np.ndarray, p: np.ndarray, threshold: float, n_bins: int =
     out = [_ratio(tp, tp + fn), _ratio(tn, tn + fp), _ratio(tp, tp + fp), _ratio(tn, tn + fn),
            _ratio(2 * tp, 2 * tp + fp + fn), _ratio(tp + tn, y.size)]
     if 0 < n_pos < y.size:
-        from scipy.stats import rankdata
-        n_neg = y.size - n_pos
-        ranks = rankdata(p)
-        auc = (ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        auc = mann_whitney_auc(y, p)
         order = np.argsort(-p, kind="mergesort")
         ps, ys = p[order], y[order]
         last = np.r_[np.flatnonzero(np.diff(ps)), ys.size - 1]  # last image of each distinct score

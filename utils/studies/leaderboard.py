@@ -24,7 +24,6 @@ computed sentences of the notebook; :func:`leaderboard_panels` into the figure's
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from torch import nn
 from utils.artifacts import checkpoint_state, operating_threshold
 from utils.config import Config
 from utils.data.bundle import DataBundle
+from utils.deploy.timing import machine_info
 from utils.errors import UserError
 from utils.evaluate.metrics import format_ci, paired_difference_ci
 from utils.evaluate.verdicts import (
@@ -52,7 +52,6 @@ from utils.explain.choice import verdict_against_baselines
 from utils.explain.maps import main_explanation
 from utils.explain.spec import without_shifts
 from utils.fileio import write_json
-from utils.machine import cpu_count
 from utils.paths import notebook_path
 from utils.stages import ensure_explanation
 from utils.studies import shortcut
@@ -159,14 +158,13 @@ def _ci(d: Mapping[str, Any]) -> dict[str, Any]:
 def _outside_lung(maps: np.ndarray, lung_masks: np.ndarray, groups: np.ndarray, n_boot: int, seed: int
                   ) -> dict[str, Any]:
     """Mass outside the lungs vs a uniform map (1 − lung area) on the same images, paired; empty maps left out."""
-    frac = np.array([loc.outside_fraction(c, m, skip_empty=True) for c, m in zip(maps, lung_masks)])
-    chance = 1.0 - np.asarray(lung_masks, bool).reshape(len(lung_masks), -1).mean(axis=1)
+    frac, masks, _ = loc.outside_lung_fractions(maps, lung_masks, skip_empty=True)
+    chance = 1.0 - masks.reshape(len(masks), -1).mean(axis=1)
     ok = np.isfinite(frac)
     diff = paired_difference_ci(frac[ok], chance[ok], groups[ok], n_boot=n_boot, seed=seed)
-    v = difference_verdict(diff)
     verdict = {"below": "inside the lungs more than a uniform map", "above": "outside the lungs more than a uniform "
-               "map", "inconclusive": "no different from a uniform map", "not measured": "no map"}[v if v in (
-                   "below", "above", "inconclusive", "not measured") else "inconclusive"]
+               "map", "inconclusive": "no different from a uniform map", "not measured": "no map"}[
+                   difference_verdict(diff)]  # margin 0: never "within"
     return {"value": float(frac[ok].mean()) if ok.any() else float("nan"),
             "uniform": float(chance[ok].mean()) if ok.any() else float("nan"),
             "difference": _ci(diff), "verdict": verdict, "n": int(ok.sum()), "n_no_map": int((~ok).sum())}
@@ -374,6 +372,7 @@ def measure_leaderboard(model: nn.Module, meta: Mapping[str, Any], bundle: DataB
     ``marker``: the marker test's inputs, or why it cannot run."""
     rows, knobs = _rows(methods), knobs.check()
     clock = _Clock()
+    machine = machine_info(torch.get_num_threads())  # the load average at the start, as the cost sentence says
     dev = next(model.parameters()).device
     meta = dict(meta)
     threshold = float(meta["threshold"])
@@ -478,12 +477,12 @@ def measure_leaderboard(model: nn.Module, meta: Mapping[str, Any], bundle: DataB
         out[g]["marker"] = marker_test["rows"].get(g)
     clock.lap("marker test")
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    load = machine["load_average_1min"]
     record = {
         "what": "pixel attribution vs the chosen Grad-CAM, every method with every check of the series",
         "scale": {"data": bundle.source, "describe": bundle.describe(), "image_size": int(bundle.image_size),
-                  "device": dev.type, "torch_threads": torch.get_num_threads(), "cpu_cores": cpu_count(),
-                  "load_average_1min": float(load[0])},
+                  "device": dev.type, "torch_threads": machine["threads"], "cpu_cores": machine["cores_available"],
+                  "load_average_1min": float("nan") if load is None else float(load)},
         "threshold": threshold, "threshold_rule": meta.get("threshold_rule"),
         "masks": has_masks, "parameters_chosen_on": chosen_on, "images": images_are, "n_images": len(idx),
         "n_sanity": n_s, "n_road": n_r, "n_stability": n_t, "n_bootstrap": n_boot, "knobs": asdict(knobs),

@@ -33,7 +33,7 @@ from torch import nn
 from utils.artifacts import threshold_for_recall
 from utils.config import IMAGENET_MEAN, IMAGENET_STD, Config
 from utils.data import DataBundle
-from utils.evaluate.metrics import bootstrap_indices, format_ci, percentile_interval
+from utils.evaluate.metrics import bootstrap_indices, format_ci, mann_whitney_auc, percentile_interval
 from utils.evaluate.verdicts import difference_verdict, format_difference, verdict_phrase
 from utils.train.model import (
     build_model,
@@ -53,18 +53,6 @@ MEASURES: dict[str, bool] = {"ROC AUC": True, "log loss": False, "specificity at
 _EPS = 1e-7
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Mann-Whitney ROC AUC (average ranks for ties); nan with one class."""
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    from scipy.stats import rankdata
-
-    ranks = rankdata(p)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     q = np.clip(p, _EPS, 1 - _EPS)
     return float(-np.mean(np.where(y == 1, np.log(q), np.log(1 - q))))
@@ -79,7 +67,7 @@ def _specificity_at_recall(y: np.ndarray, p: np.ndarray, target_recall: float) -
 
 def phase_measures(y: np.ndarray, p: np.ndarray, target_recall: float) -> list[float]:
     """The :data:`MEASURES` of one model's validation probabilities ``p`` (labels ``y``), in order."""
-    return [_auc(y, p), _log_loss(y, p), _specificity_at_recall(y, p, target_recall)]
+    return [mann_whitney_auc(y, p), _log_loss(y, p), _specificity_at_recall(y, p, target_recall)]
 
 
 @dataclass
@@ -314,7 +302,7 @@ def study_all_at_once(cfg: Config, bundle: DataBundle, epochs: int = 1, lr: floa
         moved[name] = weight_change(model, reference)
         y = val.labels.astype(np.int64)
         rows.append({"model": name, "training": meta.get("recipe", "not recorded"), "epoch kept": int(meta["epoch"]),
-                     "val ROC AUC": _auc(y, probs[name]), "val log loss": _log_loss(y, probs[name]),
+                     "val ROC AUC": mann_whitney_auc(y, probs[name]), "val log loss": _log_loss(y, probs[name]),
                      "feature similarity (CKA)": linear_cka(base, pooled_features(model, val.images, meta))})
     comparison = compare_phases(val.labels, probs, val.patient_ids, cfg["target_recall"],
                                 int(n_boot or cfg["n_bootstrap"]), int(cfg["seed"]), names=(TWO_PHASES, ALL_AT_ONCE))

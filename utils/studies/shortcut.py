@@ -372,8 +372,7 @@ def dose_response(cfg: Config, bundle: DataBundle, run: ShortcutRun, levels: tup
     probs: dict[tuple[str, float], dict[str, np.ndarray]] = {}
     for q in levels:
         spec = replace(run.spec, p_marker_pneumonia=float(q), p_marker_normal=float(round(1 - q, 6)))
-        if spec == run.spec:
-            probs[("confounded", q)] = run.probs["confounded"]
+        if spec == run.spec:  # the run's own confounded model, added below
             continue
         path = ensure_evaluation(wcfg, confounded_bundle(clean, "correlated", cfg["seed"], spec), device, progress,
                                  tag=f"{TAGS['confounded']}_q{round(100 * q):03d}")
@@ -516,8 +515,9 @@ def marker_map_verdict(diffs: dict[str, dict[str, dict[str, float]]], uniform: f
 
     A difference over fewer than two images is not measured (one image's bootstrap interval has no width)."""
     def read(d: dict[str, float] | None) -> str:
-        measured = d is not None and _measured(d) and int(d.get("n", 2)) >= 2
-        return difference_verdict(d, uniform) if d is not None and measured else "not measured"
+        if d is None or not _measured(d) or int(d.get("n", 2)) < 2:
+            return "not measured"
+        return difference_verdict(d, uniform)
 
     own = read(diffs.get("confounded: with - without marker", {}).get("marker_mass"))
     vs = [d.get("marker_drawn") for k, d in diffs.items() if k.startswith("confounded - ")]
